@@ -1,0 +1,74 @@
+"""
+The exceptions that asynqueue raises and that its users catch.
+
+Every class derives from L{AsynQueueError}, so C{except AsynQueueError}
+catches anything the library itself raises; a task's own exception reaches
+the caller unchanged and is never wrapped in one of these.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "AsynQueueError",
+    "QueueRunError",
+    "ImplementationError",
+    "NotReadyError",
+    "WorkerError",
+    "ThreadError",
+    "WorkerCrashed",
+    "TimeoutError",
+    "NoQualifiedWorker",
+    "LaneError",
+]
+
+
+class AsynQueueError(Exception):
+    """Base class of every exception raised by asynqueue itself."""
+
+
+class QueueRunError(AsynQueueError):
+    """The queue (or lock) is shut down, or shutting down, and takes no calls."""
+
+
+class ImplementationError(AsynQueueError, TypeError):
+    """An object does not provide the interface it was given for."""
+
+
+class NotReadyError(AsynQueueError):
+    """Something was used before it was ready."""
+
+
+class WorkerError(AsynQueueError):
+    """A worker could not run a task."""
+
+
+class ThreadError(WorkerError):
+    """A worker thread failed outside the task it was running."""
+
+
+class WorkerCrashed(WorkerError):
+    """The worker running the task died before the task finished."""
+
+
+class TimeoutError(AsynQueueError, builtins.TimeoutError):
+    """A task ran longer than its C{timeout}, or a wait timed out."""
+
+
+class NoQualifiedWorker(AsynQueueError, LookupError):
+    """No attached worker is qualified for the series a task names."""
+
+
+class LaneError(AsynQueueError):
+    """
+    A task was not run because an earlier task of its lane failed.
+
+    Raised only for queues or calls with C{stopOnLaneError=True}. The
+    original failure is in L{LaneError.cause}.
+    """
+
+    def __init__(self, lane: object, cause: BaseException | None = None) -> None:
+        super().__init__(f"an earlier task of lane {lane!r} failed: {cause!r}")
+        self.lane = lane
+        self.cause = cause
