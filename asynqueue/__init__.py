@@ -2,5 +2,48 @@
 asynqueue: prioritized Deferred task queues for Twisted.
 
 Send calls to workers in the reactor, in threads, in child processes and
-on remote nodes; every call returns a Deferred.
+on remote nodes; every call returns a Deferred (which can be awaited).
 """
+
+from asynqueue.base import TaskQueue
+from asynqueue.errors import (
+    AsynQueueError,
+    LaneError,
+    NoQualifiedWorker,
+    QueueRunError,
+    TimeoutError,
+    WorkerCrashed,
+)
+from asynqueue.interfaces import IIterationSource, IWorker
+from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
+from asynqueue.tasks import Task, TaskOptions, TaskRecord
+from asynqueue.threads import ThreadQueue, ThreadWorker, deferToThread
+from asynqueue.util import DeferredLock, DeferredTracker
+from asynqueue.workers import AsyncWorker, MemoryWorker
+
+__all__ = [
+    "AsyncWorker",
+    "AsynQueueError",
+    "Deferator",
+    "DeferredLock",
+    "DeferredTracker",
+    "IIterationSource",
+    "IWorker",
+    "IterationProducer",
+    "LaneError",
+    "MemoryWorker",
+    "NoQualifiedWorker",
+    "QueueRunError",
+    "Task",
+    "TaskOptions",
+    "TaskQueue",
+    "TaskRecord",
+    "ThreadQueue",
+    "ThreadWorker",
+    "TimeoutError",
+    "WorkerCrashed",
+    "deferToThread",
+    "iteratorToProducer",
+]
+
+__version__ = "1.0.0.dev0"

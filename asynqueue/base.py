@@ -1,0 +1,771 @@
+"""
+L{TaskQueue}: pending tasks by priority, series and lanes; event-driven
+dispatch to workers; statistics; shutdown.
+
+The queue knows its workers only through L{IWorker}. A task goes to a
+worker when it arrives or when a worker frees a slot, never by polling.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    fail,
+    gatherResults,
+    succeed,
+)
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from asynqueue.errors import (
+    ImplementationError,
+    LaneError,
+    NoQualifiedWorker,
+    QueueRunError,
+    TimeoutError,
+    WorkerCrashed,
+)
+from asynqueue.interfaces import IWorker
+from asynqueue.tasks import Task, TaskOptions, TaskRecord, nameFor
+
+__all__ = ["TaskQueue"]
+
+T = TypeVar("T")
+
+_RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
+
+
+@dataclass(eq=False)
+class _WorkerSlot:
+    """The queue's bookkeeping for one attached worker."""
+
+    worker: IWorker
+    outstanding: set[Task] = field(default_factory=set)
+    ready: bool = False
+    leaving: bool = False
+    done: int = 0
+    failed: int = 0
+    idleWaiters: list[Deferred[None]] = field(default_factory=list)
+
+    @property
+    def free(self) -> int:
+        if not self.ready or self.leaving:
+            return 0
+        return int(self.worker.capacity) - len(self.outstanding)
+
+
+@dataclass(eq=False)
+class _Lane:
+    """Tasks of one lane: the one at the front, and those waiting behind it."""
+
+    front: Task | None = None
+    waiting: deque[Task] = field(default_factory=deque)
+    failure: Failure | None = None
+
+
+class TaskQueue:
+    """
+    A prioritized queue of calls, run by interchangeable workers.
+
+    C{TaskQueue(*workers)} attaches the workers given; more can be attached
+    or detached at any time. Every call returns a Deferred that fires with
+    the call's result, fails with its exception, or fires with a
+    L{asynqueue.iteration.Deferator} when the result is an iterator.
+
+    @param name: A name for logs, records and statistics.
+    @param clock: What times timeouts and records (default: the reactor).
+    @param stopOnLaneError: The default for C{TaskOptions.stopOnLaneError}.
+    @param shutdownWithReactor: Shut the queue down, cancelling what is
+        pending, when the reactor shuts down (the default).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *workers: IWorker,
+        name: str = "",
+        clock: IReactorTime | None = None,
+        stopOnLaneError: bool = False,
+        shutdownWithReactor: bool = True,
+    ) -> None:
+        from twisted.internet import reactor
+
+        self.name = name or f"TaskQueue-{id(self):x}"
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        self._stopOnLaneError = stopOnLaneError
+        self._slots: dict[IWorker, _WorkerSlot] = {}
+        self._pending: dict[Hashable | None, list[tuple[float, int, Task]]] = {}
+        self._pendingCount = 0
+        self._lanes: dict[Hashable, _Lane] = {}
+        self._running: set[Task] = set()
+        self._updates: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._seq = itertools.count()
+        self._counts = {"done": 0, "failed": 0, "cancelled": 0}
+        self._records: list[TaskRecord] = []
+        self._state = _RUNNING
+        self._dispatching = False
+        self._dispatchAgain = False
+        self._shutdownDeferred: Deferred[None] | None = None
+        self._idleWaiters: list[Deferred[None]] = []
+        self._triggerID: Any = None
+        if shutdownWithReactor:
+            self._triggerID = reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+                "before", "shutdown", self._reactorShutdown
+            )
+        for worker in workers:
+            self.attachWorker(worker)
+
+    # ------------------------------------------------------------------
+    # Submitting calls
+
+    def call(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Queue C{f(*args, **kwargs)} and return a Deferred of its result.
+
+        Keywords named as a L{TaskOptions} field (C{priority}, C{niceness},
+        C{doNext}, C{doLast}, C{series}, C{lane}, C{stopOnLaneError},
+        C{timeout}, C{retries}, C{consumer}, C{name}) are options for the
+        queue, not arguments for C{f}; see L{callWith} for functions that
+        take such keywords themselves.
+        """
+        try:
+            options = TaskOptions.fromKeywords(kwargs)
+        except (TypeError, ValueError) as e:
+            return fail(e)
+        return self.callWith(options, f, *args, **kwargs)
+
+    def callWith(
+        self, options: TaskOptions, f: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
+        """
+        Queue C{f(*args, **kwargs)} with the given L{TaskOptions}.
+
+        Every keyword goes to C{f} unchanged, so this is the way to call a
+        function that takes a keyword named C{priority}, C{timeout}, etc.
+        """
+        if self._state != _RUNNING:
+            return fail(QueueRunError(f"{self.name} is shut down and takes no calls"))
+        if not callable(f):
+            return fail(TypeError(f"{f!r} is not callable, so it cannot be queued"))
+        if options.series is not None and not self._qualifiedFor(options.series):
+            return fail(
+                NoQualifiedWorker(
+                    f"no worker of {self.name} is qualified for series "
+                    f"{options.series!r}; use qualifyWorker() first"
+                )
+            )
+        task = self._newTask(f, args, kwargs, options)
+        lane = options.lane
+        if lane is not None:
+            state = self._lanes.setdefault(lane, _Lane())
+            if state.failure is not None and self._stopsOnLaneError(task):
+                self._finish(task, Failure(LaneError(lane, state.failure.value)))
+                return task.deferred
+            if state.front is not None:
+                state.waiting.append(task)
+                return task.deferred
+            state.front = task
+        self._push(task)
+        self._dispatch()
+        return task.deferred
+
+    def update(
+        self, f: Callable[..., Any], *args: Any, ephemeral: bool = False, **kwargs: Any
+    ) -> Deferred[list[Any]]:
+        """
+        Run C{f(*args, **kwargs)} on every worker, and on workers attached later.
+
+        The call goes to each worker directly, ahead of what the queue has
+        pending for it. The Deferred fires with the list of results from the
+        workers attached now. With C{ephemeral=True} the call is not kept for
+        later workers. A worker attached later runs the kept updates, in
+        order, before it takes any task.
+        """
+        if self._state != _RUNNING:
+            return fail(QueueRunError(f"{self.name} is shut down"))
+        if not callable(f):
+            return fail(TypeError(f"{f!r} is not callable"))
+        if not ephemeral:
+            self._updates.append((f, args, kwargs))
+        ds = [self._runUpdate(slot, f, args, kwargs) for slot in self._slots.values()]
+        return gatherResults(ds, consumeErrors=True).addErrback(_firstError)
+
+    # ------------------------------------------------------------------
+    # Workers
+
+    def attachWorker(self, worker: IWorker) -> Deferred[None]:
+        """
+        Attach a worker; return a Deferred that fires when it takes tasks.
+
+        It takes tasks once it has run the kept L{update} calls.
+        """
+        if not IWorker.providedBy(worker):
+            raise ImplementationError(f"{worker!r} does not provide IWorker")
+        if self._state != _RUNNING:
+            raise QueueRunError(f"{self.name} is shut down")
+        if worker in self._slots:
+            return succeed(None)
+        slot = _WorkerSlot(worker)
+        self._slots[worker] = slot
+        worker.setResignator(self._workerResigned)
+        ds = [self._runUpdate(slot, f, a, kw) for f, a, kw in self._updates]
+
+        def ready(_: object) -> None:
+            slot.ready = True
+            self._dispatch()
+
+        return DeferredList(ds, consumeErrors=True).addCallback(ready)
+
+    def detachWorker(
+        self, worker: IWorker, reassign: bool = True, crash: bool = False
+    ) -> Deferred[None]:
+        """
+        Detach a worker; return a Deferred that fires when it has stopped.
+
+        The worker takes no more tasks. Without C{crash} it finishes what it
+        accepted and is stopped. With C{crash=True} it is stopped at once: the
+        tasks it accepted but had not started go back to the queue (or fail
+        with L{WorkerCrashed} if C{reassign} is false); those it was running
+        fail with L{WorkerCrashed} unless they have C{retries} left.
+        """
+        slot = self._slots.get(worker)
+        if slot is None:
+            return succeed(None)
+        slot.leaving = True
+        if crash:
+            for task in worker.crash():
+                slot.outstanding.discard(task)
+                self._running.discard(task)
+                self._cancelTimeout(task)
+                task.record.attempts -= 1
+                if reassign:
+                    self._requeue(task)
+                else:
+                    self._finish(task, Failure(WorkerCrashed(f"{worker.name} crashed")))
+            self._forget(slot)
+            self._failOrphans()
+            self._dispatch()
+            return succeed(None)
+        d: Deferred[None] = self._whenIdle(slot).addCallback(lambda _: worker.stop())
+
+        def gone(result: object) -> object:
+            self._forget(slot)
+            self._failOrphans()
+            self._dispatch()
+            return None
+
+        return d.addBoth(gone)
+
+    def qualifyWorker(self, worker: IWorker, series: Hashable) -> None:
+        """Let C{worker} run tasks of C{series}, as well as those of no series."""
+        if series not in worker.iQualified:
+            worker.iQualified.append(series)
+        self._dispatch()
+
+    def workers(self) -> list[IWorker]:
+        """The attached workers, in the order they were attached."""
+        return list(self._slots)
+
+    def __len__(self) -> int:
+        """The number of attached workers (AsynQueue's meaning)."""
+        return len(self._slots)
+
+    def isRunning(self) -> bool:
+        """True until L{shutdown} is called."""
+        return self._state == _RUNNING
+
+    def isBusy(self) -> bool:
+        """True while any task is pending or running."""
+        return bool(self._pendingCount or self._running or self._laneBacklog())
+
+    # ------------------------------------------------------------------
+    # Statistics and records
+
+    def stats(self) -> dict[str, Any]:
+        """
+        Counts of tasks and the state of each worker.
+
+        Keys: C{pending}, C{running}, C{done}, C{failed}, C{cancelled}, and
+        C{workers}, a dict by worker name of C{capacity}, C{running},
+        C{done} and C{failed}.
+        """
+        return {
+            "pending": self._pendingCount + self._laneBacklog(),
+            "running": len(self._running),
+            **self._counts,
+            "workers": {
+                slot.worker.name: {
+                    "capacity": slot.worker.capacity,
+                    "running": len(slot.outstanding),
+                    "done": slot.done,
+                    "failed": slot.failed,
+                }
+                for slot in self._slots.values()
+            },
+        }
+
+    def records(self) -> list[TaskRecord]:
+        """The records of every task submitted so far, in submission order."""
+        return list(self._records)
+
+    # ------------------------------------------------------------------
+    # Shutdown
+
+    def shutdown(self, timeout: float | None = None, cancelPending: bool = False) -> Deferred[None]:
+        """
+        Stop taking calls, finish or cancel what is queued, stop the workers.
+
+        Pending tasks still run unless C{cancelPending} is true, in which case
+        their Deferreds fail with C{CancelledError}. After C{timeout}
+        seconds, whatever is still pending or running is cancelled. The
+        Deferred fires once every task's Deferred has fired and every worker
+        has stopped; calling again returns a Deferred of the same moment.
+        """
+        if self._shutdownDeferred is None:
+            self._shutdownDeferred = Deferred()
+            self._state = _STOPPING
+            if self._triggerID is not None:
+                try:
+                    self._reactor.removeSystemEventTrigger(self._triggerID)  # type: ignore[attr-defined]
+                except (ValueError, KeyError):
+                    pass
+                self._triggerID = None
+            if cancelPending:
+                self._cancelPending()
+            timer = None
+            if timeout is not None:
+                timer = self._clock.callLater(timeout, self._cancelEverything)
+            d = self._whenAllDone()
+
+            def stopWorkers(_: object) -> Deferred[Any]:
+                if timer is not None and timer.active():
+                    timer.cancel()
+                return DeferredList(
+                    [self.detachWorker(w) for w in list(self._slots)], consumeErrors=True
+                )
+
+            def stopped(_: object) -> None:
+                self._state = _STOPPED
+                assert self._shutdownDeferred is not None
+                self._shutdownDeferred.callback(None)
+
+            d.addCallback(stopWorkers).addCallback(stopped)
+        result: Deferred[None] = Deferred()
+        self._shutdownDeferred.addBoth(_relay, result)
+        return result
+
+    async def __aenter__(self) -> TaskQueue:
+        return self
+
+    async def __aexit__(
+        self,
+        excType: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    def _reactorShutdown(self) -> Deferred[None]:
+        self._triggerID = None
+        return self.shutdown(cancelPending=True)
+
+    # ------------------------------------------------------------------
+    # Internals: tasks
+
+    def _newTask(
+        self,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
+    ) -> Task:
+        seq = next(self._seq)
+        record = TaskRecord(
+            id=seq,
+            name=nameFor(f, options),
+            function=getattr(f, "__qualname__", repr(f)),
+            priority=options.effectivePriority,
+            series=options.series,
+            lane=options.lane,
+            submitted=self._clock.seconds(),
+        )
+        self._records.append(record)
+        task = Task(
+            f, args, kwargs, options, record, Deferred(lambda d: self._cancelTask(task))
+        )
+        task.onStart = self._taskStarted
+        return task
+
+    def _push(self, task: Task) -> None:
+        heap = self._pending.setdefault(task.series, [])
+        heapq.heappush(heap, (task.priority, task.record.id, task))
+        self._pendingCount += 1
+
+    def _requeue(self, task: Task) -> None:
+        """Put a task that never started (or may be retried) back in line."""
+        self._running.discard(task)
+        task.record.state = "pending"
+        task.record.worker = None
+        task.record.started = None
+        task.workerDeferred = None
+        if task.series is not None and not self._qualifiedFor(task.series):
+            self._finish(task, Failure(NoQualifiedWorker(f"no worker for {task.series!r}")))
+            return
+        self._push(task)
+
+    def _stopsOnLaneError(self, task: Task) -> bool:
+        option = task.options.stopOnLaneError
+        return self._stopOnLaneError if option is None else option
+
+    def _laneBacklog(self) -> int:
+        return sum(len(lane.waiting) for lane in self._lanes.values())
+
+    def _qualifiedFor(self, series: Hashable) -> bool:
+        return any(
+            series in slot.worker.iQualified
+            for slot in self._slots.values()
+            if not slot.leaving
+        )
+
+    def _popBest(self, worker: IWorker) -> Task | None:
+        """Take the most urgent pending task this worker may run."""
+        best: list[tuple[float, int, Task]] | None = None
+        for series in itertools.chain((None,), worker.iQualified):
+            heap = self._pending.get(series)
+            if not heap:
+                continue
+            while heap and heap[0][2].cancelled:
+                heapq.heappop(heap)
+            if heap and (best is None or heap[0] < best[0]):
+                best = heap
+        if best is None:
+            return None
+        self._pendingCount -= 1
+        return heapq.heappop(best)[2]
+
+    def _dispatch(self) -> None:
+        """Hand pending tasks to workers with free slots, most urgent first."""
+        if self._dispatching:
+            self._dispatchAgain = True
+            return
+        self._dispatching = True
+        try:
+            again = True
+            while again:
+                self._dispatchAgain = False
+                again = False
+                if not self._pendingCount:
+                    break
+                slots = sorted(
+                    (s for s in self._slots.values() if s.free > 0),
+                    key=lambda s: len(s.outstanding) / max(1, int(s.worker.capacity)),
+                )
+                for slot in slots:
+                    if slot.free <= 0:
+                        continue
+                    task = self._popBest(slot.worker)
+                    if task is not None:
+                        self._start(slot, task)
+                        again = True
+                again = again or self._dispatchAgain
+        finally:
+            self._dispatching = False
+
+    def _start(self, slot: _WorkerSlot, task: Task) -> None:
+        slot.outstanding.add(task)
+        self._running.add(task)
+        task.record.state = "running"
+        task.record.worker = slot.worker.name
+        task.record.attempts += 1
+        try:
+            d = slot.worker.run(task)
+        except Exception:
+            d = fail()
+        task.workerDeferred = d
+        d.addBoth(self._ran, task, slot, d)
+
+    def _taskStarted(self, task: Task) -> None:
+        task.record.started = self._clock.seconds()
+        timeout = task.options.timeout
+        if timeout is not None:
+            task.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
+
+    def _timeOut(self, task: Task) -> None:
+        task.timeoutCall = None
+        if task.workerDeferred is not None and not task.workerDeferred.called:
+            task.timedOut = True
+            task.workerDeferred.cancel()
+
+    def _ran(self, result: object, task: Task, slot: _WorkerSlot, d: Deferred[Any]) -> None:
+        """A worker's Deferred for a task fired."""
+        if task.workerDeferred is not d:
+            # A worker fired a task it had handed back (crash); it was rerun.
+            return
+        task.workerDeferred = None
+        self._cancelTimeout(task)
+        slot.outstanding.discard(task)
+        self._running.discard(task)
+        if isinstance(result, Failure):
+            if task.timedOut and result.check(CancelledError):
+                result = Failure(
+                    TimeoutError(
+                        f"task {task.record.name!r} ran longer than its timeout of "
+                        f"{task.options.timeout} s"
+                    )
+                )
+            elif result.check(WorkerCrashed) and task.record.attempts <= task.options.retries:
+                if not task.deferred.called and self._state != _STOPPED:
+                    self.log.warn(
+                        "Retrying {task} after its worker {worker} crashed",
+                        task=task.record.name,
+                        worker=slot.worker.name,
+                    )
+                    self._requeue(task)
+                    self._afterSlotFreed(slot)
+                    return
+            slot.failed += 1
+        else:
+            slot.done += 1
+        self._finish(task, result)
+        self._afterSlotFreed(slot)
+
+    def _cancelTimeout(self, task: Task) -> None:
+        if task.timeoutCall is not None:
+            if task.timeoutCall.active():
+                task.timeoutCall.cancel()
+            task.timeoutCall = None
+
+    def _afterSlotFreed(self, slot: _WorkerSlot) -> None:
+        if not slot.outstanding and slot.idleWaiters:
+            waiters, slot.idleWaiters = slot.idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+        self._dispatch()
+        self._checkIdle()
+
+    def _finish(self, task: Task, result: object) -> None:
+        """Record how a task ended, move its lane along, fire its Deferred."""
+        record = task.record
+        record.ended = self._clock.seconds()
+        if isinstance(result, Failure):
+            if task.timedOut and result.check(TimeoutError):
+                record.state = "timedOut"
+            elif result.check(CancelledError) or task.cancelled:
+                record.state = "cancelled"
+            else:
+                record.state = "failed"
+            record.outcome = result.type.__name__ if result.type else "Failure"
+            self._counts["cancelled" if record.state == "cancelled" else "failed"] += 1
+        else:
+            record.state = "done"
+            record.outcome = "result"
+            self._counts["done"] += 1
+        if task.lane is not None:
+            self._advanceLane(task, result)
+        if task.deferred.called:
+            return
+        consumer = task.options.consumer
+        if consumer is not None and not isinstance(result, Failure):
+            from asynqueue.iteration import Deferator, IterationProducer
+
+            if isinstance(result, Deferator):
+                IterationProducer(result, consumer).run().chainDeferred(task.deferred)
+                return
+        if isinstance(result, Failure):
+            task.deferred.errback(result)
+        else:
+            task.deferred.callback(result)
+
+    def _advanceLane(self, task: Task, result: object) -> None:
+        lane = self._lanes.get(task.lane)  # type: ignore[arg-type]
+        if lane is None:
+            return
+        if lane.front is task:
+            lane.front = None
+        elif task in lane.waiting:
+            lane.waiting.remove(task)
+            return
+        else:
+            return
+        if (
+            isinstance(result, Failure)
+            and not task.cancelled
+            and not result.check(LaneError)
+            and self._stopsOnLaneError(task)
+        ):
+            lane.failure = result
+            while lane.waiting:
+                waiting = lane.waiting.popleft()
+                if self._stopsOnLaneError(waiting):
+                    self._finish(waiting, Failure(LaneError(task.lane, result.value)))
+                else:
+                    lane.waiting.appendleft(waiting)
+                    break
+        if lane.waiting:
+            lane.front = lane.waiting.popleft()
+            self._push(lane.front)
+            self._dispatch()
+        elif lane.failure is None:
+            del self._lanes[task.lane]  # type: ignore[arg-type]
+
+    def clearLaneError(self, lane: Hashable) -> None:
+        """Let a lane stopped by a failure (C{stopOnLaneError}) take tasks again."""
+        state = self._lanes.get(lane)
+        if state is not None:
+            state.failure = None
+            if state.front is None and not state.waiting:
+                del self._lanes[lane]
+
+    def _cancelTask(self, task: Task) -> None:
+        """The canceller of a task's Deferred."""
+        task.cancelled = True
+        state = task.record.state
+        if state == "pending":
+            in_lane_wait = (
+                task.lane is not None
+                and task in self._lanes.get(task.lane, _Lane()).waiting
+            )
+            if not in_lane_wait:
+                # Left in its heap and skipped when it reaches the top.
+                self._pendingCount -= 1
+            self._finish(task, Failure(CancelledError()))
+            self._checkIdle()
+        elif state == "running" and task.workerDeferred is not None:
+            task.workerDeferred.cancel()
+
+    def _runUpdate(
+        self,
+        slot: _WorkerSlot,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Deferred[Any]:
+        options = TaskOptions(doNext=True)
+        task = self._newTaskUnrecorded(f, args, kwargs, options)
+        task.onStart = None
+        try:
+            return slot.worker.run(task)
+        except Exception:
+            return fail()
+
+    def _newTaskUnrecorded(
+        self,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
+    ) -> Task:
+        record = TaskRecord(
+            id=-1,
+            name=nameFor(f, options),
+            function=getattr(f, "__qualname__", repr(f)),
+            priority=options.effectivePriority,
+            series=None,
+            lane=None,
+            submitted=self._clock.seconds(),
+        )
+        return Task(f, args, kwargs, options, record, Deferred())
+
+    # ------------------------------------------------------------------
+    # Internals: workers leaving, idleness, shutdown
+
+    def _workerResigned(self, worker: IWorker) -> None:
+        """A worker said it can no longer run tasks: crash-detach it."""
+        if worker in self._slots:
+            self.log.warn("Worker {worker} resigned", worker=worker.name)
+            self.detachWorker(worker, reassign=True, crash=True)
+
+    def _forget(self, slot: _WorkerSlot) -> None:
+        self._slots.pop(slot.worker, None)
+        for task in list(slot.outstanding):
+            # A crashed worker fails its running tasks itself; whatever it
+            # left unfired must not strand its caller.
+            wd = task.workerDeferred
+            if wd is not None and not wd.called:
+                wd.errback(
+                    Failure(WorkerCrashed(f"{slot.worker.name} left without finishing"))
+                )
+
+    def _failOrphans(self) -> None:
+        """Fail pending tasks whose series no worker is qualified for any more."""
+        for series, heap in list(self._pending.items()):
+            if series is None or self._qualifiedFor(series):
+                continue
+            del self._pending[series]
+            for _, _, task in heap:
+                if not task.cancelled:
+                    self._pendingCount -= 1
+                    self._finish(
+                        task,
+                        Failure(
+                            NoQualifiedWorker(
+                                f"the last worker qualified for series {series!r} left"
+                            )
+                        ),
+                    )
+        self._checkIdle()
+
+    def _whenIdle(self, slot: _WorkerSlot) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        slot.idleWaiters.append(d)
+        self._afterSlotFreed(slot)
+        return d
+
+    def _whenAllDone(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._idleWaiters.append(d)
+        self._checkIdle()
+        return d
+
+    def wait(self) -> Deferred[None]:
+        """A Deferred that fires when no task is pending or running."""
+        return self._whenAllDone()
+
+    def _checkIdle(self) -> None:
+        if self._idleWaiters and not self.isBusy():
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _cancelPending(self) -> None:
+        for lane in list(self._lanes.values()):
+            for task in list(lane.waiting):
+                task.deferred.cancel()
+        for heap in list(self._pending.values()):
+            for _, _, task in list(heap):
+                if not task.cancelled:
+                    task.deferred.cancel()
+
+    def _cancelEverything(self) -> None:
+        self._cancelPending()
+        for task in list(self._running):
+            task.deferred.cancel()
+
+
+def _relay(result: object, d: Deferred[Any]) -> None:
+    """Pass a result (or failure) on to another Deferred; the chain goes on with None."""
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
+
+
+def _firstError(failure: Failure) -> Failure:
+    from twisted.internet.defer import FirstError
+
+    if failure.check(FirstError):
+        return cast(Failure, failure.value.subFailure)
+    return failure

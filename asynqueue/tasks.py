@@ -1,0 +1,203 @@
+"""
+A task: one call, its options, its Deferred and its record.
+
+L{TaskOptions} holds what a caller may say about a call (priority, series,
+lane, timeout, ...); L{Task} is what the queue schedules and a worker runs;
+L{TaskRecord} is what stays afterwards for statistics and logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+
+from asynqueue.util import callableName
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IConsumer
+
+__all__ = ["TaskOptions", "Task", "TaskRecord", "OPTION_NAMES"]
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """
+    What a caller may say about one call, apart from its arguments.
+
+    C{TaskQueue.call} takes these as keywords and passes every other keyword
+    to the function; use C{TaskQueue.callWith(TaskOptions(...), f, ...)}
+    when the function itself takes a keyword of one of these names.
+
+    @ivar priority: Lower runs sooner; equal priorities run in arrival order.
+    @ivar niceness: AsynQueue's priority, an int from -20 to 20; it sets
+        C{priority} to the same number.
+    @ivar doNext: Run before every task not also marked C{doNext}.
+    @ivar doLast: Run after every task not also marked C{doLast}.
+    @ivar series: Only workers qualified for this series run the task.
+    @ivar lane: Tasks of one lane run one at a time, in submission order.
+    @ivar stopOnLaneError: Once a task of this lane fails, later tasks of the
+        lane fail at once with L{asynqueue.errors.LaneError}. C{None} takes
+        the queue's default.
+    @ivar timeout: Seconds the task may run before its Deferred fails with
+        L{asynqueue.errors.TimeoutError} and its worker abandons it.
+    @ivar retries: How many times to run the task again if its worker
+        crashes while running it.
+    @ivar consumer: An C{IConsumer} that an iterator result is written to;
+        the Deferred then fires with the consumer once all is written.
+    @ivar name: A name for records and logs (default: the function's name).
+    """
+
+    priority: float | None = None
+    niceness: int | None = None
+    doNext: bool = False
+    doLast: bool = False
+    series: Hashable | None = None
+    lane: Hashable | None = None
+    stopOnLaneError: bool | None = None
+    timeout: float | None = None
+    retries: int = 0
+    consumer: IConsumer | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        chosen = [
+            n
+            for n, v in (
+                ("priority", self.priority is not None),
+                ("niceness", self.niceness is not None),
+                ("doNext", self.doNext),
+                ("doLast", self.doLast),
+            )
+            if v
+        ]
+        if len(chosen) > 1:
+            raise ValueError(f"give at most one of {', '.join(chosen)}")
+        if self.niceness is not None and not -20 <= self.niceness <= 20:
+            raise ValueError(f"niceness must be from -20 to 20, not {self.niceness}")
+        if self.priority is not None and math.isnan(self.priority):
+            raise ValueError("priority must be a number, not NaN")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout must be a positive number, not {self.timeout}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {self.retries}")
+
+    @property
+    def effectivePriority(self) -> float:
+        """The number the queue orders by: lower runs sooner."""
+        if self.doNext:
+            return -math.inf
+        if self.doLast:
+            return math.inf
+        if self.niceness is not None:
+            return float(self.niceness)
+        return 0.0 if self.priority is None else float(self.priority)
+
+    @classmethod
+    def fromKeywords(cls, keywords: dict[str, Any]) -> TaskOptions:
+        """Pop the option keywords out of C{keywords} and return them as options."""
+        found = {name: keywords.pop(name) for name in OPTION_NAMES if name in keywords}
+        return cls(**found) if found else _DEFAULT_OPTIONS
+
+
+OPTION_NAMES: frozenset[str] = frozenset(f.name for f in fields(TaskOptions))
+_DEFAULT_OPTIONS = TaskOptions()
+
+
+@dataclass(eq=False)
+class TaskRecord:
+    """
+    What happened to one task: when it was submitted, started and ended,
+    where it ran, and how it ended.
+
+    Times are in the queue clock's seconds. C{state} is one of C{pending},
+    C{running}, C{done}, C{failed}, C{cancelled} or C{timedOut}; C{outcome}
+    is C{"result"} or the name of the exception type.
+    """
+
+    id: int
+    name: str
+    function: str
+    priority: float
+    series: Hashable | None
+    lane: Hashable | None
+    submitted: float
+    started: float | None = None
+    ended: float | None = None
+    worker: str | None = None
+    state: str = "pending"
+    outcome: str | None = None
+    attempts: int = 0
+
+    @property
+    def waitTime(self) -> float | None:
+        """Seconds from submission until the task started, if it did."""
+        return None if self.started is None else self.started - self.submitted
+
+    @property
+    def runTime(self) -> float | None:
+        """Seconds from start to end, if the task ran and ended."""
+        if self.started is None or self.ended is None:
+            return None
+        return self.ended - self.started
+
+
+@dataclass(eq=False)
+class Task:
+    """
+    One call on its way through a queue.
+
+    A worker runs C{task.f(*task.args, **task.kwargs)} and calls
+    L{markStarted} when the call begins. Everything else here belongs to the
+    queue.
+    """
+
+    f: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: TaskOptions
+    record: TaskRecord
+    deferred: Deferred[Any]
+    onStart: Callable[[Task], None] | None = None
+    workerDeferred: Deferred[Any] | None = None
+    timeoutCall: IDelayedCall | None = None
+    timedOut: bool = False
+    cancelled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def priority(self) -> float:
+        """The priority the queue orders this task by."""
+        return self.record.priority
+
+    @property
+    def series(self) -> Hashable | None:
+        """The series of workers this task may run on, if any."""
+        return self.options.series
+
+    @property
+    def lane(self) -> Hashable | None:
+        """The lane this task runs in, one at a time with its lane-mates."""
+        return self.options.lane
+
+    @property
+    def callTuple(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """AsynQueue's C{(f, args, kwargs)}."""
+        return self.f, self.args, self.kwargs
+
+    def markStarted(self) -> None:
+        """Tell the queue that the call has begun; call it in the reactor thread."""
+        if self.record.started is None and self.onStart is not None:
+            self.onStart(self)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.record.id} {self.record.name} {self.record.state}>"
+
+
+def nameFor(f: Callable[..., Any], options: TaskOptions) -> str:
+    """The name a task of C{f} with C{options} goes by in records."""
+    return options.name or callableName(f)

@@ -1,0 +1,251 @@
+"""
+Workers: what runs the tasks a L{TaskQueue} hands out.
+
+L{AsyncWorker} runs calls in the reactor thread; L{MemoryWorker} runs them
+only when a test says so. L{ThreadWorker} (in L{asynqueue.threads}) runs
+them in a dedicated thread. Each provides L{IWorker}, the only thing the
+queue knows of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from inspect import isawaitable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from asynqueue.errors import QueueRunError, WorkerCrashed
+from asynqueue.interfaces import IIterationSource, IWorker
+from asynqueue.iteration import Deferator, LocalIterationSource, isIterator
+from asynqueue.tasks import Task
+
+__all__ = ["AsyncWorker", "MemoryWorker", "settle", "WorkerBase"]
+
+_names = itertools.count(1)
+
+
+def settle(
+    result: object,
+    sourceFor: Callable[[Iterator[Any]], IIterationSource] = LocalIterationSource,
+) -> Deferred[Any]:
+    """
+    Turn what a task's function returned into a Deferred of its final result.
+
+    A Deferred is awaited and a coroutine (or other awaitable) is run in the
+    reactor; an iterator becomes a L{Deferator} whose items come from
+    C{sourceFor(iterator)}. An iterator that a Deferred or coroutine fires
+    with was made in the reactor, so it is iterated there.
+    """
+    if isinstance(result, Deferred):
+        return result.addCallback(_localDeferator)
+    if isawaitable(result):
+        return Deferred.fromCoroutine(_awaitIt(result)).addCallback(_localDeferator)
+    if isIterator(result):
+        return succeed(Deferator(sourceFor(result)))  # type: ignore[arg-type]
+    return succeed(result)
+
+
+async def _awaitIt(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _localDeferator(result: object) -> object:
+    if isIterator(result):
+        return Deferator.fromIterator(result)  # type: ignore[arg-type]
+    return result
+
+
+class WorkerBase:
+    """What every worker here shares: a name, its series and its resignator."""
+
+    def __init__(self, name: str | None, series: Iterable[Any], capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"a worker's capacity must be at least 1, not {capacity}")
+        self.name = name or f"{type(self).__name__}-{next(_names)}"
+        self.iQualified: list[Any] = list(series)
+        self.capacity = capacity
+        self._resignator: Callable[[Any], object] | None = None
+
+    def setResignator(self, callableObject: Callable[[Any], object]) -> None:
+        """Register what to call, with me, if I must resign."""
+        self._resignator = callableObject
+
+    def resign(self) -> None:
+        """Tell the queue I can no longer run tasks."""
+        if self._resignator is not None:
+            self._resignator(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+@implementer(IWorker)
+class AsyncWorker(WorkerBase):
+    """
+    Runs calls in the reactor thread.
+
+    Meant for functions that return Deferreds or are coroutine functions;
+    with C{concurrency} > 1 that many of them run at once. A plain function
+    runs to completion before the reactor does anything else, so keep those
+    short. Cancelling a running task (or its timeout) cancels the Deferred
+    or coroutine it is waiting on.
+    """
+
+    def __init__(
+        self, concurrency: int = 1, name: str | None = None, series: Iterable[Any] = ()
+    ) -> None:
+        super().__init__(name, series, concurrency)
+        self._running: dict[Task, Deferred[Any]] = {}
+        self._stopped = False
+        self._stopWaiters: list[Deferred[None]] = []
+
+    def run(self, task: Task) -> Deferred[Any]:
+        """Call the task's function now and return a Deferred of its result."""
+        if self._stopped:
+            return fail(QueueRunError(f"{self.name} is stopped"))
+        task.markStarted()
+        try:
+            inner = settle(task.f(*task.args, **task.kwargs))
+        except BaseException:
+            return fail()
+        if inner.called and not inner.paused:
+            return inner
+        outer: Deferred[Any] = Deferred(lambda _: inner.cancel())
+        self._running[task] = outer
+        inner.addBoth(self._finished, task, outer)
+        return outer
+
+    def _finished(self, result: object, task: Task, outer: Deferred[Any]) -> None:
+        self._running.pop(task, None)
+        if not outer.called:
+            outer.errback(result) if isinstance(result, Failure) else outer.callback(result)
+        elif isinstance(result, Failure):
+            result.trap(CancelledError, WorkerCrashed)
+        if not self._running and self._stopWaiters:
+            waiters, self._stopWaiters = self._stopWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        """Take no more tasks; fire when those running are done."""
+        self._stopped = True
+        d: Deferred[None] = Deferred()
+        if self._running:
+            self._stopWaiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def crash(self) -> list[Task]:
+        """Stop now; running tasks fail with L{WorkerCrashed} and are cancelled."""
+        self._stopped = True
+        for task, outer in list(self._running.items()):
+            outer.errback(WorkerCrashed(f"{self.name} crashed while running {task!r}"))
+        return []
+
+
+@implementer(IWorker)
+class MemoryWorker(WorkerBase):
+    """
+    A worker that runs tasks only when told to: for deterministic tests.
+
+    The queue hands it tasks as it would any worker; they wait in
+    L{accepted} until the test calls L{runNext} (or L{startNext} and then
+    L{finish}). Modelled on C{twisted._threads.createMemoryWorker}.
+    """
+
+    def __init__(
+        self, capacity: int = 1, name: str | None = None, series: Iterable[Any] = ()
+    ) -> None:
+        super().__init__(name, series, capacity)
+        self.accepted: deque[tuple[Task, Deferred[Any]]] = deque()
+        self.started: dict[Task, Deferred[Any]] = {}
+        self.stopped = False
+        self.crashed = False
+        self._stopWaiters: list[Deferred[None]] = []
+
+    def run(self, task: Task) -> Deferred[Any]:
+        """Accept a task; it runs when the test says so."""
+        if self.stopped:
+            return fail(QueueRunError(f"{self.name} is stopped"))
+        d: Deferred[Any] = Deferred(lambda d: self._cancel(task, d))
+        self.accepted.append((task, d))
+        return d
+
+    def _cancel(self, task: Task, d: Deferred[Any]) -> None:
+        if (task, d) in self.accepted:
+            self.accepted.remove((task, d))
+        self.started.pop(task, None)
+        self._maybeStopped()
+
+    def startNext(self) -> Task | None:
+        """Mark the next accepted task started, without running it yet."""
+        if not self.accepted:
+            return None
+        task, d = self.accepted.popleft()
+        self.started[task] = d
+        task.markStarted()
+        return task
+
+    def finish(self, task: Task, result: object = None) -> None:
+        """Fire a started task's Deferred with C{result} (a Failure fails it)."""
+        d = self.started.pop(task)
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+        self._maybeStopped()
+
+    def runNext(self) -> bool:
+        """Start and run the next accepted task; False if there was none."""
+        task = self.startNext()
+        if task is None:
+            return False
+        d = self.started[task]
+        try:
+            settled = settle(task.f(*task.args, **task.kwargs))
+        except BaseException:
+            settled = fail()
+
+        def done(result: object) -> None:
+            if self.started.get(task) is d:
+                self.finish(task, result)
+
+        settled.addBoth(done)
+        return True
+
+    def runAll(self) -> int:
+        """Run accepted tasks (including any accepted meanwhile) until none is left."""
+        count = 0
+        while self.runNext():
+            count += 1
+        return count
+
+    def stop(self) -> Deferred[None]:
+        """Take no more tasks; fire once every accepted task is done."""
+        self.stopped = True
+        d: Deferred[None] = Deferred()
+        self._stopWaiters.append(d)
+        self._maybeStopped()
+        return d
+
+    def _maybeStopped(self) -> None:
+        if self.stopped and not self.accepted and not self.started:
+            waiters, self._stopWaiters = self._stopWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def crash(self) -> list[Task]:
+        """Stop now; started tasks fail with L{WorkerCrashed}, others are returned."""
+        self.stopped = self.crashed = True
+        unstarted = [task for task, _ in self.accepted]
+        self.accepted.clear()
+        for task, d in list(self.started.items()):
+            del self.started[task]
+            d.errback(WorkerCrashed(f"{self.name} crashed while running {task!r}"))
+        return unstarted
