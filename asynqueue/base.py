@@ -88,6 +88,8 @@ class TaskQueue:
     @param stopOnLaneError: The default for C{TaskOptions.stopOnLaneError}.
     @param shutdownWithReactor: Shut the queue down, cancelling what is
         pending, when the reactor shuts down (the default).
+    @param maxRecords: How many L{TaskRecord}s to keep (the newest);
+        C{None} keeps every one, which costs memory on a long-lived queue.
     """
 
     log = Logger()
@@ -99,22 +101,25 @@ class TaskQueue:
         clock: IReactorTime | None = None,
         stopOnLaneError: bool = False,
         shutdownWithReactor: bool = True,
+        maxRecords: int | None = 100_000,
     ) -> None:
         from twisted.internet import reactor
 
         self.name = name or f"TaskQueue-{id(self):x}"
         self._reactor = reactor
-        self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        self._clock: IReactorTime = clock if clock is not None else reactor
         self._stopOnLaneError = stopOnLaneError
         self._slots: dict[IWorker, _WorkerSlot] = {}
         self._pending: dict[Hashable | None, list[tuple[float, int, Task]]] = {}
         self._pendingCount = 0
         self._lanes: dict[Hashable, _Lane] = {}
         self._running: set[Task] = set()
-        self._updates: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._updates: list[
+            tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+        ] = []
         self._seq = itertools.count()
         self._counts = {"done": 0, "failed": 0, "cancelled": 0}
-        self._records: list[TaskRecord] = []
+        self._records: deque[TaskRecord] = deque(maxlen=maxRecords)
         self._state = _RUNNING
         self._dispatching = False
         self._dispatchAgain = False
@@ -122,7 +127,7 @@ class TaskQueue:
         self._idleWaiters: list[Deferred[None]] = []
         self._triggerID: Any = None
         if shutdownWithReactor:
-            self._triggerID = reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+            self._triggerID = reactor.addSystemEventTrigger(
                 "before", "shutdown", self._reactorShutdown
             )
         for worker in workers:
@@ -318,13 +323,15 @@ class TaskQueue:
         }
 
     def records(self) -> list[TaskRecord]:
-        """The records of every task submitted so far, in submission order."""
+        """The records of the tasks submitted so far (the newest C{maxRecords})."""
         return list(self._records)
 
     # ------------------------------------------------------------------
     # Shutdown
 
-    def shutdown(self, timeout: float | None = None, cancelPending: bool = False) -> Deferred[None]:
+    def shutdown(
+        self, timeout: float | None = None, cancelPending: bool = False
+    ) -> Deferred[None]:
         """
         Stop taking calls, finish or cancel what is queued, stop the workers.
 
@@ -339,7 +346,7 @@ class TaskQueue:
             self._state = _STOPPING
             if self._triggerID is not None:
                 try:
-                    self._reactor.removeSystemEventTrigger(self._triggerID)  # type: ignore[attr-defined]
+                    self._reactor.removeSystemEventTrigger(self._triggerID)
                 except (ValueError, KeyError):
                     pass
                 self._triggerID = None
@@ -354,7 +361,8 @@ class TaskQueue:
                 if timer is not None and timer.active():
                     timer.cancel()
                 return DeferredList(
-                    [self.detachWorker(w) for w in list(self._slots)], consumeErrors=True
+                    [self.detachWorker(w) for w in list(self._slots)],
+                    consumeErrors=True,
                 )
 
             def stopped(_: object) -> None:
@@ -379,8 +387,12 @@ class TaskQueue:
         await self.shutdown()
 
     def _reactorShutdown(self) -> Deferred[None]:
+        # The program is ending: nothing may keep the reactor from stopping,
+        # so running tasks are cancelled too (a thread is abandoned).
         self._triggerID = None
-        return self.shutdown(cancelPending=True)
+        d = self.shutdown(cancelPending=True)
+        self._cancelEverything()
+        return d
 
     # ------------------------------------------------------------------
     # Internals: tasks
@@ -422,7 +434,9 @@ class TaskQueue:
         task.record.started = None
         task.workerDeferred = None
         if task.series is not None and not self._qualifiedFor(task.series):
-            self._finish(task, Failure(NoQualifiedWorker(f"no worker for {task.series!r}")))
+            self._finish(
+                task, Failure(NoQualifiedWorker(f"no worker for {task.series!r}"))
+            )
             return
         self._push(task)
 
@@ -509,7 +523,9 @@ class TaskQueue:
             task.timedOut = True
             task.workerDeferred.cancel()
 
-    def _ran(self, result: object, task: Task, slot: _WorkerSlot, d: Deferred[Any]) -> None:
+    def _ran(
+        self, result: object, task: Task, slot: _WorkerSlot, d: Deferred[Any]
+    ) -> None:
         """A worker's Deferred for a task fired."""
         if task.workerDeferred is not d:
             # A worker fired a task it had handed back (crash); it was rerun.
@@ -526,7 +542,10 @@ class TaskQueue:
                         f"{task.options.timeout} s"
                     )
                 )
-            elif result.check(WorkerCrashed) and task.record.attempts <= task.options.retries:
+            elif (
+                result.check(WorkerCrashed)
+                and task.record.attempts <= task.options.retries
+            ):
                 if not task.deferred.called and self._state != _STOPPED:
                     self.log.warn(
                         "Retrying {task} after its worker {worker} crashed",
@@ -590,7 +609,7 @@ class TaskQueue:
             task.deferred.callback(result)
 
     def _advanceLane(self, task: Task, result: object) -> None:
-        lane = self._lanes.get(task.lane)  # type: ignore[arg-type]
+        lane = self._lanes.get(task.lane)
         if lane is None:
             return
         if lane.front is task:
@@ -619,7 +638,7 @@ class TaskQueue:
             self._push(lane.front)
             self._dispatch()
         elif lane.failure is None:
-            del self._lanes[task.lane]  # type: ignore[arg-type]
+            del self._lanes[task.lane]
 
     def clearLaneError(self, lane: Hashable) -> None:
         """Let a lane stopped by a failure (C{stopOnLaneError}) take tasks again."""
@@ -756,7 +775,7 @@ class TaskQueue:
 
 
 def _relay(result: object, d: Deferred[Any]) -> None:
-    """Pass a result (or failure) on to another Deferred; the chain goes on with None."""
+    """Pass a result or failure on to another Deferred; the chain goes on with None."""
     if isinstance(result, Failure):
         d.errback(result)
     else:
@@ -766,6 +785,6 @@ def _relay(result: object, d: Deferred[Any]) -> None:
 def _firstError(failure: Failure) -> Failure:
     from twisted.internet.defer import FirstError
 
-    if failure.check(FirstError):
+    if isinstance(failure.value, FirstError):
         return cast(Failure, failure.value.subFailure)
     return failure

@@ -162,7 +162,7 @@ class ThreadWorker(WorkerBase):
         return ThreadIterationSource(self, iterator)
 
     def stop(self) -> Deferred[None]:
-        """Take no more tasks; fire when my thread has run what it accepted and ended."""
+        """Take no more tasks; fire when my thread has done its tasks and ended."""
         if self._stopDeferred is None:
             self._stopped = True
             self._stopDeferred = Deferred()
@@ -237,7 +237,7 @@ class ThreadWorker(WorkerBase):
 
 @implementer(IIterationSource)
 class ThreadIterationSource:
-    """Items of an iterator that lives in a worker's thread, fetched in batches there."""
+    """The items of an iterator living in a worker's thread, fetched in batches."""
 
     def __init__(self, worker: ThreadWorker, iterator: Iterator[Any]) -> None:
         self._worker = worker
@@ -258,7 +258,7 @@ class ThreadIterationSource:
         return self._worker.callInThread(take)
 
     def close(self) -> None:
-        """Close the iterator in its thread (if it can be closed and the thread lives)."""
+        """Close the iterator in its thread, if it has close() and the thread lives."""
         close = getattr(self._iterator, "close", None)
         if close is not None and not self._worker._stopped:
             self._worker.callInThread(close).addErrback(lambda _: None)
@@ -278,7 +278,9 @@ class ThreadQueue(TaskQueue):
         for _ in range(n):
             self.attachWorker(ThreadWorker(capacity=capacity))
 
-    def deferToThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def deferToThread(
+        self, f: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
         """AsynQueue's name for L{call}."""
         return self.call(f, *args, **kwargs)
 
@@ -300,5 +302,3 @@ def deferToThread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[
 
         _shared = ThreadQueue(max(2, os.cpu_count() or 1), name="deferToThread")
     return _shared.call(f, *args, **kwargs)
-
-

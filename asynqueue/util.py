@@ -104,20 +104,14 @@ def _trackedClass(cls: type[Deferred[Any]]) -> type[_TrackedDeferred]:
     return tracked
 
 
-def _setClass(d: Deferred[Any], cls: type[Deferred[Any]]) -> None:
-    # Plain "d.__class__ = cls" does the same; mypy just cannot type it.
-    object.__setattr__(d, "__class__", cls)
-
-
-def _trackedFired(d: _TrackedDeferred) -> None:
+def _trackedFired(d: Deferred[Any]) -> None:
     """
     Give fired Deferred C{d} its own class back and tell its trackers.
     """
     trackers: list[DeferredTracker] | None = vars(d).pop("_asynqueueTrackers", None)
     if trackers is None:
         return
-    if isinstance(d, _TrackedDeferred):
-        _setClass(d, d._untrackedClass)
+    d.__class__ = cast(type[_TrackedDeferred], type(d))._untrackedClass
     for tracker in trackers:
         tracker._deferredFired(d)
 
@@ -200,7 +194,7 @@ class DeferredTracker:
         if isinstance(d, _TrackedDeferred):
             d._asynqueueTrackers.append(self)
         else:
-            _setClass(d, _trackedClass(type(d)))
+            d.__class__ = _trackedClass(type(d))
             cast(_TrackedDeferred, d)._asynqueueTrackers = [self]
         self._pending[key] = d
         return d

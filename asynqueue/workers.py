@@ -123,7 +123,9 @@ class AsyncWorker(WorkerBase):
     def _finished(self, result: object, task: Task, outer: Deferred[Any]) -> None:
         self._running.pop(task, None)
         if not outer.called:
-            outer.errback(result) if isinstance(result, Failure) else outer.callback(result)
+            outer.errback(result) if isinstance(result, Failure) else outer.callback(
+                result
+            )
         elif isinstance(result, Failure):
             result.trap(CancelledError, WorkerCrashed)
         if not self._running and self._stopWaiters:

@@ -20,7 +20,6 @@ from asynqueue import (
     WorkerCrashed,
 )
 from asynqueue.errors import ImplementationError, LaneError
-
 from helpers import failureOf, result
 
 
@@ -43,7 +42,9 @@ def test_callFiresWithResult(makeQueue: Any) -> None:
     assert result(d) == 1024
 
 
-def test_taskExceptionReachesCallerWithItsType(makeQueue: Any, loggedErrors: Any) -> None:
+def test_taskExceptionReachesCallerWithItsType(
+    makeQueue: Any, loggedErrors: Any
+) -> None:
     w = MemoryWorker()
     q = makeQueue(w)
     d = q.call(lambda: 1 / 0)
@@ -311,7 +312,12 @@ def test_workersLenAndStats(makeQueue: Any) -> None:
     for d in ds:
         d.addErrback(lambda f: None)
     stats = q.stats()
-    assert (stats["done"], stats["failed"], stats["pending"], stats["running"]) == (2, 1, 0, 0)
+    assert (stats["done"], stats["failed"], stats["pending"], stats["running"]) == (
+        2,
+        1,
+        0,
+        0,
+    )
     assert stats["workers"]["a"]["done"] + stats["workers"]["b"]["done"] == 2
     assert stats["workers"]["b"]["failed"] == 1
 
@@ -431,7 +437,13 @@ def test_recordsTellWhatHappened(makeQueue: Any, clock: Any) -> None:
     assert task is not None
     w.finish(task, 8)
     (r,) = q.records()
-    assert (r.name, r.function, r.priority, r.lane, r.worker) == ("power", "pow", 2, "p", "mem")
+    assert (r.name, r.function, r.priority, r.lane, r.worker) == (
+        "power",
+        "pow",
+        2,
+        "p",
+        "mem",
+    )
     assert (r.waitTime, r.runTime, r.state, r.outcome) == (3, 2, "done", "result")
 
 
@@ -466,7 +478,7 @@ def test_asyncContextManagerShutsDown(priority: Any) -> None:
 
 
 class CheckingWorker(MemoryWorker):
-    """A memory worker that checks, as each task arrives, that it was the most urgent."""
+    """A memory worker checking that each task it gets is the most urgent it may run."""
 
     queue: TaskQueue
 
@@ -481,7 +493,6 @@ class CheckingWorker(MemoryWorker):
 
 def _scheduleScenario(data: Any) -> None:
     from hypothesis import strategies as st
-
     from twisted.internet.task import Clock
 
     nWorkers = data.draw(st.integers(1, 3), label="workers")
@@ -519,7 +530,7 @@ def _scheduleScenario(data: Any) -> None:
             data.draw(st.sampled_from(tasks))[2].cancel()
     while any(w.runNext() for w in workers):
         pass
-    for k, lane, d in tasks:
+    for k in outcomes:
         assert len(outcomes[k]) == 1, f"task {k} fired {len(outcomes[k])} times"
         out = outcomes[k][0]
         if isinstance(out, Failure):

@@ -1,4 +1,4 @@
-"""Tests of asynqueue.threads: ThreadWorker, ThreadQueue, deferToThread (real threads)."""
+"""Tests of asynqueue.threads with real threads: ThreadWorker, ThreadQueue."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ async def test_callRunsInAnotherThread(threadQueue: ThreadQueue) -> None:
 async def test_manyCallsAllReturn(threadQueue: ThreadQueue) -> None:
     from twisted.internet.defer import gatherResults
 
-    results = await gatherResults([threadQueue.call(lambda i=i: i * 2) for i in range(2000)])
+    results = await gatherResults(
+        [threadQueue.call(lambda i=i: i * 2) for i in range(2000)]
+    )
     assert results == [i * 2 for i in range(2000)]
     stats = threadQueue.stats()
     assert stats["done"] == 2000
@@ -72,7 +74,9 @@ async def test_exceptionKeepsTypeAndTraceback(threadQueue: ThreadQueue) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_deferredAndCoroutineResultsAwaitedInReactor(threadQueue: ThreadQueue) -> None:
+async def test_deferredAndCoroutineResultsAwaitedInReactor(
+    threadQueue: ThreadQueue,
+) -> None:
     async def coro(x: int) -> int:
         return x + await succeed(1)
 
@@ -159,8 +163,11 @@ async def test_shutdownEndsThreads() -> None:
         if any(t.name.startswith(n + "-") for n in names):
             t.join(5)
             assert not t.is_alive()
-    assert all(t.daemon for t in threading.enumerate() if t is not threading.main_thread()
-               and t.name.startswith("ThreadWorker"))
+    assert all(
+        t.daemon
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and t.name.startswith("ThreadWorker")
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -172,3 +179,32 @@ async def test_deferToThreadHelpers(threadQueue: ThreadQueue) -> None:
 def test_threadQueueNeedsAThread() -> None:
     with pytest.raises(ValueError):
         ThreadQueue(0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_processExitsCleanlyWhenReactorStops() -> None:
+    """A program that stops its reactor with work pending exits at once, status 0."""
+    import sys
+
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    script = """
+import threading
+from twisted.internet import reactor
+from asynqueue import ThreadQueue
+
+q = ThreadQueue(2)
+gate = threading.Event()
+results = []
+d = q.call(lambda: 7)
+d.addCallback(results.append)
+d.addCallback(lambda _: [q.call(gate.wait) for _ in range(4)])
+d.addCallback(lambda _: reactor.callLater(0, reactor.stop))
+reactor.run()
+print("results", results, "running", q.isRunning())
+"""
+    out, err, code = await getProcessOutputAndValue(
+        sys.executable, ["-c", script], env=None, path="."
+    )
+    assert code == 0, err.decode()
+    assert out.decode().strip() == "results [7] running False"

@@ -9,7 +9,6 @@ from zope.interface.verify import verifyObject
 
 from asynqueue import AsyncWorker, IWorker, MemoryWorker, TimeoutError, WorkerCrashed
 from asynqueue.iteration import Deferator
-
 from helpers import failureOf, result
 
 
@@ -92,7 +91,12 @@ def test_asyncWorkerStopWaitsForRunning() -> None:
     w = AsyncWorker()
     gate: Deferred[int] = Deferred()
     task = Task(
-        lambda: gate, (), {}, TaskOptions(), TaskRecord(0, "t", "t", 0, None, None, 0), Deferred()
+        lambda: gate,
+        (),
+        {},
+        TaskOptions(),
+        TaskRecord(0, "t", "t", 0, None, None, 0),
+        Deferred(),
     )
     d = w.run(task)
     stopped = w.stop()

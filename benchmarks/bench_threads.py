@@ -1,0 +1,317 @@
+"""
+Threads: asynqueue's ThreadQueue against Twisted's deferToThread and a
+ThreadPoolExecutor, in one run, on the default reactor.
+
+Throughput: C{--calls} trivial calls submitted at once, every result
+collected in the reactor thread; best of C{--reps} rounds (the contenders
+take turns within a round, each round on a fresh, warmed-up queue or pool
+so that no contender pays for what another left on the heap). Each round
+runs once as Python normally runs (cyclic garbage collector on: the
+headline figures) and once with the collector off, which shows the CPU
+each contender itself spends in the reactor thread. Latency: sequential
+calls on a warm, idle queue, each awaited before the next. The plain
+C{ThreadPoolExecutor.map}, without a reactor, is the ceiling.
+
+    .venv/bin/python benchmarks/bench_threads.py [--calls N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from common import (
+    Stopwatch,
+    gitRevision,
+    machineHeader,
+    median,
+    now,
+    percentile,
+    printRatio,
+    printTable,
+)
+from twisted.internet import threads as twistedThreads
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import react
+from twisted.python.failure import Failure
+
+import asynqueue
+import twisted
+from asynqueue import AsyncWorker, TaskQueue, ThreadQueue
+
+TRIVIAL = int  # the call every contender runs: int() -> 0
+WORKERS = 2
+WARMUP = 1000
+
+Submit = Callable[[], Deferred[Any]]
+Close = Callable[[], Any]  # may return a Deferred
+
+
+@dataclass
+class Contender:
+    name: str
+    open: Callable[[], tuple[Submit, Close]]
+
+
+def allFired(ds: list[Deferred[Any]]) -> Deferred[None]:
+    """
+    Fire once every Deferred in C{ds} has fired; fail if any failed.
+
+    Lighter than C{gatherResults}, so collecting costs every contender the
+    same little.
+    """
+    done: Deferred[None] = Deferred()
+    left = [len(ds)]
+    failures: list[Failure] = []
+
+    def one(result: object) -> None:
+        if isinstance(result, Failure):
+            failures.append(result)
+        left[0] -= 1
+        if left[0] == 0:
+            if failures:
+                done.errback(failures[0])
+            else:
+                done.callback(None)
+
+    for d in ds:
+        d.addBoth(one)
+    return done
+
+
+def contenders(reactor: Any) -> list[Contender]:
+    def threadQueue() -> tuple[Submit, Close]:
+        q = ThreadQueue(WORKERS, name="bench-ThreadQueue")
+        return (lambda: q.call(TRIVIAL)), q.shutdown
+
+    def asyncWorker() -> tuple[Submit, Close]:
+        q = TaskQueue(AsyncWorker(), name="bench-AsyncWorker")
+        return (lambda: q.call(TRIVIAL)), q.shutdown
+
+    def deferToThread() -> tuple[Submit, Close]:
+        # The reactor's own pool lives as long as the reactor.
+        return (lambda: twistedThreads.deferToThread(TRIVIAL)), lambda: None
+
+    def bridgedExecutor() -> tuple[Submit, Close]:
+        executor = ThreadPoolExecutor(WORKERS)
+
+        def settle(d: Deferred[Any], future: Future[Any]) -> None:
+            error = future.exception()
+            if error is not None:
+                d.errback(Failure(error))
+            else:
+                d.callback(future.result())
+
+        def submit() -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            future = executor.submit(TRIVIAL)
+            future.add_done_callback(lambda f: reactor.callFromThread(settle, d, f))
+            return d
+
+        return submit, lambda: executor.shutdown(wait=True)
+
+    return [
+        Contender(f"asynqueue ThreadQueue({WORKERS})", threadQueue),
+        Contender("asynqueue TaskQueue(AsyncWorker())", asyncWorker),
+        Contender("twisted deferToThread (default pool)", deferToThread),
+        Contender(f"ThreadPoolExecutor({WORKERS}) -> callFromThread", bridgedExecutor),
+    ]
+
+
+MAP = f"ThreadPoolExecutor({WORKERS}).map, no reactor"
+
+
+@dataclass
+class Rounds:
+    """Wall and calling-thread CPU seconds of each throughput round."""
+
+    wall: list[float]
+    cpu: list[float]
+    wallGcOff: list[float]
+    cpuGcOff: list[float]
+
+    @classmethod
+    def empty(cls) -> Rounds:
+        return cls([], [], [], [])
+
+    def add(self, watch: Stopwatch) -> None:
+        if watch.gcOff:
+            self.wallGcOff.append(watch.wall)
+            self.cpuGcOff.append(watch.cpu)
+        else:
+            self.wall.append(watch.wall)
+            self.cpu.append(watch.cpu)
+
+
+async def throughputRound(contender: Contender, calls: int, gcOff: bool) -> Stopwatch:
+    """Time C{calls} calls on a fresh, warmed-up instance of the contender."""
+    submit, close = contender.open()
+    try:
+        await allFired([submit() for _ in range(min(WARMUP, calls))])
+        with Stopwatch(gcOff) as watch:
+            await allFired([submit() for _ in range(calls)])
+    finally:
+        await maybeDeferred(close)
+    return watch
+
+
+async def latencies(contender: Contender, calls: int, warmup: int = 50) -> list[float]:
+    """Round trips in seconds of C{calls} sequential calls, after a warm-up."""
+    submit, close = contender.open()
+    times = []
+    try:
+        for _ in range(warmup):
+            await submit()
+        gc.collect()
+        for _ in range(calls):
+            start = now()
+            await submit()
+            times.append(now() - start)
+    finally:
+        await maybeDeferred(close)
+    return times
+
+
+def executorMapCeiling(calls: int, reps: int) -> Rounds:
+    """Rounds of C{ThreadPoolExecutor.map}, no reactor involved."""
+    rounds = Rounds.empty()
+    for _ in range(reps):
+        for gcOff in (False, True):
+            with ThreadPoolExecutor(WORKERS) as executor:
+                list(executor.map(TRIVIAL, range(min(WARMUP, calls))))
+                with Stopwatch(gcOff) as watch:
+                    for _ in executor.map(TRIVIAL, range(calls)):
+                        pass
+            rounds.add(watch)
+    return rounds
+
+
+async def main(reactor: Any, args: argparse.Namespace) -> None:
+    print(f"reactor: {type(reactor).__module__}.{type(reactor).__name__}")
+    everyone = contenders(reactor)
+    TQ, AW, DTT, TPE = (c.name for c in everyone)
+
+    rounds = {c.name: Rounds.empty() for c in everyone}
+    for _ in range(args.reps):
+        for gcOff in (False, True):
+            for c in everyone:
+                rounds[c.name].add(await throughputRound(c, args.calls, gcOff))
+    rounds[MAP] = args.mapRounds
+
+    def rate(seconds: float) -> float:
+        return args.calls / seconds
+
+    best = {name: rate(min(r.wall)) for name, r in rounds.items()}
+    bestGcOff = {name: rate(min(r.wallGcOff)) for name, r in rounds.items()}
+    printTable(
+        f"Throughput: {args.calls:,} trivial calls submitted at once, results in "
+        f"the reactor thread; {args.reps} round(s) each",
+        [
+            "contender",
+            "best/s",
+            "median/s",
+            "worst/s",
+            "best/s gc off",
+            "CPU us/call gc off",
+        ],
+        [
+            [
+                name,
+                best[name],
+                rate(median(r.wall)),
+                rate(max(r.wall)),
+                bestGcOff[name],
+                1e6 * min(r.cpuGcOff) / args.calls,
+            ]
+            for name, r in rounds.items()
+        ],
+    )
+    print(
+        "  CPU us/call: CPU time of the reactor thread (for the .map ceiling: "
+        "the calling thread) per call,\n  best round with the collector off."
+    )
+
+    lat = {c.name: await latencies(c, args.latencyCalls) for c in everyone}
+    printTable(
+        f"Latency: {args.latencyCalls} sequential calls on a warm idle queue "
+        "(round trip, us)",
+        ["contender", "median", "p90", "min"],
+        [
+            [
+                name,
+                1e6 * median(times),
+                1e6 * percentile(times, 90),
+                1e6 * min(times),
+            ]
+            for name, times in lat.items()
+        ],
+    )
+
+    print("\nRatios of best throughput (higher is better for asynqueue)")
+    met = printRatio(f"{TQ} / {DTT}", best[TQ], best[DTT], target=2.0)
+    printRatio("  the same, gc off", bestGcOff[TQ], bestGcOff[DTT], target=2.0)
+    printRatio(f"{TQ} / {TPE}", best[TQ], best[TPE])
+    printRatio("  the same, gc off", bestGcOff[TQ], bestGcOff[TPE])
+    printRatio(f"{TQ} / {MAP}", best[TQ], best[MAP])
+    printRatio(f"{AW} / {DTT}", best[AW], best[DTT])
+    print("Ratios of median latency (lower is better for asynqueue)")
+    for other in (DTT, TPE):
+        printRatio(f"{TQ} / {other}", median(lat[TQ]), median(lat[other]))
+    print(
+        f"\nTarget ThreadQueue >= 2x deferToThread throughput: "
+        f"{'MET' if met else 'NOT MET'}"
+    )
+
+
+def parseArgs() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument(
+        "--calls", type=int, help="calls per throughput round (default 20000)"
+    )
+    parser.add_argument("--reps", type=int, help="throughput rounds (default 3)")
+    parser.add_argument(
+        "--latency-calls",
+        dest="latencyCalls",
+        type=int,
+        help="sequential calls for latency (default 200)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 2000 calls, 1 round, 50 latency calls",
+    )
+    args = parser.parse_args()
+    quick = {"calls": 2000, "reps": 1, "latencyCalls": 50}
+    full = {"calls": 20_000, "reps": 3, "latencyCalls": 200}
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def run() -> None:
+    args = parseArgs()
+    print(
+        machineHeader(
+            Twisted=twisted.__version__,
+            asynqueue=f"{asynqueue.__version__} (git {gitRevision()})",
+        )
+    )
+    start = now()
+    args.mapRounds = executorMapCeiling(args.calls, args.reps)
+    try:
+        react(lambda reactor: Deferred.fromCoroutine(main(reactor, args)))
+    finally:
+        print(f"(whole run: {now() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    run()
