@@ -8,10 +8,11 @@ worker when it arrives or when a worker frees a slot, never by polling.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -46,23 +47,92 @@ T = TypeVar("T")
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _WorkerSlot:
-    """The queue's bookkeeping for one attached worker."""
+    """
+    The queue's bookkeeping for one attached worker.
+
+    C{free} is how many more tasks it may take now: 0 until it is ready
+    and once it is leaving.
+    """
 
     worker: IWorker
     outstanding: set[Task] = field(default_factory=set)
     ready: bool = False
     leaving: bool = False
+    free: int = 0
     done: int = 0
     failed: int = 0
     idleWaiters: list[Deferred[None]] = field(default_factory=list)
 
-    @property
-    def free(self) -> int:
-        if not self.ready or self.leaving:
-            return 0
-        return int(self.worker.capacity) - len(self.outstanding)
+    def countFree(self) -> None:
+        """Work out C{free} afresh (after readiness, leaving or capacity changed)."""
+        if self.ready and not self.leaving:
+            self.free = int(self.worker.capacity) - len(self.outstanding)
+        else:
+            self.free = 0
+
+    def release(self, task: Task) -> None:
+        """The worker is done with a task."""
+        if task in self.outstanding:
+            self.outstanding.discard(task)
+            if self.ready and not self.leaving:
+                # Read afresh: a worker's capacity may change as it runs.
+                self.free = int(self.worker.capacity) - len(self.outstanding)
+
+
+class _Line:
+    """
+    The pending tasks of one series, in (priority, arrival) order.
+
+    A heap of the priorities present, each with a deque of its tasks in
+    arrival order: pushing and popping are O(1) for a priority already
+    present, which is the common case. Cancelled tasks stay in place and are
+    skipped when they reach the front.
+    """
+
+    __slots__ = ("levels", "priorities")
+
+    def __init__(self) -> None:
+        self.levels: dict[float, deque[Task]] = {}
+        self.priorities: list[float] = []
+
+    def push(self, task: Task) -> None:
+        priority = task.record.priority
+        level = self.levels.get(priority)
+        if level is None:
+            level = self.levels[priority] = deque()
+            heapq.heappush(self.priorities, priority)
+        if level and level[-1].record.id > task.record.id:
+            # Arrived earlier than tasks already in line (a lane's next task,
+            # a task put back after a crash): it goes in its arrival place.
+            ids = [t.record.id for t in level]
+            level.insert(bisect.bisect(ids, task.record.id), task)
+        else:
+            level.append(task)
+
+    def head(self) -> Task | None:
+        """The most urgent task not cancelled, left in line."""
+        priorities, levels = self.priorities, self.levels
+        while priorities:
+            level = levels[priorities[0]]
+            while level:
+                if not level[0].cancelled:
+                    return level[0]
+                level.popleft()
+            del levels[heapq.heappop(priorities)]
+        return None
+
+    def pop(self) -> Task | None:
+        """Take the most urgent task not cancelled."""
+        task = self.head()
+        if task is not None:
+            self.levels[self.priorities[0]].popleft()
+        return task
+
+    def __iter__(self) -> Iterator[Task]:
+        for level in self.levels.values():
+            yield from level
 
 
 @dataclass(eq=False)
@@ -110,7 +180,8 @@ class TaskQueue:
         self._clock: IReactorTime = clock if clock is not None else reactor
         self._stopOnLaneError = stopOnLaneError
         self._slots: dict[IWorker, _WorkerSlot] = {}
-        self._pending: dict[Hashable | None, list[tuple[float, int, Task]]] = {}
+        self._slotList: list[_WorkerSlot] = []
+        self._pending: dict[Hashable | None, _Line] = {}
         self._pendingCount = 0
         self._lanes: dict[Hashable, _Lane] = {}
         self._running: set[Task] = set()
@@ -184,7 +255,10 @@ class TaskQueue:
                 return task.deferred
             state.front = task
         self._push(task)
-        self._dispatch()
+        if not self._dispatching:
+            self._dispatch()
+        else:
+            self._dispatchAgain = True
         return task.deferred
 
     def update(
@@ -225,11 +299,13 @@ class TaskQueue:
             return succeed(None)
         slot = _WorkerSlot(worker)
         self._slots[worker] = slot
+        self._slotList = list(self._slots.values())
         worker.setResignator(self._workerResigned)
         ds = [self._runUpdate(slot, f, a, kw) for f, a, kw in self._updates]
 
         def ready(_: object) -> None:
             slot.ready = True
+            slot.countFree()
             self._dispatch()
 
         return DeferredList(ds, consumeErrors=True).addCallback(ready)
@@ -250,9 +326,10 @@ class TaskQueue:
         if slot is None:
             return succeed(None)
         slot.leaving = True
+        slot.countFree()
         if crash:
             for task in worker.crash():
-                slot.outstanding.discard(task)
+                slot.release(task)
                 self._running.discard(task)
                 self._cancelTimeout(task)
                 task.record.attempts -= 1
@@ -408,7 +485,7 @@ class TaskQueue:
         record = TaskRecord(
             id=seq,
             name=nameFor(f, options),
-            function=getattr(f, "__qualname__", repr(f)),
+            function=getattr(f, "__qualname__", None) or type(f).__qualname__,
             priority=options.effectivePriority,
             series=options.series,
             lane=options.lane,
@@ -422,8 +499,10 @@ class TaskQueue:
         return task
 
     def _push(self, task: Task) -> None:
-        heap = self._pending.setdefault(task.series, [])
-        heapq.heappush(heap, (task.priority, task.record.id, task))
+        line = self._pending.get(task.series)
+        if line is None:
+            line = self._pending[task.series] = _Line()
+        line.push(task)
         self._pendingCount += 1
 
     def _requeue(self, task: Task) -> None:
@@ -456,19 +535,22 @@ class TaskQueue:
 
     def _popBest(self, worker: IWorker) -> Task | None:
         """Take the most urgent pending task this worker may run."""
-        best: list[tuple[float, int, Task]] | None = None
-        for series in itertools.chain((None,), worker.iQualified):
-            heap = self._pending.get(series)
-            if not heap:
-                continue
-            while heap and heap[0][2].cancelled:
-                heapq.heappop(heap)
-            if heap and (best is None or heap[0] < best[0]):
-                best = heap
-        if best is None:
-            return None
-        self._pendingCount -= 1
-        return heapq.heappop(best)[2]
+        best: _Line | None = None
+        if not worker.iQualified:
+            best = self._pending.get(None)
+        else:
+            bestKey: tuple[float, int] | None = None
+            for series in itertools.chain((None,), worker.iQualified):
+                line = self._pending.get(series)
+                head = line.head() if line is not None else None
+                if head is not None:
+                    key = (head.record.priority, head.record.id)
+                    if bestKey is None or key < bestKey:
+                        best, bestKey = line, key
+        task = best.pop() if best is not None else None
+        if task is not None:
+            self._pendingCount -= 1
+        return task
 
     def _dispatch(self) -> None:
         """Hand pending tasks to workers with free slots, most urgent first."""
@@ -483,23 +565,20 @@ class TaskQueue:
                 again = False
                 if not self._pendingCount:
                     break
-                slots = sorted(
-                    (s for s in self._slots.values() if s.free > 0),
-                    key=lambda s: len(s.outstanding) / max(1, int(s.worker.capacity)),
-                )
-                for slot in slots:
-                    if slot.free <= 0:
-                        continue
-                    task = self._popBest(slot.worker)
-                    if task is not None:
-                        self._start(slot, task)
-                        again = True
+                # One task per free worker per pass spreads the load.
+                for slot in self._slotList:
+                    if slot.free > 0:
+                        task = self._popBest(slot.worker)
+                        if task is not None:
+                            self._start(slot, task)
+                            again = True
                 again = again or self._dispatchAgain
         finally:
             self._dispatching = False
 
     def _start(self, slot: _WorkerSlot, task: Task) -> None:
         slot.outstanding.add(task)
+        slot.free -= 1
         self._running.add(task)
         task.record.state = "running"
         task.record.worker = slot.worker.name
@@ -511,8 +590,8 @@ class TaskQueue:
         task.workerDeferred = d
         d.addBoth(self._ran, task, slot, d)
 
-    def _taskStarted(self, task: Task) -> None:
-        task.record.started = self._clock.seconds()
+    def _taskStarted(self, task: Task, ago: float) -> None:
+        task.record.started = self._clock.seconds() - ago
         timeout = task.options.timeout
         if timeout is not None:
             task.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
@@ -532,7 +611,7 @@ class TaskQueue:
             return
         task.workerDeferred = None
         self._cancelTimeout(task)
-        slot.outstanding.discard(task)
+        slot.release(task)
         self._running.discard(task)
         if isinstance(result, Failure):
             if task.timedOut and result.check(CancelledError):
@@ -690,7 +769,7 @@ class TaskQueue:
         record = TaskRecord(
             id=-1,
             name=nameFor(f, options),
-            function=getattr(f, "__qualname__", repr(f)),
+            function=getattr(f, "__qualname__", None) or type(f).__qualname__,
             priority=options.effectivePriority,
             series=None,
             lane=None,
@@ -709,6 +788,7 @@ class TaskQueue:
 
     def _forget(self, slot: _WorkerSlot) -> None:
         self._slots.pop(slot.worker, None)
+        self._slotList = list(self._slots.values())
         for task in list(slot.outstanding):
             # A crashed worker fails its running tasks itself; whatever it
             # left unfired must not strand its caller.
@@ -720,11 +800,11 @@ class TaskQueue:
 
     def _failOrphans(self) -> None:
         """Fail pending tasks whose series no worker is qualified for any more."""
-        for series, heap in list(self._pending.items()):
+        for series, line in list(self._pending.items()):
             if series is None or self._qualifiedFor(series):
                 continue
             del self._pending[series]
-            for _, _, task in heap:
+            for task in line:
                 if not task.cancelled:
                     self._pendingCount -= 1
                     self._finish(
@@ -763,8 +843,8 @@ class TaskQueue:
         for lane in list(self._lanes.values()):
             for task in list(lane.waiting):
                 task.deferred.cancel()
-        for heap in list(self._pending.values()):
-            for _, _, task in list(heap):
+        for line in list(self._pending.values()):
+            for task in list(line):
                 if not task.cancelled:
                     task.deferred.cancel()
 

@@ -100,15 +100,16 @@ class TaskOptions:
     @classmethod
     def fromKeywords(cls, keywords: dict[str, Any]) -> TaskOptions:
         """Pop the option keywords out of C{keywords} and return them as options."""
-        found = {name: keywords.pop(name) for name in OPTION_NAMES if name in keywords}
-        return cls(**found) if found else _DEFAULT_OPTIONS
+        if not keywords or OPTION_NAMES.isdisjoint(keywords):
+            return _DEFAULT_OPTIONS
+        return cls(**{n: keywords.pop(n) for n in OPTION_NAMES if n in keywords})
 
 
 OPTION_NAMES: frozenset[str] = frozenset(f.name for f in fields(TaskOptions))
 _DEFAULT_OPTIONS = TaskOptions()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TaskRecord:
     """
     What happened to one task: when it was submitted, started and ended,
@@ -146,7 +147,7 @@ class TaskRecord:
         return self.ended - self.started
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Task:
     """
     One call on its way through a queue.
@@ -162,7 +163,7 @@ class Task:
     options: TaskOptions
     record: TaskRecord
     deferred: Deferred[Any]
-    onStart: Callable[[Task], None] | None = None
+    onStart: Callable[[Task, float], None] | None = None
     workerDeferred: Deferred[Any] | None = None
     timeoutCall: IDelayedCall | None = None
     timedOut: bool = False
@@ -189,10 +190,16 @@ class Task:
         """AsynQueue's C{(f, args, kwargs)}."""
         return self.f, self.args, self.kwargs
 
-    def markStarted(self) -> None:
-        """Tell the queue that the call has begun; call it in the reactor thread."""
+    def markStarted(self, ago: float = 0.0) -> None:
+        """
+        Tell the queue that the call has begun; call it in the reactor thread.
+
+        A worker that learns of the start late says how many seconds C{ago}
+        it was. A task with a C{timeout} must be marked when it starts, since
+        that starts its timer.
+        """
         if self.record.started is None and self.onStart is not None:
-            self.onStart(self)
+            self.onStart(self, ago)
 
     def __repr__(self) -> str:
         return f"<Task {self.record.id} {self.record.name} {self.record.state}>"

@@ -14,6 +14,7 @@ import itertools
 import queue
 import threading
 from collections import deque
+from time import perf_counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError, ThreadError, WorkerCrashed
 from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.tasks import Task
-from asynqueue.workers import WorkerBase, settle
+from asynqueue.workers import PLAIN_TYPES, WorkerBase, settle
 
 __all__ = ["ThreadWorker", "ThreadQueue", "deferToThread", "ThreadIterationSource"]
 
@@ -76,7 +77,12 @@ class ThreadWorker(WorkerBase):
 
     The queue may hand me up to C{capacity} tasks at once; they run one after
     another in my thread, which keeps the thread busy between round trips
-    through the reactor.
+    through the reactor. By default (C{capacity=None}) the number adapts: one
+    task, plus as many more as take about C{backlogSeconds} to run by the
+    average so far (up to C{maxCapacity}). So short tasks go through in
+    bulk, while a more urgent task that arrives later waits at most about
+    C{backlogSeconds} behind those already handed to me. Give an int for a
+    fixed capacity; C{capacity=1} keeps priorities exact.
 
     Cancelling a running task, or its timeout, abandons the thread: a
     Python thread cannot be stopped from outside, so it runs the call to its
@@ -89,10 +95,16 @@ class ThreadWorker(WorkerBase):
         self,
         name: str | None = None,
         series: Iterable[Any] = (),
-        capacity: int = 2,
+        capacity: int | None = None,
         reactor: Any = None,
+        backlogSeconds: float = 0.002,
+        maxCapacity: int = 32,
     ) -> None:
-        super().__init__(name, series, capacity)
+        super().__init__(name, series, capacity or 1)
+        self._adaptive = capacity is None
+        self._backlogSeconds = backlogSeconds
+        self._maxCapacity = maxCapacity
+        self._averageRunTime = backlogSeconds
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -150,13 +162,24 @@ class ThreadWorker(WorkerBase):
                 self._jobs.discard(job)
                 if job.deferred.called:
                     continue
-                ok, result = item[2], item[3]
-                if ok:
-                    settle(result, self._sourceFor).chainDeferred(job.deferred)
-                else:
+                ok, result, ranFor = item[2], item[3], item[4]
+                if job.task is not None:
+                    job.task.markStarted(ago=ranFor)
+                    if self._adaptive:
+                        self._adapt(ranFor)
+                if not ok:
                     job.deferred.errback(result)
+                elif type(result) in PLAIN_TYPES:
+                    job.deferred.callback(result)
+                else:
+                    settle(result, self._sourceFor).chainDeferred(job.deferred)
             elif kind == "stopped":
                 self._stopFinished()
+
+    def _adapt(self, ranFor: float) -> None:
+        average = self._averageRunTime = 0.9 * self._averageRunTime + 0.1 * ranFor
+        backlog = self._backlogSeconds / average if average > 0 else self._maxCapacity
+        self.capacity = max(1, min(self._maxCapacity, 1 + int(backlog)))
 
     def _sourceFor(self, iterator: Iterator[Any]) -> IIterationSource:
         return ThreadIterationSource(self, iterator)
@@ -222,12 +245,16 @@ class ThreadWorker(WorkerBase):
                     continue
                 job.state = _RUNNING
                 job.thread = me
-            if job.task is not None:
-                self._post("started", job)
+            task = job.task
+            if task is not None and task.options.timeout is not None:
+                # Its timer must start now; other starts ride along with "done".
+                self._post("started", job, 0.0)
+            began = perf_counter()
             try:
                 news: tuple[Any, ...] = ("done", job, True, job.call())
             except BaseException:
                 news = ("done", job, False, Failure())
+            news += (perf_counter() - began,)
             with self._lock:
                 job.state = _DONE
                 if me.abandoned:
@@ -268,10 +295,12 @@ class ThreadQueue(TaskQueue):
     """
     A L{TaskQueue} of C{n} L{ThreadWorker}s.
 
-    Extra keywords go to L{TaskQueue}; C{capacity} to each worker.
+    Extra keywords go to L{TaskQueue}; C{capacity} to each worker (see
+    L{ThreadWorker}: C{None} adapts it to the tasks' run times, 1 keeps
+    priorities exact).
     """
 
-    def __init__(self, n: int = 1, capacity: int = 2, **kwargs: Any) -> None:
+    def __init__(self, n: int = 1, capacity: int | None = None, **kwargs: Any) -> None:
         if n < 1:
             raise ValueError(f"a ThreadQueue needs at least one thread, not {n}")
         super().__init__(**kwargs)

@@ -24,7 +24,7 @@ from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.iteration import Deferator, LocalIterationSource, isIterator
 from asynqueue.tasks import Task
 
-__all__ = ["AsyncWorker", "MemoryWorker", "settle", "WorkerBase"]
+__all__ = ["AsyncWorker", "MemoryWorker", "settle", "WorkerBase", "PLAIN_TYPES"]
 
 _names = itertools.count(1)
 
@@ -41,6 +41,8 @@ def settle(
     C{sourceFor(iterator)}. An iterator that a Deferred or coroutine fires
     with was made in the reactor, so it is iterated there.
     """
+    if type(result) in PLAIN_TYPES:
+        return succeed(result)
     if isinstance(result, Deferred):
         return result.addCallback(_localDeferator)
     if isawaitable(result):
@@ -48,6 +50,25 @@ def settle(
     if isIterator(result):
         return succeed(Deferator(sourceFor(result)))  # type: ignore[arg-type]
     return succeed(result)
+
+
+#: Result types that are never iterators, Deferreds or awaitables.
+PLAIN_TYPES = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        bytearray,
+        list,
+        tuple,
+        dict,
+        set,
+    }
+)
 
 
 async def _awaitIt(awaitable: Any) -> Any:

@@ -485,9 +485,10 @@ class CheckingWorker(MemoryWorker):
     def run(self, task: Any) -> Deferred[Any]:
         key = (task.priority, task.record.id)
         for series in [None, *self.iQualified]:
-            for p, i, other in self.queue._pending.get(series, []):
+            for other in self.queue._pending.get(series, []):
                 if not other.cancelled:
-                    assert key <= (p, i), f"{task} went ahead of more urgent {other}"
+                    otherKey = (other.priority, other.record.id)
+                    assert key <= otherKey, f"{task} went ahead of more urgent {other}"
         return super().run(task)
 
 
