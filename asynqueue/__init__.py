@@ -11,11 +11,15 @@ from asynqueue.errors import (
     LaneError,
     NoQualifiedWorker,
     QueueRunError,
+    RemoteError,
     TimeoutError,
+    UnpicklableError,
     WorkerCrashed,
 )
 from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
+from asynqueue.node import context
+from asynqueue.process import ProcessQueue, ProcessWorker
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
 from asynqueue.threads import ThreadQueue, ThreadWorker, deferToThread
 from asynqueue.util import DeferredLock, DeferredTracker
@@ -33,7 +37,12 @@ __all__ = [
     "LaneError",
     "MemoryWorker",
     "NoQualifiedWorker",
+    "ProcessQueue",
+    "ProcessWorker",
     "QueueRunError",
+    "RemoteError",
+    "UnpicklableError",
+    "context",
     "Task",
     "TaskOptions",
     "TaskQueue",

@@ -279,7 +279,10 @@ class TaskQueue:
             return fail(TypeError(f"{f!r} is not callable"))
         if not ephemeral:
             self._updates.append((f, args, kwargs))
-        ds = [self._runUpdate(slot, f, args, kwargs) for slot in self._slots.values()]
+        ds = [
+            self._runUpdate(slot, f, args, kwargs, ephemeral)
+            for slot in self._slots.values()
+        ]
         return gatherResults(ds, consumeErrors=True).addErrback(_firstError)
 
     # ------------------------------------------------------------------
@@ -301,7 +304,7 @@ class TaskQueue:
         self._slots[worker] = slot
         self._slotList = list(self._slots.values())
         worker.setResignator(self._workerResigned)
-        ds = [self._runUpdate(slot, f, a, kw) for f, a, kw in self._updates]
+        ds = [self._runUpdate(slot, f, a, kw, False) for f, a, kw in self._updates]
 
         def ready(_: object) -> None:
             slot.ready = True
@@ -382,7 +385,8 @@ class TaskQueue:
 
         Keys: C{pending}, C{running}, C{done}, C{failed}, C{cancelled}, and
         C{workers}, a dict by worker name of C{capacity}, C{running},
-        C{done} and C{failed}.
+        C{done} and C{failed}, plus what the worker's own C{info()} adds (a
+        process worker: its C{pid} and tasks done by its current process).
         """
         return {
             "pending": self._pendingCount + self._laneBacklog(),
@@ -394,6 +398,7 @@ class TaskQueue:
                     "running": len(slot.outstanding),
                     "done": slot.done,
                     "failed": slot.failed,
+                    **(getattr(slot.worker, "info", dict)()),
                 }
                 for slot in self._slots.values()
             },
@@ -750,10 +755,13 @@ class TaskQueue:
         f: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        ephemeral: bool,
     ) -> Deferred[Any]:
         options = TaskOptions(doNext=True)
         task = self._newTaskUnrecorded(f, args, kwargs, options)
         task.onStart = None
+        # A worker that replaces its process (or node) replays kept updates.
+        task.extra["update"] = "ephemeral" if ephemeral else "kept"
         try:
             return slot.worker.run(task)
         except Exception:

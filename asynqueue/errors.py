@@ -21,6 +21,8 @@ __all__ = [
     "TimeoutError",
     "NoQualifiedWorker",
     "LaneError",
+    "UnpicklableError",
+    "RemoteError",
 ]
 
 
@@ -72,3 +74,22 @@ class LaneError(AsynQueueError):
         super().__init__(f"an earlier task of lane {lane!r} failed: {cause!r}")
         self.lane = lane
         self.cause = cause
+
+
+class UnpicklableError(AsynQueueError, TypeError):
+    """A call, argument, result or item could not be pickled to travel."""
+
+
+class RemoteError(AsynQueueError):
+    """
+    A task failed elsewhere with an exception that cannot be rebuilt here.
+
+    C{typeName} and C{message} describe the original exception;
+    C{remoteTraceback} is its traceback text.
+    """
+
+    def __init__(self, typeName: str, message: str, remoteTraceback: str) -> None:
+        super().__init__(f"{typeName}: {message}")
+        self.typeName = typeName
+        self.message = message
+        self.remoteTraceback = remoteTraceback

@@ -315,8 +315,13 @@ class Deferator(Generic[T]):
         self._fetching = False
         if self._closed:
             return
-        items, exhausted = result
-        self._buffer.extend(items)
+        try:
+            items, exhausted = result
+            self._buffer.extend(items)
+        except Exception:
+            # A malformed answer would otherwise stall iteration for good.
+            self._fetchFailed(Failure())
+            return
         if exhausted:
             self._exhausted = True
             self._closer()
@@ -464,7 +469,7 @@ class IterationProducer(Generic[T]):
         self._registered = False
         self._producing = False
         self._waiting = False
-        self._result: IConsumer | Failure | None = None
+        self._failure: Failure | None = None
         self._observers: list[Deferred[IConsumer]] = []
         if consumer is not None:
             self.registerConsumer(consumer)
@@ -509,7 +514,8 @@ class IterationProducer(Generic[T]):
             return
         self._producing = True
         try:
-            dr = self.deferator
+            dr, consumer = self.deferator, self.consumer
+            assert consumer is not None
             while not (self._paused or self._finished):
                 if not dr._decided():
                     self._waiting = True
@@ -518,13 +524,14 @@ class IterationProducer(Generic[T]):
                 try:
                     item = dr._takeNow()
                 except StopIteration:
-                    self._finish(self.consumer)
+                    self._finish()
                     return
                 except BaseException:
                     self._finish(Failure())
                     return
                 try:
-                    self.consumer.write(item)  # type: ignore[union-attr, arg-type]
+                    # IConsumer.write is typed for bytes; any item will do here.
+                    consumer.write(item)  # type: ignore[arg-type]
                 except Exception:
                     dr.close()
                     self._finish(Failure())
@@ -536,23 +543,23 @@ class IterationProducer(Generic[T]):
         self._waiting = False
         self._produce()
 
-    def _finish(self, result: IConsumer | Failure | None) -> None:
+    def _finish(self, failure: Failure | None = None) -> None:
         if self._finished:
             return
         self._finished = True
-        self._result = result
-        if self._registered:
+        self._failure = failure
+        if self._registered and self.consumer is not None:
             self._registered = False
-            self.consumer.unregisterProducer()  # type: ignore[union-attr]
+            self.consumer.unregisterProducer()
         observers, self._observers = self._observers, []
         for d in observers:
             self._fire(d)
 
     def _fire(self, d: Deferred[IConsumer]) -> None:
-        if isinstance(self._result, Failure):
-            d.errback(self._result)
-        else:
-            d.callback(self._result)  # type: ignore[arg-type]
+        if self._failure is not None:
+            d.errback(self._failure)
+        elif self.consumer is not None:
+            d.callback(self.consumer)
 
     def pauseProducing(self) -> None:
         """Write nothing more until L{resumeProducing}."""
@@ -566,7 +573,7 @@ class IterationProducer(Generic[T]):
 
     def stopProducing(self) -> None:
         """Close the Deferator and fire L{run}'s Deferred with the consumer."""
-        self._finish(self.consumer)
+        self._finish()
         self.deferator.close()
 
 

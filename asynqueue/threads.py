@@ -14,8 +14,8 @@ import itertools
 import queue
 import threading
 from collections import deque
-from time import perf_counter
 from collections.abc import Callable, Iterable, Iterator
+from time import perf_counter
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail

@@ -1,0 +1,426 @@
+"""
+The worker node: runs the tasks that arrive over the wire.
+
+One node implementation serves two transports. In a child process of a
+L{asynqueue.process.ProcessQueue} the node talks AMP over two pipes
+(descriptors 3 and 4, so that a task's C{print} never corrupts the
+protocol) and runs each task itself, one at a time. Run as
+C{python -m asynqueue.node --child}, which is what a C{ProcessWorker}
+spawns.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from inspect import isawaitable
+from time import perf_counter
+from typing import Any
+
+from twisted.internet import abstract, main
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from asynqueue.errors import UnpicklableError
+from asynqueue.iteration import isIterator
+from asynqueue.wire import (
+    CancelTask,
+    CloseIterator,
+    NextItems,
+    NodeInfo,
+    RunTasks,
+    Stop,
+    TaskResult,
+    dumps,
+    encodeError,
+    loads,
+)
+
+__all__ = ["NodeProtocol", "LocalRunner", "PipeReader", "PipeWriter", "context"]
+
+_READ_SIZE = 1 << 20
+_CONNECTION_DONE = Failure(main.CONNECTION_DONE)
+_context: Any = None
+
+
+def context() -> Any:
+    """
+    What the queue's C{initializer} returned, in this worker process.
+
+    A task reaches its process's context (a model, a connection, a cache)
+    through this; it is C{None} outside a worker or without an initializer.
+    """
+    return _context
+
+
+def _initialize(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> None:
+    """Run the queue's initializer in this process and keep what it returns."""
+    global _context
+    _context = initializer(*initargs)
+
+
+class PipeReader(abstract.FileDescriptor):
+    """Reads a pipe in large pieces and feeds a protocol."""
+
+    def __init__(self, fd: int, protocol: Any, reactor: Any = None) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        self.protocol = protocol
+        os.set_blocking(fd, False)
+        self.startReading()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> object:
+        try:
+            data = os.read(self.fd, _READ_SIZE)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.protocol.connectionLost(reason)
+
+
+class PipeWriter(abstract.FileDescriptor):
+    """Writes to a pipe without blocking, buffering what does not fit yet."""
+
+    def __init__(self, fd: int, reactor: Any = None) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.connected = 1
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def getPeer(self) -> str:
+        return f"pipe {self.fd}"
+
+    def getHost(self) -> str:
+        return f"pid {os.getpid()}"
+
+    def writeSomeData(self, data: bytes) -> int | BaseException:
+        try:
+            return os.write(self.fd, data)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                return 0
+            return main.CONNECTION_LOST
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class _BlockingPipeTransport:
+    """
+    A child's way back to its parent: every write is in the pipe when it returns.
+
+    So a result is in the pipe before the next task starts, and survives
+    the child's death.
+    """
+
+    disconnecting = False
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def getPeer(self) -> str:
+        return "parent"
+
+    def getHost(self) -> str:
+        return f"pid {os.getpid()}"
+
+
+class LocalRunner:
+    """
+    Runs a node's tasks in this process, one at a time, in the order sent.
+
+    Tasks run in short slices of reactor time, so that incoming boxes
+    (cancels, iterator pulls) are read between tasks. A task that returns a
+    Deferred or coroutine holds the line until it is done.
+    """
+
+    def __init__(self, reactor: IReactorTime, send: Callable[..., object]) -> None:
+        self._reactor = reactor
+        self._send = send
+        self._backlog: deque[tuple[int, bytes]] = deque()
+        self._cancelled: set[int] = set()
+        self._iterators: dict[int, Iterator[Any]] = {}
+        self._iteratorIDs = itertools.count(1)
+        self._scheduled: Any = None
+        self._waiting = False
+        self._stopWaiters: list[Deferred[None]] = []
+        self.done = 0
+
+    def add(self, tasks: list[tuple[int, bytes]]) -> None:
+        self._backlog.extend(tasks)
+        self._schedule()
+
+    def cancel(self, taskID: int) -> None:
+        if any(t[0] == taskID for t in self._backlog):
+            self._cancelled.add(taskID)
+
+    def _schedule(self) -> None:
+        if self._scheduled is None and not self._waiting and self._backlog:
+            self._scheduled = self._reactor.callLater(0, self._runSome)
+        elif not self._backlog and not self._waiting and self._stopWaiters:
+            waiters, self._stopWaiters = self._stopWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _runSome(self) -> None:
+        self._scheduled = None
+        try:
+            self._runSlice()
+        except BaseException:
+            # The node's own machinery failed (not a task): a node that cannot
+            # report results must end, so that its parent sees a crash.
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(70)
+
+    def _runSlice(self) -> None:
+        deadline = perf_counter() + 0.005
+        while self._backlog and not self._waiting:
+            taskID, call = self._backlog.popleft()
+            if taskID in self._cancelled:
+                self._cancelled.discard(taskID)
+                continue
+            self._runOne(taskID, call)
+            if perf_counter() > deadline:
+                break
+        self._schedule()
+
+    def _runOne(self, taskID: int, call: bytes) -> None:
+        began = perf_counter()
+        try:
+            f, args, kwargs = loads(call)
+            result = f(*args, **kwargs)
+        except BaseException as e:
+            self._reply(taskID, "e", encodeError(e), began)
+            return
+        if isinstance(result, Deferred) or isawaitable(result):
+            self._waiting = True
+            d = (
+                result
+                if isinstance(result, Deferred)
+                else Deferred.fromCoroutine(_await(result))
+            )
+
+            def settled(outcome: object) -> None:
+                self._waiting = False
+                if isinstance(outcome, Failure):
+                    error = outcome.value or Exception(outcome.getErrorMessage())
+                    self._reply(taskID, "e", encodeError(error), began)
+                else:
+                    self._deliver(taskID, outcome, began)
+                self._schedule()
+
+            d.addBoth(settled)
+            return
+        self._deliver(taskID, result, began)
+
+    def _deliver(self, taskID: int, result: object, began: float) -> None:
+        if isIterator(result):
+            iteratorID = next(self._iteratorIDs)
+            self._iterators[iteratorID] = result  # type: ignore[assignment]
+            self._reply(taskID, "i", dumps(iteratorID), began)
+            return
+        try:
+            payload = dumps(result)
+        except Exception as e:
+            error = UnpicklableError(
+                f"the result ({type(result).__qualname__}) cannot be pickled: "
+                f"{type(e).__name__}: {e}"
+            )
+            self._reply(taskID, "e", encodeError(error), began)
+            return
+        self._reply(taskID, "r", payload, began)
+
+    def _reply(self, taskID: int, status: str, payload: bytes, began: float) -> None:
+        self.done += 1
+        self._send(taskID, status, payload, perf_counter() - began)
+
+    def nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
+        iterator = self._iterators.get(iteratorID)
+        items: list[Any] = []
+        if iterator is None:
+            return {"items": dumps(items), "exhausted": True, "error": None}
+        try:
+            for item in iterator:
+                items.append(item)
+                if len(items) >= maxItems:
+                    return {"items": dumps(items), "exhausted": False, "error": None}
+        except BaseException as e:
+            del self._iterators[iteratorID]
+            return {"items": dumps(items), "exhausted": True, "error": encodeError(e)}
+        del self._iterators[iteratorID]
+        return {"items": dumps(items), "exhausted": True, "error": None}
+
+    def closeIterator(self, iteratorID: int) -> None:
+        iterator = self._iterators.pop(iteratorID, None)
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+    def whenIdle(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._stopWaiters.append(d)
+        self._schedule()
+        return d
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+class NodeProtocol(amp.AMP):
+    """
+    The node's side of the wire: takes tasks, sends results, serves iterators.
+
+    C{onStop} is called once the node has answered L{Stop} or lost its
+    connection.
+    """
+
+    def __init__(
+        self, reactor: Any, onStop: Callable[[], object] | None = None
+    ) -> None:
+        super().__init__()
+        self.runner = LocalRunner(reactor, self._sendResult)
+        self._onStop = onStop
+
+    def _sendResult(
+        self, taskID: int, status: str, payload: bytes, seconds: float
+    ) -> None:
+        self.callRemote(
+            TaskResult, taskID=taskID, status=status, payload=payload, seconds=seconds
+        )
+
+    @RunTasks.responder
+    def runTasks(self, batch: bytes) -> dict[str, Any]:
+        self.runner.add(loads(batch))
+        return {}
+
+    @NextItems.responder
+    def nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
+        return self.runner.nextItems(iteratorID, maxItems)
+
+    @CloseIterator.responder
+    def closeIterator(self, iteratorID: int) -> dict[str, Any]:
+        self.runner.closeIterator(iteratorID)
+        return {}
+
+    @CancelTask.responder
+    def cancelTask(self, taskID: int) -> dict[str, Any]:
+        self.runner.cancel(taskID)
+        return {}
+
+    @Stop.responder
+    def stop(self) -> Deferred[dict[str, Any]]:
+        def stopped(_: object) -> dict[str, Any]:
+            if self._onStop is not None:
+                self._reactor().callLater(0, self._onStop)
+            return {}
+
+        return self.runner.whenIdle().addCallback(stopped)
+
+    def _reactor(self) -> Any:
+        return self.runner._reactor
+
+    @NodeInfo.responder
+    def nodeInfo(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "rss": _rss(),
+            "capacity": 1,
+            "done": self.runner.done,
+        }
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        super().connectionLost(reason)
+        if self._onStop is not None:
+            self._onStop()
+            self._onStop = None
+
+
+def _rss() -> int:
+    """This process's resident memory in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _dieWithParent() -> None:
+    """On Linux, have the kernel kill this child if its parent dies."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def childMain(readFD: int = 3, writeFD: int = 4) -> None:
+    """Be a child worker node: AMP in on C{readFD}, out on C{writeFD}."""
+    import signal
+
+    # Ctrl-C reaches the whole process group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _dieWithParent()
+    from twisted.internet import reactor
+
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    protocol = NodeProtocol(reactor, onStop=stop)
+    protocol.makeConnection(_BlockingPipeTransport(writeFD))
+    PipeReader(readFD, protocol, reactor)
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        childMain()
+    else:
+        sys.exit("usage: python -m asynqueue.node --child")

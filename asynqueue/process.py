@@ -1,0 +1,612 @@
+"""
+Processes: L{ProcessWorker} runs calls in a child Python process, and
+L{ProcessQueue} is a L{TaskQueue} of them, one per core by default.
+
+Each child is a worker node (L{asynqueue.node}) talking AMP over two
+dedicated pipes. Tasks are pickled at once in the parent, so a call that
+cannot travel fails its own Deferred at once. Several tasks are kept in
+flight per child, and tasks handed out in the same reactor turn travel in
+one box.
+
+A child runs its tasks one at a time in the order sent, and reports each
+result before it starts the next. So the parent always knows which task a
+child is running: the oldest one it has not answered. If the child dies,
+that task fails with L{WorkerCrashed} (or runs again if it asked for
+C{retries}), the tasks behind it are sent to a fresh child, and no task is
+lost or silently run twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from asynqueue.base import TaskQueue
+from asynqueue.errors import QueueRunError, UnpicklableError, WorkerCrashed, WorkerError
+from asynqueue.interfaces import IIterationSource, IWorker
+from asynqueue.iteration import Deferator
+from asynqueue.node import PipeReader, PipeWriter, _initialize, context
+from asynqueue.tasks import Task
+from asynqueue.wire import (
+    CancelTask,
+    CloseIterator,
+    NextItems,
+    NodeInfo,
+    RunTasks,
+    Stop,
+    TaskResult,
+    decodeError,
+    dumpCall,
+    dumps,
+    loads,
+)
+
+__all__ = ["ProcessWorker", "ProcessQueue", "ProcessIterationSource", "context"]
+
+#: Calls at most this big travel together in one box.
+_BATCH_BYTES = 1 << 16
+
+
+@dataclass(eq=False, slots=True)
+class _Sent:
+    """A call handed to a child and not yet answered."""
+
+    taskID: int
+    call: bytes
+    task: Task | None
+    deferred: Deferred[Any] | None
+    started: bool = False
+
+
+class _ParentAMP(amp.AMP):
+    """The parent's side of the wire to one child."""
+
+    def __init__(self, child: _Child) -> None:
+        super().__init__()
+        self.child = child
+
+    @TaskResult.responder
+    def taskResult(
+        self, taskID: int, status: str, payload: bytes, seconds: float
+    ) -> dict[str, Any]:
+        self.child.resultReceived(taskID, status, payload, seconds)
+        return {}
+
+
+class _Child(ProcessProtocol):
+    """One child process of a L{ProcessWorker} and the conversation with it."""
+
+    log = Logger()
+
+    def __init__(self, worker: ProcessWorker) -> None:
+        self.worker = worker
+        self.amp = _ParentAMP(self)
+        self.inFlight: OrderedDict[int, _Sent] = OrderedDict()
+        self.outgoing: list[tuple[int, bytes]] = []
+        self.flushCall: Any = None
+        self.pid: int | None = None
+        self.sent = 0
+        self.done = 0
+        self.openIterators = 0
+        self.stopping = False
+        self.dead = False
+        self.ended: Deferred[None] = Deferred()
+        self._waitingFor = {"process", "pipe"}
+        self._lines = {1: b"", 2: b""}
+        self._idleWaiters: list[Deferred[None]] = []
+
+    def start(self, reactor: Any, executable: str, env: dict[str, str]) -> None:
+        toChildRead, toChildWrite = os.pipe()
+        fromChildRead, fromChildWrite = os.pipe()
+        try:
+            transport = reactor.spawnProcess(
+                self,
+                executable,
+                [executable, "-m", "asynqueue.node", "--child"],
+                env=env,
+                childFDs={0: "w", 1: "r", 2: "r", 3: toChildRead, 4: fromChildWrite},
+            )
+        finally:
+            os.close(toChildRead)
+            os.close(fromChildWrite)
+        self.pid = transport.pid
+        transport.closeStdin()
+        writer = PipeWriter(toChildWrite, reactor)
+        self.amp.makeConnection(writer)
+        PipeReader(fromChildRead, _PipeEnd(self), reactor)
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, sent: _Sent) -> None:
+        self.inFlight[sent.taskID] = sent
+        self.sent += 1
+        if len(sent.call) > _BATCH_BYTES:
+            self.flush()
+            self.amp.callRemote(RunTasks, batch=dumps([(sent.taskID, sent.call)]))
+        else:
+            self.outgoing.append((sent.taskID, sent.call))
+            if self.flushCall is None:
+                self.flushCall = self.worker.reactor.callLater(0, self.flush)
+        self._markRunning()
+
+    def flush(self) -> None:
+        if self.flushCall is not None:
+            if self.flushCall.active():
+                self.flushCall.cancel()
+            self.flushCall = None
+        if self.outgoing and not self.dead:
+            batch, self.outgoing = self.outgoing, []
+            self.amp.callRemote(RunTasks, batch=dumps(batch))
+
+    def _markRunning(self) -> None:
+        """The oldest unanswered call is the one the child is running."""
+        for sent in self.inFlight.values():
+            if not sent.started:
+                sent.started = True
+                if sent.task is not None:
+                    sent.task.markStarted()
+            return
+
+    def cancel(self, taskID: int) -> bool:
+        """
+        Withdraw a call; return True if it was running (the child must die).
+        """
+        sent = self.inFlight.pop(taskID, None)
+        if sent is None:
+            return False
+        if sent.started:
+            return True
+        if any(t == taskID for t, _ in self.outgoing):
+            self.outgoing = [(t, c) for t, c in self.outgoing if t != taskID]
+        else:
+            self.amp.callRemote(CancelTask, taskID=taskID)
+        self._checkIdle()
+        return False
+
+    # -- receiving ---------------------------------------------------------
+
+    def resultReceived(
+        self, taskID: int, status: str, payload: bytes, seconds: float
+    ) -> None:
+        self.done += 1
+        sent = self.inFlight.pop(taskID, None)
+        self.worker.ran(seconds)
+        self._markRunning()
+        if sent is not None and sent.deferred is not None and not sent.deferred.called:
+            d = sent.deferred
+            if status == "r":
+                try:
+                    result = loads(payload)
+                except Exception as e:
+                    d.errback(
+                        UnpicklableError(f"the result cannot be unpickled: {e!r}")
+                    )
+                else:
+                    d.callback(result)
+            elif status == "e":
+                d.errback(decodeError(payload, f"{self.worker.name} (pid {self.pid})"))
+            else:
+                self.openIterators += 1
+                d.callback(Deferator(ProcessIterationSource(self, loads(payload))))
+        self._checkIdle()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """A task's print or a warning: pass whole lines on to the log."""
+        lines = (self._lines.get(childFD, b"") + data).split(b"\n")
+        self._lines[childFD] = lines.pop()
+        for line in lines:
+            self.log.info(
+                "[{worker} pid {pid}] {line}",
+                worker=self.worker.name,
+                pid=self.pid,
+                line=line.decode("utf-8", "replace"),
+            )
+
+    def processEnded(self, reason: Failure) -> None:
+        self._gone("process", reason)
+
+    def pipeClosed(self, reason: Failure) -> None:
+        self.amp.connectionLost(reason)
+        self._gone("pipe", reason)
+
+    def _gone(self, what: str, reason: Failure) -> None:
+        # Results may still be in the pipe when the process has ended, so
+        # the child is only over once both have happened.
+        self._waitingFor.discard(what)
+        if what == "process":
+            self.exitReason = reason
+        if not self._waitingFor:
+            self.dead = True
+            self.worker.childEnded(self, self.exitReason)
+            self.ended.callback(None)
+
+    # -- ending --------------------------------------------------------------
+
+    def _checkIdle(self) -> None:
+        if not self.inFlight and not self.openIterators and self._idleWaiters:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def retire(self) -> Deferred[None]:
+        """Let the child finish what it has, then ask it to end."""
+        self.stopping = True
+        idle: Deferred[None] = Deferred()
+        self._idleWaiters.append(idle)
+        self._checkIdle()
+
+        def askToStop(_: object) -> Deferred[Any]:
+            self.flush()
+            if not self.dead:
+                self.amp.callRemote(Stop).addErrback(lambda _: None)
+            return self.ended
+
+        return idle.addCallback(askToStop)
+
+    def kill(self) -> None:
+        if self.pid is not None and not self.dead:
+            try:
+                os.kill(self.pid, 9)
+            except (ProcessLookupError, ProcessExitedAlready):
+                pass
+
+
+class _PipeEnd:
+    """Feeds the child's result pipe to its AMP, and tells when it closes."""
+
+    def __init__(self, child: _Child) -> None:
+        self.child = child
+
+    def dataReceived(self, data: bytes) -> None:
+        self.child.amp.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.child.pipeClosed(reason)
+
+
+@implementer(IIterationSource)
+class ProcessIterationSource:
+    """The items of an iterator kept in a child process, fetched over the wire."""
+
+    def __init__(self, child: _Child, iteratorID: int) -> None:
+        self._child = child
+        self._iteratorID = iteratorID
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def fetch(self, maxItems: int) -> Deferred[tuple[list[Any], bool]]:
+        if self._error is not None:
+            return fail(self._error)
+        if self._child.dead:
+            return fail(WorkerCrashed("the process holding the iterator ended"))
+        d = self._child.amp.callRemote(
+            NextItems, iteratorID=self._iteratorID, maxItems=maxItems
+        )
+        return d.addCallback(self._received)
+
+    def _received(self, answer: dict[str, Any]) -> tuple[list[Any], bool]:
+        items = loads(answer["items"])
+        exhausted = answer["exhausted"]
+        if answer.get("error") is not None:
+            error = decodeError(answer["error"], f"{self._child.worker.name}")
+            if not items:
+                self._done()
+                raise error
+            self._error = error
+            return items, False
+        if exhausted:
+            self._done()
+        return items, exhausted
+
+    def _done(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._child.openIterators -= 1
+            self._child._checkIdle()
+
+    def close(self) -> None:
+        if not self._closed:
+            if not self._child.dead:
+                self._child.amp.callRemote(CloseIterator, iteratorID=self._iteratorID)
+            self._done()
+
+
+@implementer(IWorker)
+class ProcessWorker:
+    """
+    Runs calls in a child Python process.
+
+    @param initializer: Called with C{initargs} in each new child before
+        any task; what it returns is the process's L{context}. If it fails,
+        every task given to the worker fails with L{WorkerError}.
+    @param maxTasksPerWorker: Replace the child after this many tasks (its
+        tasks are finished, none is lost).
+    @param capacity: How many tasks may be in flight to the child. C{None}
+        adapts it to the tasks' run times (see L{ThreadWorker}); 1 keeps
+        priorities exact.
+
+    Cancelling a running task, or its timeout, kills the child; a new one
+    takes over the tasks queued behind it. Cancelling a task not yet
+    started just withdraws it.
+    """
+
+    log = Logger()
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        name: str | None = None,
+        series: Iterable[Any] = (),
+        capacity: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        maxTasksPerWorker: int | None = None,
+        reactor: Any = None,
+        executable: str | None = None,
+        env: dict[str, str] | None = None,
+        backlogSeconds: float = 0.002,
+        maxCapacity: int = 64,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"a worker's capacity must be at least 1, not {capacity}")
+        if maxTasksPerWorker is not None and maxTasksPerWorker < 1:
+            raise ValueError(
+                f"maxTasksPerWorker must be at least 1, not {maxTasksPerWorker}"
+            )
+        self.reactor = reactor
+        self.name = name or f"ProcessWorker-{next(self._ids)}"
+        self.iQualified: list[Any] = list(series)
+        self.capacity = capacity or 1
+        self._adaptive = capacity is None
+        self._backlogSeconds = backlogSeconds
+        self._maxCapacity = maxCapacity
+        self._averageRunTime = backlogSeconds
+        self._maxTasks = maxTasksPerWorker
+        self._executable = executable or sys.executable
+        self._env = dict(os.environ if env is None else env)
+        self._env.setdefault("PYTHONPATH", os.pathsep.join(p for p in sys.path if p))
+        self._resignator: Callable[[Any], object] | None = None
+        self._taskIDs = itertools.count(1)
+        self._setup: list[bytes] = []
+        self._setupFailure: Failure | None = None
+        if initializer is not None:
+            self._setup.append(dumpCall(_initialize, (initializer, initargs), {}))
+        self._stopped = False
+        self._retiring: set[_Child] = set()
+        self._recentCrashes = 0
+        self.replaced = 0
+        self._child = self._spawn()
+
+    def __repr__(self) -> str:
+        return f"<ProcessWorker {self.name} pid {self._child.pid}>"
+
+    # -- IWorker -------------------------------------------------------------
+
+    def setResignator(self, callableObject: Callable[[Any], object]) -> None:
+        """Register what to call, with me, if I must resign."""
+        self._resignator = callableObject
+
+    def run(self, task: Task) -> Deferred[Any]:
+        """Pickle the call now and send it to my child."""
+        if self._stopped:
+            return fail(QueueRunError(f"{self.name} is stopped"))
+        if self._setupFailure is not None:
+            return fail(self._setupError())
+        try:
+            call = dumpCall(task.f, task.args, task.kwargs)
+        except UnpicklableError as e:
+            return fail(e)
+        if task.extra.get("update") == "kept":
+            self._setup.append(call)
+        if self._maxTasks is not None and self._child.sent >= self._maxTasks + len(
+            self._setup
+        ):
+            self._replace()
+        sent = _Sent(next(self._taskIDs), call, task, None)
+        sent.deferred = Deferred(lambda d: self._cancel(sent))
+        self._child.send(sent)
+        return sent.deferred
+
+    def _cancel(self, sent: _Sent) -> None:
+        for child in (self._child, *self._retiring):
+            if sent.taskID in child.inFlight:
+                if child.cancel(sent.taskID):
+                    # A Python call cannot be interrupted from outside.
+                    child.kill()
+                return
+
+    def stop(self) -> Deferred[None]:
+        """Let my child finish its tasks, then end it; fire when it has ended."""
+        self._stopped = True
+        children = [self._child, *self._retiring]
+        ds = [c.retire() for c in children]
+        d: Deferred[None] = Deferred()
+        pending = len(ds)
+
+        def one(_: object) -> None:
+            nonlocal pending
+            pending -= 1
+            if pending == 0:
+                d.callback(None)
+
+        for each in ds:
+            each.addBoth(one)
+        return d
+
+    def crash(self) -> list[Task]:
+        """Kill my child now; return the tasks it had not started."""
+        self._stopped = True
+        unstarted: list[Task] = []
+        for child in (self._child, *self._retiring):
+            for sent in list(child.inFlight.values()):
+                if not sent.started and sent.task is not None:
+                    del child.inFlight[sent.taskID]
+                    unstarted.append(sent.task)
+            child.kill()
+        return unstarted
+
+    def info(self) -> dict[str, Any]:
+        """What L{TaskQueue.stats} shows of me: my child's pid and its tasks done."""
+        return {
+            "pid": self._child.pid,
+            "processDone": self._child.done,
+            "replaced": self.replaced,
+        }
+
+    def nodeInfo(self) -> Deferred[dict[str, Any]]:
+        """Ask my child for its pid, resident memory (bytes) and tasks done."""
+        return self._child.amp.callRemote(NodeInfo)
+
+    # -- children ------------------------------------------------------------
+
+    def _spawn(self) -> _Child:
+        child = _Child(self)
+        child.start(self.reactor, self._executable, self._env)
+        for call in self._setup:
+            sent = _Sent(next(self._taskIDs), call, None, Deferred())
+            sent.deferred.addErrback(self._setupFailed)  # type: ignore[union-attr]
+            child.send(sent)
+        return child
+
+    def _setupFailed(self, failure: Failure) -> None:
+        self.log.failure(
+            "Setting up a process of {name} failed", failure, name=self.name
+        )
+        self._setupFailure = failure
+        self._child.kill()
+
+    def _setupError(self) -> WorkerError:
+        assert self._setupFailure is not None
+        return WorkerError(
+            f"{self.name} could not set up its process: "
+            f"{self._setupFailure.getErrorMessage()}"
+        )
+
+    def _replace(self) -> None:
+        """Start a fresh child; the old one finishes its tasks and ends."""
+        old = self._child
+        self._retiring.add(old)
+        old.retire().addBoth(lambda _: self._retiring.discard(old))
+        self._child = self._spawn()
+        self.replaced += 1
+
+    def ran(self, seconds: float) -> None:
+        """A child reported a call's run time: adapt my capacity."""
+        self._recentCrashes = 0
+        if self._adaptive:
+            average = self._averageRunTime = 0.9 * self._averageRunTime + 0.1 * seconds
+            backlog = (
+                self._backlogSeconds / average if average > 0 else self._maxCapacity
+            )
+            self.capacity = max(1, min(self._maxCapacity, 1 + int(backlog)))
+
+    def childEnded(self, child: _Child, reason: Failure) -> None:
+        """A child's process and pipe are both gone."""
+        unanswered = list(child.inFlight.values())
+        child.inFlight.clear()
+        if not unanswered and (child.stopping or self._stopped):
+            return
+        running = unanswered[0] if unanswered and unanswered[0].started else None
+        rest = unanswered[1:] if running is not None else unanswered
+        why = reason.getErrorMessage() if not reason.check(ProcessDone) else "it exited"
+        if running is not None and running.deferred is not None:
+            if not running.deferred.called:
+                running.deferred.errback(
+                    WorkerCrashed(
+                        f"{self.name}'s process {child.pid} died while running "
+                        "the task "
+                        f"({why})"
+                    )
+                )
+        if self._stopped:
+            for sent in rest:
+                if sent.deferred is not None and not sent.deferred.called:
+                    sent.deferred.errback(WorkerCrashed(f"{self.name} was stopped"))
+            return
+        if child is self._child:
+            self._recentCrashes += 1
+            if self._recentCrashes > 5:
+                self.log.error(
+                    "{name}'s processes keep dying ({why}); it resigns",
+                    name=self.name,
+                    why=why,
+                )
+                self._stopped = True
+                for sent in rest:
+                    if sent.deferred is not None and not sent.deferred.called:
+                        sent.deferred.errback(
+                            WorkerCrashed(f"{self.name} keeps crashing")
+                        )
+                if self._resignator is not None:
+                    self._resignator(self)
+                return
+            self.log.warn(
+                "{name}'s process {pid} died ({why}); starting another",
+                name=self.name,
+                pid=child.pid,
+                why=why,
+            )
+            self._child = self._spawn()
+            self.replaced += 1
+        for sent in rest:
+            if (
+                sent.task is not None
+                and sent.deferred is not None
+                and not sent.deferred.called
+            ):
+                self._child.send(sent)
+
+
+class ProcessQueue(TaskQueue):
+    """
+    A L{TaskQueue} of C{n} L{ProcessWorker}s (one per core by default).
+
+    C{initializer}, C{initargs}, C{maxTasksPerWorker} and C{capacity} go
+    to each worker; other keywords to L{TaskQueue}.
+    """
+
+    def __init__(
+        self,
+        n: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        maxTasksPerWorker: int | None = None,
+        capacity: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        n = os.cpu_count() or 1 if n is None else n
+        if n < 1:
+            raise ValueError(f"a ProcessQueue needs at least one process, not {n}")
+        super().__init__(**kwargs)
+        for _ in range(n):
+            self.attachWorker(
+                ProcessWorker(
+                    initializer=initializer,
+                    initargs=initargs,
+                    maxTasksPerWorker=maxTasksPerWorker,
+                    capacity=capacity,
+                )
+            )
+
+    def nodeInfo(self) -> Deferred[list[dict[str, Any]]]:
+        """Ask every child for its pid, resident memory and tasks done."""
+        from twisted.internet.defer import gatherResults
+
+        return gatherResults(
+            [w.nodeInfo() for w in self.workers() if isinstance(w, ProcessWorker)]
+        )

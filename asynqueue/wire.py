@@ -1,0 +1,246 @@
+"""
+The wire between a queue and a worker node: AMP commands and how values
+travel on them. Child processes and remote nodes speak the same protocol.
+
+AMP limits one value to 65,535 bytes. L{BigBytes} spreads a larger value
+over as many keys of the same box as it needs, sliced from the original
+buffer without a copy per chunk.
+
+Calls travel pickled with cloudpickle (so closures and functions typed at a
+prompt work), everything else with pickle protocol 5. Pickles are code:
+only a peer that has authenticated may send them (the remote-node transport
+makes sure of that before any box is read).
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import cloudpickle
+from twisted.protocols import amp
+
+from asynqueue.errors import RemoteError, UnpicklableError
+
+__all__ = [
+    "BigBytes",
+    "RunTasks",
+    "TaskResult",
+    "NextItems",
+    "CloseIterator",
+    "CancelTask",
+    "Stop",
+    "NodeInfo",
+    "dumpCall",
+    "dumps",
+    "loads",
+    "encodeError",
+    "decodeError",
+]
+
+PROTOCOL = 5
+_CHUNK = amp.MAX_VALUE_LENGTH
+
+
+class BigBytes(amp.Argument):
+    """
+    A bytes value of any size: chunks of at most 65,535 bytes under the keys
+    C{name}, C{name.1}, C{name.2}, ... of one box.
+    """
+
+    def toBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, Any],
+        objects: dict[str, Any],
+        proto: Any,
+    ) -> None:
+        value = objects[amp._wireNameToPythonIdentifier(name)]
+        if self.optional and value is None:
+            return
+        view = memoryview(value).cast("B")
+        strings[name] = view[:_CHUNK]
+        for i, start in enumerate(range(_CHUNK, len(view), _CHUNK), 1):
+            strings[b"%s.%d" % (name, i)] = view[start : start + _CHUNK]
+
+    def fromBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, Any],
+        objects: dict[str, Any],
+        proto: Any,
+    ) -> None:
+        key = amp._wireNameToPythonIdentifier(name)
+        first = strings.get(name)
+        if first is None:
+            if not self.optional:
+                raise KeyError(name)
+            objects[key] = None
+            return
+        chunks = [first]
+        i = 1
+        while (chunk := strings.get(b"%s.%d" % (name, i))) is not None:
+            chunks.append(chunk)
+            i += 1
+        objects[key] = chunks[0] if i == 1 else b"".join(chunks)
+
+
+class RunTasks(amp.Command):
+    """
+    Queue calls on the node, to run in the order sent.
+
+    C{batch} is a pickled list of C{(taskID, call)}, C{call} being a
+    cloudpickled C{(f, args, kwargs)}. The results come back as
+    L{TaskResult}s, one box per task, in the order the tasks ran.
+    """
+
+    arguments = [(b"batch", BigBytes())]
+    requiresAnswer = False
+
+
+class TaskResult(amp.Command):
+    """
+    One task's outcome, sent by the node as soon as the task ends.
+
+    C{status} is C{"r"} (payload: the pickled result), C{"e"} (payload: an
+    encoded error, see L{encodeError}) or C{"i"} (payload: the pickled ID
+    of an iterator kept on the node). C{seconds} is how long the call ran.
+    The node sends it before starting its next task, so the parent knows
+    which of its tasks can have started.
+    """
+
+    arguments = [
+        (b"taskID", amp.Integer()),
+        (b"status", amp.Unicode()),
+        (b"payload", BigBytes()),
+        (b"seconds", amp.Float()),
+    ]
+    requiresAnswer = False
+
+
+class NextItems(amp.Command):
+    """Take up to C{maxItems} next items of an iterator kept on the node."""
+
+    arguments = [(b"iteratorID", amp.Integer()), (b"maxItems", amp.Integer())]
+    response = [
+        (b"items", BigBytes()),
+        (b"exhausted", amp.Boolean()),
+        (b"error", BigBytes(optional=True)),
+    ]
+
+
+class CloseIterator(amp.Command):
+    """Close and forget an iterator kept on the node."""
+
+    arguments = [(b"iteratorID", amp.Integer())]
+    requiresAnswer = False
+
+
+class CancelTask(amp.Command):
+    """Drop a queued task that has not started; a running one is not touched."""
+
+    arguments = [(b"taskID", amp.Integer())]
+    requiresAnswer = False
+
+
+class Stop(amp.Command):
+    """Finish the queued tasks, answer, and end."""
+
+    arguments: ClassVar[list[Any]] = []
+    response: ClassVar[list[Any]] = []
+
+
+class NodeInfo(amp.Command):
+    """What the node is: its process ID, memory, capacity and tasks done."""
+
+    arguments: ClassVar[list[Any]] = []
+    response = [
+        (b"pid", amp.Integer()),
+        (b"rss", amp.Integer()),
+        (b"capacity", amp.Integer()),
+        (b"done", amp.Integer()),
+    ]
+
+
+def dumps(value: object) -> bytes:
+    """Pickle a value (an argument, result or item) with protocol 5."""
+    try:
+        return pickle.dumps(value, PROTOCOL)
+    except Exception:
+        # Values made at a prompt or in a closure need cloudpickle.
+        return cloudpickle.dumps(value, PROTOCOL)
+
+
+loads: Callable[[bytes], Any] = pickle.loads
+
+
+def dumpCall(
+    f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bytes:
+    """
+    Pickle a call; raise L{UnpicklableError} naming what cannot be pickled.
+    """
+    try:
+        return cloudpickle.dumps((f, args, kwargs), PROTOCOL)
+    except Exception as e:
+        raise UnpicklableError(_culprit(f, args, kwargs, e)) from e
+
+
+def _culprit(
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    error: Exception,
+) -> str:
+    parts: list[tuple[str, object]] = [("the callable", f)]
+    parts += [(f"argument {i}", a) for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for what, obj in parts:
+        try:
+            cloudpickle.dumps(obj, PROTOCOL)
+        except Exception as e:
+            return f"{what} ({_short(obj)}) cannot be pickled: {type(e).__name__}: {e}"
+    return f"the call cannot be pickled: {type(error).__name__}: {error}"
+
+
+def _short(obj: object) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def encodeError(error: BaseException) -> bytes:
+    """
+    Encode an exception for the trip back: the exception itself if it
+    pickles (and unpickles), and always its type name, message and
+    traceback text.
+    """
+    text = "".join(traceback.format_exception(error))
+    try:
+        pickled: bytes | None = dumps(error)
+        loads(pickled)  # type: ignore[arg-type]
+    except Exception:
+        pickled = None
+    return dumps((pickled, type(error).__qualname__, str(error), text))
+
+
+def decodeError(payload: bytes, where: str) -> BaseException:
+    """
+    The exception an encoded error stands for, with the remote traceback as a note.
+
+    If the original exception cannot be rebuilt here, a L{RemoteError}
+    carrying its type name, message and traceback stands in for it.
+    """
+    pickled, typeName, message, text = loads(payload)
+    error: BaseException | None = None
+    if pickled is not None:
+        try:
+            error = loads(pickled)
+        except Exception:
+            error = None
+    if not isinstance(error, BaseException):
+        error = RemoteError(typeName, message, text)
+    error.add_note(f"Traceback from {where}:\n{text.rstrip()}")
+    error.remoteTraceback = text  # type: ignore[attr-defined]
+    return error
