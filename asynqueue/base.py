@@ -197,6 +197,9 @@ class TaskQueue:
         self._shutdownDeferred: Deferred[None] | None = None
         self._idleWaiters: list[Deferred[None]] = []
         self._triggerID: Any = None
+        # Made once: a bound method per task would be more garbage to collect.
+        self._canceller = self._cancelDeferred
+        self._onStart = self._taskStarted
         if shutdownWithReactor:
             self._triggerID = reactor.addSystemEventTrigger(
                 "before", "shutdown", self._reactorShutdown
@@ -497,11 +500,15 @@ class TaskQueue:
             submitted=self._clock.seconds(),
         )
         self._records.append(record)
-        task = Task(
-            f, args, kwargs, options, record, Deferred(lambda d: self._cancelTask(task))
-        )
-        task.onStart = self._taskStarted
+        d: Deferred[Any] = Deferred(self._canceller)
+        task = Task(f, args, kwargs, options, record, d)
+        d.task = task  # type: ignore[attr-defined]
+        task.onStart = self._onStart
         return task
+
+    def _cancelDeferred(self, d: Deferred[Any]) -> None:
+        """The canceller of every task's Deferred."""
+        self._cancelTask(d.task)  # type: ignore[attr-defined]
 
     def _push(self, task: Task) -> None:
         line = self._pending.get(task.series)

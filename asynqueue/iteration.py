@@ -353,15 +353,6 @@ class Deferator(Generic[T]):
             raise StopIteration
         raise NotReadyError(f"{self!r} has not received its next items yet")
 
-    def _checkHandedOut(self) -> None:
-        if self._handedOut is not None:
-            if not self._handedOut.called:
-                raise NotReadyError(
-                    f"wait for the Deferred of the previous item of {self!r} "
-                    "before asking for the next one"
-                )
-            self._handedOut = None
-
     # Public API ---------------------------------------------------------
 
     def ready(self) -> Deferred[Deferator[T]]:
@@ -401,11 +392,18 @@ class Deferator(Generic[T]):
 
     def __next__(self) -> Deferred[T]:
         """Return a Deferred of the next item; raise StopIteration at the end."""
-        self._checkHandedOut()
         if not self._decided():
+            # Only the message needs to know why: the Deferred handed out
+            # last fires as soon as the next position is decided.
+            if self._handedOut is not None and not self._handedOut.called:
+                raise NotReadyError(
+                    f"wait for the Deferred of the previous item of {self!r} "
+                    "before asking for the next one"
+                )
             raise NotReadyError(
                 f"{self!r} has no items yet: wait for ready() before a plain for loop"
             )
+        self._handedOut = None
         if not self._buffer:
             if self._failure is not None:
                 failure, self._failure = self._failure, None
@@ -428,7 +426,6 @@ class Deferator(Generic[T]):
 
     async def __anext__(self) -> T:
         """Wait for the next item and return it."""
-        self._checkHandedOut()
         while not self._decided():
             await self._whenDecided()
         try:

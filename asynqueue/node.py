@@ -30,6 +30,8 @@ from twisted.python.failure import Failure
 from asynqueue.errors import UnpicklableError
 from asynqueue.iteration import isIterator
 from asynqueue.wire import (
+    RESULT_DELAY,
+    RESULT_WINDOW,
     CancelTask,
     CloseIterator,
     NextItems,
@@ -37,6 +39,7 @@ from asynqueue.wire import (
     RunTasks,
     Stop,
     TaskResult,
+    TaskResults,
     dumps,
     encodeError,
     loads,
@@ -45,6 +48,7 @@ from asynqueue.wire import (
 __all__ = ["NodeProtocol", "LocalRunner", "PipeReader", "PipeWriter", "context"]
 
 _READ_SIZE = 1 << 20
+_BATCH_BYTES = 1 << 16
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
 _context: Any = None
 
@@ -171,6 +175,11 @@ class LocalRunner:
     Tasks run in short slices of reactor time, so that incoming boxes
     (cancels, iterator pulls) are read between tasks. A task that returns a
     Deferred or coroutine holds the line until it is done.
+
+    Results of short tasks travel together, but never more than
+    L{RESULT_WINDOW} tasks run between two sends, and no result waits more
+    than L{RESULT_DELAY} seconds: so when a node dies, only the
+    L{RESULT_WINDOW} oldest unanswered tasks can have run.
     """
 
     def __init__(self, reactor: IReactorTime, send: Callable[..., object]) -> None:
@@ -183,6 +192,8 @@ class LocalRunner:
         self._scheduled: Any = None
         self._waiting = False
         self._stopWaiters: list[Deferred[None]] = []
+        self._unsent: list[tuple[int, str, bytes, float]] = []
+        self._unsentSince = 0.0
         self.done = 0
 
     def add(self, tasks: list[tuple[int, bytes]]) -> None:
@@ -221,10 +232,23 @@ class LocalRunner:
             if taskID in self._cancelled:
                 self._cancelled.discard(taskID)
                 continue
+            unsent = self._unsent
+            if unsent and (
+                len(unsent) >= RESULT_WINDOW - 1
+                or perf_counter() - self._unsentSince > RESULT_DELAY
+            ):
+                self.flush()
             self._runOne(taskID, call)
             if perf_counter() > deadline:
                 break
+        self.flush()
         self._schedule()
+
+    def flush(self) -> None:
+        """Send the results not sent yet."""
+        if self._unsent:
+            batch, self._unsent = self._unsent, []
+            self._send(batch)
 
     def _runOne(self, taskID: int, call: bytes) -> None:
         began = perf_counter()
@@ -249,6 +273,7 @@ class LocalRunner:
                     self._reply(taskID, "e", encodeError(error), began)
                 else:
                     self._deliver(taskID, outcome, began)
+                self.flush()
                 self._schedule()
 
             d.addBoth(settled)
@@ -274,7 +299,12 @@ class LocalRunner:
 
     def _reply(self, taskID: int, status: str, payload: bytes, began: float) -> None:
         self.done += 1
-        self._send(taskID, status, payload, perf_counter() - began)
+        now = perf_counter()
+        if not self._unsent:
+            self._unsentSince = now
+        self._unsent.append((taskID, status, payload, now - began))
+        if len(payload) > _BATCH_BYTES:
+            self.flush()
 
     def nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
         iterator = self._iterators.get(iteratorID)
@@ -321,15 +351,22 @@ class NodeProtocol(amp.AMP):
         self, reactor: Any, onStop: Callable[[], object] | None = None
     ) -> None:
         super().__init__()
-        self.runner = LocalRunner(reactor, self._sendResult)
+        self.runner = LocalRunner(reactor, self._sendResults)
         self._onStop = onStop
 
-    def _sendResult(
-        self, taskID: int, status: str, payload: bytes, seconds: float
-    ) -> None:
-        self.callRemote(
-            TaskResult, taskID=taskID, status=status, payload=payload, seconds=seconds
-        )
+    def _sendResults(self, batch: list[tuple[int, str, bytes, float]]) -> None:
+        if len(batch) == 1:
+            # Alone, a large result travels without being pickled twice.
+            taskID, status, payload, seconds = batch[0]
+            self.callRemote(
+                TaskResult,
+                taskID=taskID,
+                status=status,
+                payload=payload,
+                seconds=seconds,
+            )
+        else:
+            self.callRemote(TaskResults, batch=dumps(batch))
 
     @RunTasks.responder
     def runTasks(self, batch: bytes) -> dict[str, Any]:

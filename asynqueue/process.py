@@ -41,6 +41,7 @@ from asynqueue.iteration import Deferator
 from asynqueue.node import PipeReader, PipeWriter, _initialize, context
 from asynqueue.tasks import Task
 from asynqueue.wire import (
+    RESULT_WINDOW,
     CancelTask,
     CloseIterator,
     NextItems,
@@ -48,6 +49,7 @@ from asynqueue.wire import (
     RunTasks,
     Stop,
     TaskResult,
+    TaskResults,
     decodeError,
     dumpCall,
     dumps,
@@ -55,6 +57,8 @@ from asynqueue.wire import (
 )
 
 __all__ = ["ProcessWorker", "ProcessQueue", "ProcessIterationSource", "context"]
+
+_CHILD_MAIN = "from asynqueue.node import childMain; childMain()"
 
 #: Calls at most this big travel together in one box.
 _BATCH_BYTES = 1 << 16
@@ -83,6 +87,13 @@ class _ParentAMP(amp.AMP):
         self, taskID: int, status: str, payload: bytes, seconds: float
     ) -> dict[str, Any]:
         self.child.resultReceived(taskID, status, payload, seconds)
+        return {}
+
+    @TaskResults.responder
+    def taskResults(self, batch: bytes) -> dict[str, Any]:
+        received = self.child.resultReceived
+        for taskID, status, payload, seconds in loads(batch):
+            received(taskID, status, payload, seconds)
         return {}
 
 
@@ -115,7 +126,7 @@ class _Child(ProcessProtocol):
             transport = reactor.spawnProcess(
                 self,
                 executable,
-                [executable, "-m", "asynqueue.node", "--child"],
+                [executable, "-c", _CHILD_MAIN],
                 env=env,
                 childFDs={0: "w", 1: "r", 2: "r", 3: toChildRead, 4: fromChildWrite},
             )
@@ -159,6 +170,18 @@ class _Child(ProcessProtocol):
                 if sent.task is not None:
                     sent.task.markStarted()
             return
+
+    def unanswered(self) -> tuple[list[_Sent], list[_Sent]]:
+        """
+        The unanswered calls the child may have run, and those it never started.
+
+        The child may have run the oldest L{RESULT_WINDOW} of the calls it
+        was sent (see L{asynqueue.node.LocalRunner}), and none of the rest.
+        """
+        unanswered = list(self.inFlight.values())
+        sentCount = len(unanswered) - len(self.outgoing)
+        window = min(RESULT_WINDOW, sentCount)
+        return unanswered[:window], unanswered[window:]
 
     def cancel(self, taskID: int) -> bool:
         """
@@ -453,9 +476,10 @@ class ProcessWorker:
         self._stopped = True
         unstarted: list[Task] = []
         for child in (self._child, *self._retiring):
-            for sent in list(child.inFlight.values()):
-                if not sent.started and sent.task is not None:
-                    del child.inFlight[sent.taskID]
+            _, neverRan = child.unanswered()
+            for sent in neverRan:
+                del child.inFlight[sent.taskID]
+                if sent.task is not None:
                     unstarted.append(sent.task)
             child.kill()
         return unstarted
@@ -517,20 +541,17 @@ class ProcessWorker:
 
     def childEnded(self, child: _Child, reason: Failure) -> None:
         """A child's process and pipe are both gone."""
-        unanswered = list(child.inFlight.values())
+        window, rest = child.unanswered()
         child.inFlight.clear()
-        if not unanswered and (child.stopping or self._stopped):
+        if not window and not rest and (child.stopping or self._stopped):
             return
-        running = unanswered[0] if unanswered and unanswered[0].started else None
-        rest = unanswered[1:] if running is not None else unanswered
         why = reason.getErrorMessage() if not reason.check(ProcessDone) else "it exited"
-        if running is not None and running.deferred is not None:
-            if not running.deferred.called:
-                running.deferred.errback(
+        for sent in window:
+            if sent.deferred is not None and not sent.deferred.called:
+                sent.deferred.errback(
                     WorkerCrashed(
-                        f"{self.name}'s process {child.pid} died while running "
-                        "the task "
-                        f"({why})"
+                        f"{self.name}'s process {child.pid} died ({why}) before "
+                        "reporting on the task"
                     )
                 )
         if self._stopped:

@@ -28,6 +28,9 @@ __all__ = [
     "BigBytes",
     "RunTasks",
     "TaskResult",
+    "TaskResults",
+    "RESULT_WINDOW",
+    "RESULT_DELAY",
     "NextItems",
     "CloseIterator",
     "CancelTask",
@@ -41,6 +44,13 @@ __all__ = [
 ]
 
 PROTOCOL = 5
+
+#: A node runs at most this many tasks between two sends of results, so if
+#: it dies, only that many of the oldest unanswered tasks can have run.
+RESULT_WINDOW = 16
+
+#: No result waits longer than this (seconds) to be sent.
+RESULT_DELAY = 0.001
 _CHUNK = amp.MAX_VALUE_LENGTH
 
 
@@ -107,8 +117,8 @@ class TaskResult(amp.Command):
     C{status} is C{"r"} (payload: the pickled result), C{"e"} (payload: an
     encoded error, see L{encodeError}) or C{"i"} (payload: the pickled ID
     of an iterator kept on the node). C{seconds} is how long the call ran.
-    The node sends it before starting its next task, so the parent knows
-    which of its tasks can have started.
+    A node sends results in the order the tasks ran, and runs at most
+    L{RESULT_WINDOW} tasks between two sends (see L{TaskResults}).
     """
 
     arguments = [
@@ -117,6 +127,16 @@ class TaskResult(amp.Command):
         (b"payload", BigBytes()),
         (b"seconds", amp.Float()),
     ]
+    requiresAnswer = False
+
+
+class TaskResults(amp.Command):
+    """
+    Several tasks' outcomes at once: a pickled list of C{(taskID, status,
+    payload, seconds)}, each as in L{TaskResult}.
+    """
+
+    arguments = [(b"batch", BigBytes())]
     requiresAnswer = False
 
 
@@ -182,8 +202,18 @@ def dumpCall(
     """
     Pickle a call; raise L{UnpicklableError} naming what cannot be pickled.
     """
+    call = (f, args, kwargs)
     try:
-        return cloudpickle.dumps((f, args, kwargs), PROTOCOL)
+        data = pickle.dumps(call, PROTOCOL)
+        # What plain pickle refers to by name in __main__ (a function typed
+        # at a prompt, a script's class) does not exist in the worker:
+        # cloudpickle sends such things by value.
+        if b"__main__" not in data:
+            return data
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(call, PROTOCOL)
     except Exception as e:
         raise UnpicklableError(_culprit(f, args, kwargs, e)) from e
 
