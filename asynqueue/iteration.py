@@ -255,6 +255,7 @@ class Deferator(Generic[T]):
         self._handedOut: Deferred[T] | None = None
         # Holds the source, not me, so that dropping me closes it.
         self._closer = weakref.finalize(self, _closeSource, source, self.name)
+        # At interpreter exit the reactor is gone and a remote close cannot run.
         self._closer.atexit = False
         self._pump()
 

@@ -223,7 +223,10 @@ class _Child(ProcessProtocol):
                 d.errback(decodeError(payload, f"{self.worker.name} (pid {self.pid})"))
             else:
                 self.openIterators += 1
-                d.callback(Deferator(ProcessIterationSource(self, loads(payload))))
+                # The call fires once the first items are in, so that a plain
+                # `for d in deferator` loop (AsynQueue's way) can start at once.
+                source = ProcessIterationSource(self, loads(payload))
+                Deferator(source).ready().chainDeferred(d)
         self._checkIdle()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:

@@ -48,7 +48,7 @@ def settle(
     if isawaitable(result):
         return Deferred.fromCoroutine(_awaitIt(result)).addCallback(_localDeferator)
     if isIterator(result):
-        return succeed(Deferator(sourceFor(result)))  # type: ignore[arg-type]
+        return Deferator(sourceFor(result)).ready()  # type: ignore[arg-type]
     return succeed(result)
 
 

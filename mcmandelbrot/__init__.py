@@ -1,1 +1,1 @@
-"""The mcmandelbrot demo: renders the Mandelbrot set with asynqueue (coming with its issue)."""
+"""The mcmandelbrot demo: the Mandelbrot set rendered with asynqueue."""

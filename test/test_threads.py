@@ -208,3 +208,13 @@ print("results", results, "running", q.isRunning())
     )
     assert code == 0, err.decode()
     assert out.decode().strip() == "results [7] running False"
+
+
+@pytest_twisted.inlineCallbacks
+def test_asynqueueStyleLoopWorksAtOnce(threadQueue: ThreadQueue) -> Any:
+    """The call fires once the first items are in, so a plain loop can start."""
+    deferator = yield threadQueue.call(lambda: (i * 3 for i in range(100)))
+    items = []
+    for d in deferator:
+        items.append((yield d))
+    assert items == [i * 3 for i in range(100)]
