@@ -197,6 +197,7 @@ class TaskQueue:
         self._shutdownDeferred: Deferred[None] | None = None
         self._idleWaiters: list[Deferred[None]] = []
         self._triggerID: Any = None
+        self._observers: list[Callable[[str, TaskRecord], object]] = []
         # Made once: a bound method per task would be more garbage to collect.
         self._canceller = self._cancelDeferred
         self._onStart = self._taskStarted
@@ -411,6 +412,50 @@ class TaskQueue:
         """The records of the tasks submitted so far (the newest C{maxRecords})."""
         return list(self._records)
 
+    def size(
+        self, waiting: bool = False, working: bool = False, completed: bool = False
+    ) -> int:
+        """
+        How many tasks are waiting, working (running) or completed, as ezpq counts.
+
+        With no flag set, all three together.
+        """
+        if not (waiting or working or completed):
+            waiting = working = completed = True
+        total = 0
+        if waiting:
+            total += self._pendingCount + self._laneBacklog()
+        if working:
+            total += len(self._running)
+        if completed:
+            total += sum(self._counts.values())
+        return total
+
+    def observe(
+        self, observer: Callable[[str, TaskRecord], object]
+    ) -> Callable[[], None]:
+        """
+        Call C{observer(event, record)} as tasks go: C{"submitted"},
+        C{"started"} and C{"ended"}. Return a function that stops it.
+
+        Observers run in the reactor thread, synchronously; progress bars,
+        logs and statistics hang on here instead of polling.
+        """
+        self._observers.append(observer)
+
+        def stop() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return stop
+
+    def _tell(self, event: str, record: TaskRecord) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event, record)
+            except Exception:
+                self.log.failure("Observer {observer} failed", observer=observer)
+
     # ------------------------------------------------------------------
     # Shutdown
 
@@ -500,6 +545,8 @@ class TaskQueue:
             submitted=self._clock.seconds(),
         )
         self._records.append(record)
+        if self._observers:
+            self._tell("submitted", record)
         d: Deferred[Any] = Deferred(self._canceller)
         task = Task(f, args, kwargs, options, record, d)
         d.task = task  # type: ignore[attr-defined]
@@ -604,6 +651,8 @@ class TaskQueue:
 
     def _taskStarted(self, task: Task, ago: float) -> None:
         task.record.started = self._clock.seconds() - ago
+        if self._observers:
+            self._tell("started", task.record)
         timeout = task.options.timeout
         if timeout is not None:
             task.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
@@ -683,6 +732,8 @@ class TaskQueue:
             record.state = "done"
             record.outcome = "result"
             self._counts["done"] += 1
+        if self._observers:
+            self._tell("ended", record)
         if task.lane is not None:
             self._advanceLane(task, result)
         if task.deferred.called:

@@ -269,6 +269,7 @@ class ThreadIterationSource:
     def __init__(self, worker: ThreadWorker, iterator: Iterator[Any]) -> None:
         self._worker = worker
         self._iterator = iterator
+        self._error: Failure | None = None
 
     def fetch(self, maxItems: int) -> Deferred[tuple[list[Any], bool]]:
         """Take up to C{maxItems} next items in the worker's thread."""
@@ -276,12 +277,21 @@ class ThreadIterationSource:
 
         def take() -> tuple[list[Any], bool]:
             items = []
-            for item in iterator:
-                items.append(item)
-                if len(items) >= maxItems:
-                    return items, False
+            try:
+                for item in iterator:
+                    items.append(item)
+                    if len(items) >= maxItems:
+                        return items, False
+            except BaseException:
+                if not items:
+                    raise
+                # The items before the error go first; the error comes next.
+                self._error = Failure()
+                return items, False
             return items, True
 
+        if self._error is not None:
+            return fail(self._error)
         return self._worker.callInThread(take)
 
     def close(self) -> None:

@@ -556,3 +556,40 @@ def test_schedulerProperties() -> None:
         _scheduleScenario(data)
 
     check()
+
+
+def test_observeSeesEveryStep(makeQueue: Any) -> None:
+    w = MemoryWorker()
+    q = makeQueue(w)
+    events: list[tuple[str, int]] = []
+    stop = q.observe(lambda event, record: events.append((event, record.id)))
+    q.call(lambda: 1)
+    q.call(lambda: 1 / 0).addErrback(lambda f: None)
+    w.runAll()
+    assert events == [
+        ("submitted", 0),
+        ("submitted", 1),
+        ("started", 0),
+        ("ended", 0),
+        ("started", 1),
+        ("ended", 1),
+    ]
+    stop()
+    q.call(lambda: 2)
+    assert len(events) == 6
+
+
+def test_sizeCountsLikeEzpq(makeQueue: Any) -> None:
+    w = MemoryWorker()
+    q = makeQueue(w)
+    for _ in range(3):
+        q.call(lambda: 1)
+    task = w.startNext()
+    assert (q.size(waiting=True), q.size(working=True), q.size(completed=True)) == (
+        2,
+        1,
+        0,
+    )
+    w.finish(task, 1)
+    w.runAll()
+    assert q.size() == 3 and q.size(completed=True) == 3
