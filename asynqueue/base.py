@@ -9,13 +9,14 @@ worker when it arrives or when a worker frees a slot, never by polling.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import (
     CancelledError,
@@ -39,6 +40,9 @@ from asynqueue.errors import (
 )
 from asynqueue.interfaces import IWorker
 from asynqueue.tasks import Task, TaskOptions, TaskRecord, nameFor
+
+if TYPE_CHECKING:
+    from asynqueue.iteration import Deferator
 
 __all__ = ["TaskQueue"]
 
@@ -288,6 +292,61 @@ class TaskQueue:
             for slot in self._slots.values()
         ]
         return gatherResults(ds, consumeErrors=True).addErrback(_firstError)
+
+    def map(
+        self,
+        f: Callable[..., Any],
+        iterable: Iterable[Any],
+        ordered: bool = True,
+        chunksize: int | None = None,
+        maxInFlight: int | None = None,
+        star: bool = False,
+        **options: Any,
+    ) -> Deferator[Any]:
+        """
+        Call C{f(item)} for every item; return a L{Deferator} of the results.
+
+        Items are taken from C{iterable} lazily and sent in chunks, one task
+        per chunk. With C{chunksize=None} the chunks grow until one runs for
+        about 5 ms, so small tasks travel in bulk while long ones go one by
+        one. At most C{maxInFlight} chunks (default 4 per worker) are out at
+        once, so memory stays bounded however many items there are. With
+        C{ordered=False} results come as they are ready. C{star=True} calls
+        C{f(*item)}. An item whose call raises ends the iteration at its
+        place with that exception, as C{multiprocessing}'s C{imap} does.
+        Other keywords are L{TaskOptions} for the chunks' tasks.
+        """
+        from asynqueue.mapper import mapOver
+
+        return mapOver(
+            self,
+            f,
+            iterable,
+            ordered=ordered,
+            chunksize=chunksize,
+            maxInFlight=maxInFlight,
+            star=star,
+            options=TaskOptions(**options),
+        )
+
+    def wrap(self, f: Callable[..., Any] | None = None, **options: Any) -> Any:
+        """
+        Decorate a function so that calling it queues the call here.
+
+        C{@queue.wrap} or C{@queue.wrap(priority=-1, timeout=5)}; the
+        decorated function returns a Deferred. The original stays reachable
+        as C{__wrapped__}.
+        """
+        taskOptions = TaskOptions(**options)
+
+        def decorate(func: Callable[..., Any]) -> Callable[..., Deferred[Any]]:
+            @functools.wraps(func)
+            def queued(*args: Any, **kwargs: Any) -> Deferred[Any]:
+                return self.callWith(taskOptions, func, *args, **kwargs)
+
+            return queued
+
+        return decorate if f is None else decorate(f)
 
     # ------------------------------------------------------------------
     # Workers
