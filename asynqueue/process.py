@@ -36,21 +36,19 @@ from zope.interface import implementer
 
 from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError, UnpicklableError, WorkerCrashed, WorkerError
-from asynqueue.interfaces import IIterationSource, IWorker
-from asynqueue.iteration import Deferator
+from asynqueue.interfaces import IWorker
 from asynqueue.node import PipeReader, PipeWriter, _initialize, context
 from asynqueue.tasks import Task
 from asynqueue.wire import (
     RESULT_WINDOW,
     CancelTask,
-    CloseIterator,
-    NextItems,
     NodeInfo,
     RunTasks,
     Stop,
     TaskResult,
     TaskResults,
-    decodeError,
+    WireIterationSource,
+    deliverResult,
     dumpCall,
     dumps,
     loads,
@@ -73,6 +71,7 @@ class _Sent:
     task: Task | None
     deferred: Deferred[Any] | None
     started: bool = False
+    raw: bool = False
 
 
 class _ParentAMP(amp.AMP):
@@ -118,6 +117,16 @@ class _Child(ProcessProtocol):
         self._waitingFor = {"process", "pipe"}
         self._lines = {1: b"", 2: b""}
         self._idleWaiters: list[Deferred[None]] = []
+
+    @property
+    def where(self) -> str:
+        """Where this child's results come from, for tracebacks."""
+        return f"{self.worker.name} (pid {self.pid})"
+
+    def iteratorClosed(self) -> None:
+        """One of the iterators this child holds for the parent is done."""
+        self.openIterators -= 1
+        self._checkIdle()
 
     def start(self, reactor: Any, executable: str, env: dict[str, str]) -> None:
         toChildRead, toChildWrite = os.pipe()
@@ -209,24 +218,10 @@ class _Child(ProcessProtocol):
         self.worker.ran(seconds)
         self._markRunning()
         if sent is not None and sent.deferred is not None and not sent.deferred.called:
-            d = sent.deferred
-            if status == "r":
-                try:
-                    result = loads(payload)
-                except Exception as e:
-                    d.errback(
-                        UnpicklableError(f"the result cannot be unpickled: {e!r}")
-                    )
-                else:
-                    d.callback(result)
-            elif status == "e":
-                d.errback(decodeError(payload, f"{self.worker.name} (pid {self.pid})"))
+            if sent.raw:
+                sent.deferred.callback((status, payload, seconds, self))
             else:
-                self.openIterators += 1
-                # The call fires once the first items are in, so that a plain
-                # `for d in deferator` loop (AsynQueue's way) can start at once.
-                source = ProcessIterationSource(self, loads(payload))
-                Deferator(source).ready().chainDeferred(d)
+                deliverResult(sent.deferred, status, payload, self)
         self._checkIdle()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -303,51 +298,8 @@ class _PipeEnd:
         self.child.pipeClosed(reason)
 
 
-@implementer(IIterationSource)
-class ProcessIterationSource:
-    """The items of an iterator kept in a child process, fetched over the wire."""
-
-    def __init__(self, child: _Child, iteratorID: int) -> None:
-        self._child = child
-        self._iteratorID = iteratorID
-        self._error: BaseException | None = None
-        self._closed = False
-
-    def fetch(self, maxItems: int) -> Deferred[tuple[list[Any], bool]]:
-        if self._error is not None:
-            return fail(self._error)
-        if self._child.dead:
-            return fail(WorkerCrashed("the process holding the iterator ended"))
-        d = self._child.amp.callRemote(
-            NextItems, iteratorID=self._iteratorID, maxItems=maxItems
-        )
-        return d.addCallback(self._received)
-
-    def _received(self, answer: dict[str, Any]) -> tuple[list[Any], bool]:
-        items = loads(answer["items"])
-        exhausted = answer["exhausted"]
-        if answer.get("error") is not None:
-            error = decodeError(answer["error"], f"{self._child.worker.name}")
-            if not items:
-                self._done()
-                raise error
-            self._error = error
-            return items, False
-        if exhausted:
-            self._done()
-        return items, exhausted
-
-    def _done(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._child.openIterators -= 1
-            self._child._checkIdle()
-
-    def close(self) -> None:
-        if not self._closed:
-            if not self._child.dead:
-                self._child.amp.callRemote(CloseIterator, iteratorID=self._iteratorID)
-            self._done()
+#: AsynQueue-era name of the iteration source over the wire.
+ProcessIterationSource = WireIterationSource
 
 
 @implementer(IWorker)

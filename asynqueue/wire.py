@@ -17,12 +17,16 @@ from __future__ import annotations
 import pickle
 import traceback
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import cloudpickle
+from twisted.internet.defer import Deferred, fail
 from twisted.protocols import amp
+from zope.interface import implementer
 
-from asynqueue.errors import RemoteError, UnpicklableError
+from asynqueue.errors import RemoteError, UnpicklableError, WorkerCrashed
+from asynqueue.interfaces import IIterationSource
+from asynqueue.iteration import Deferator
 
 __all__ = [
     "BigBytes",
@@ -41,6 +45,8 @@ __all__ = [
     "loads",
     "encodeError",
     "decodeError",
+    "deliverResult",
+    "WireIterationSource",
 ]
 
 PROTOCOL = 5
@@ -274,3 +280,90 @@ def decodeError(payload: bytes, where: str) -> BaseException:
     error.add_note(f"Traceback from {where}:\n{text.rstrip()}")
     error.remoteTraceback = text  # type: ignore[attr-defined]
     return error
+
+
+class Peer(Protocol):
+    """What a worker's end of the wire offers to results and iterators."""
+
+    dead: bool
+    openIterators: int
+
+    @property
+    def amp(self) -> amp.AMP: ...
+
+    @property
+    def where(self) -> str: ...
+
+    def iteratorClosed(self) -> None: ...
+
+
+def deliverResult(d: Deferred[Any], status: str, payload: bytes, peer: Peer) -> None:
+    """
+    Fire a task's Deferred with a result that came over the wire.
+
+    An iterator result fires it with a L{Deferator} once the first items are
+    in, so that a plain C{for d in deferator} loop (AsynQueue's way) can
+    start at once.
+    """
+    if status == "r":
+        try:
+            result = loads(payload)
+        except Exception as e:
+            d.errback(UnpicklableError(f"the result cannot be unpickled: {e!r}"))
+        else:
+            d.callback(result)
+    elif status == "e":
+        d.errback(decodeError(payload, peer.where))
+    else:
+        peer.openIterators += 1
+        source = WireIterationSource(peer, loads(payload))
+        Deferator(source).ready().chainDeferred(d)
+
+
+@implementer(IIterationSource)
+class WireIterationSource:
+    """The items of an iterator kept by a worker node, fetched over the wire."""
+
+    def __init__(self, peer: Peer, iteratorID: int) -> None:
+        self._peer = peer
+        self._iteratorID = iteratorID
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def fetch(self, maxItems: int) -> Deferred[tuple[list[Any], bool]]:
+        if self._error is not None:
+            return fail(self._error)
+        if self._peer.dead:
+            return fail(
+                WorkerCrashed(f"{self._peer.where}, holding the iterator, ended")
+            )
+        d = self._peer.amp.callRemote(
+            NextItems, iteratorID=self._iteratorID, maxItems=maxItems
+        )
+        return d.addCallback(self._received)
+
+    def _received(self, answer: dict[str, Any]) -> tuple[list[Any], bool]:
+        items = loads(answer["items"])
+        exhausted = answer["exhausted"]
+        if answer.get("error") is not None:
+            error = decodeError(answer["error"], self._peer.where)
+            if not items:
+                self._done()
+                raise error
+            # The items before the error go first; the error comes next.
+            self._error = error
+            return items, False
+        if exhausted:
+            self._done()
+        return items, exhausted
+
+    def _done(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._peer.iteratorClosed()
+
+    def close(self) -> None:
+        if not self._closed:
+            if not self._peer.dead:
+                self._peer.amp.callRemote(CloseIterator, iteratorID=self._iteratorID)
+            self._done()
