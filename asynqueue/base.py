@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from asynqueue.errors import (
     ImplementationError,
     LaneError,
+    NodeLost,
     NoQualifiedWorker,
     QueueRunError,
     TimeoutError,
@@ -367,6 +368,9 @@ class TaskQueue:
         self._slots[worker] = slot
         self._slotList = list(self._slots.values())
         worker.setResignator(self._workerResigned)
+        observe = getattr(worker, "setCapacityObserver", None)
+        if observe is not None:
+            observe(lambda: self._capacityChanged(slot))
         ds = [self._runUpdate(slot, f, a, kw, False) for f, a, kw in self._updates]
 
         def ready(_: object) -> None:
@@ -741,9 +745,12 @@ class TaskQueue:
                         f"{task.options.timeout} s"
                     )
                 )
-            elif (
-                result.check(WorkerCrashed)
-                and task.record.attempts <= task.options.retries
+            elif result.check(WorkerCrashed) and task.record.attempts <= (
+                # A task lost with its node's connection may never have run:
+                # it gets one more go even without retries.
+                max(1, task.options.retries)
+                if result.check(NodeLost)
+                else task.options.retries
             ):
                 if not task.deferred.called and self._state != _STOPPED:
                     self.log.warn(
@@ -904,6 +911,11 @@ class TaskQueue:
 
     # ------------------------------------------------------------------
     # Internals: workers leaving, idleness, shutdown
+
+    def _capacityChanged(self, slot: _WorkerSlot) -> None:
+        """A worker's capacity changed by itself (a remote node (dis)connected)."""
+        slot.countFree()
+        self._dispatch()
 
     def _workerResigned(self, worker: IWorker) -> None:
         """A worker said it can no longer run tasks: crash-detach it."""

@@ -18,6 +18,7 @@ __all__ = [
     "WorkerError",
     "ThreadError",
     "WorkerCrashed",
+    "NodeLost",
     "TimeoutError",
     "NoQualifiedWorker",
     "LaneError",
@@ -52,6 +53,15 @@ class ThreadError(WorkerError):
 
 class WorkerCrashed(WorkerError):
     """The worker running the task died before the task finished."""
+
+
+class NodeLost(WorkerCrashed):
+    """
+    The connection to the remote node running the task was lost.
+
+    The task may have run there. The queue runs it again elsewhere once (or
+    as often as its C{retries} allow) before failing it with this.
+    """
 
 
 class TimeoutError(AsynQueueError, builtins.TimeoutError):

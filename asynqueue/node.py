@@ -19,11 +19,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from inspect import isawaitable
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
+from twisted.application.service import Service
 from twisted.internet import abstract, main
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -47,6 +50,7 @@ from asynqueue.wire import (
 
 __all__ = ["NodeProtocol", "LocalRunner", "PipeReader", "PipeWriter", "context"]
 
+log = Logger()
 _READ_SIZE = 1 << 20
 _BATCH_BYTES = 1 << 16
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
@@ -192,6 +196,7 @@ class LocalRunner:
         self._scheduled: Any = None
         self._waiting = False
         self._stopWaiters: list[Deferred[None]] = []
+        self.capacity = 1
         self._unsent: list[tuple[int, str, bytes, float]] = []
         self._unsentSince = 0.0
         self.done = 0
@@ -347,12 +352,49 @@ class NodeProtocol(amp.AMP):
     connection.
     """
 
+    #: A peer sending a box larger than this (bytes) is cut off.
+    maxBoxBytes = 1 << 30
+
     def __init__(
-        self, reactor: Any, onStop: Callable[[], object] | None = None
+        self,
+        makeRunner: Callable[[Callable[..., object]], Any],
+        onStop: Callable[[], object] | None = None,
     ) -> None:
         super().__init__()
-        self.runner = LocalRunner(reactor, self._sendResults)
+        self.runner = makeRunner(self._sendResults)
         self._onStop = onStop
+        self._boxBytes = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        # AMP caps each value, not a box: a box of endless keys is cut off.
+        self._boxBytes += len(data)
+        if self._boxBytes > self.maxBoxBytes:
+            self._abort(f"a box of over {self.maxBoxBytes} bytes")
+            return
+        super().dataReceived(data)
+
+    def ampBoxReceived(self, box: Any) -> None:
+        self._boxBytes = 0
+        command = box.get(b"_command")
+        if command is not None and command not in _NODE_COMMANDS:
+            self._abort(f"an unknown command {command[:40]!r}")
+            return
+        super().ampBoxReceived(box)
+
+    def _abort(self, why: str) -> None:
+        """A peer that sends garbage loses its connection, and only that."""
+        log.warn("Dropping {peer}: it sent {why}", peer=self.transport, why=why)
+        transport = self.transport
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", transport.loseConnection)
+            abort()
+
+    def dispatchCommand(self, box: Any) -> Any:
+        try:
+            return super().dispatchCommand(box)
+        except Exception as e:
+            self._abort(f"a box that failed: {e!r}")
+            raise
 
     def _sendResults(self, batch: list[tuple[int, str, bytes, float]]) -> None:
         if len(batch) == 1:
@@ -397,22 +439,33 @@ class NodeProtocol(amp.AMP):
         return self.runner.whenIdle().addCallback(stopped)
 
     def _reactor(self) -> Any:
-        return self.runner._reactor
+        from twisted.internet import reactor
+
+        return reactor
 
     @NodeInfo.responder
     def nodeInfo(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
             "rss": _rss(),
-            "capacity": 1,
+            "capacity": self.runner.capacity,
             "done": self.runner.done,
         }
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
         super().connectionLost(reason)
+        lost = getattr(self.runner, "connectionLost", None)
+        if lost is not None:
+            lost()
         if self._onStop is not None:
             self._onStop()
             self._onStop = None
+
+
+_NODE_COMMANDS = frozenset(
+    c.commandName
+    for c in (RunTasks, NextItems, CloseIterator, CancelTask, Stop, NodeInfo)
+)
 
 
 def _rss() -> int:
@@ -450,7 +503,7 @@ def childMain(readFD: int = 3, writeFD: int = 4) -> None:
         if reactor.running:
             reactor.stop()
 
-    protocol = NodeProtocol(reactor, onStop=stop)
+    protocol = NodeProtocol(lambda send: LocalRunner(reactor, send), onStop=stop)
     protocol.makeConnection(_BlockingPipeTransport(writeFD))
     PipeReader(readFD, protocol, reactor)
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
@@ -461,3 +514,309 @@ if __name__ == "__main__":
         childMain()
     else:
         sys.exit("usage: python -m asynqueue.node --child")
+
+
+# ----------------------------------------------------------------------
+# The network node: the same protocol, tasks run on a pool of children
+
+
+class NodePool:
+    """
+    A node's child processes, shared by all its connections.
+
+    Calls go to the child with the fewest outstanding; they are never
+    unpickled in the node itself, only in the children.
+    """
+
+    def __init__(
+        self, processes: int, perProcess: int = 16, **workerOptions: Any
+    ) -> None:
+        from asynqueue.process import ProcessWorker
+
+        if processes < 1:
+            raise ValueError(f"a node needs at least one process, not {processes}")
+        self.workers = [
+            ProcessWorker(name=f"node-{i + 1}", capacity=perProcess, **workerOptions)
+            for i in range(processes)
+        ]
+        self.capacity = processes * perProcess
+
+    def runPickled(self, call: bytes) -> Deferred[tuple[str, bytes, float, Any]]:
+        worker = min(self.workers, key=lambda w: w.outstanding)
+        return worker.runPickled(call)
+
+    def stop(self) -> Deferred[None]:
+        from twisted.internet.defer import DeferredList
+
+        return DeferredList([w.stop() for w in self.workers]).addCallback(
+            lambda _: None
+        )
+
+
+class PoolRunner:
+    """
+    Runs one connection's tasks on the node's L{NodePool}.
+
+    Results and iterator items pass through as the children pickled them.
+    When the connection is lost, its tasks still running are cancelled,
+    which ends the children running them.
+    """
+
+    def __init__(self, pool: NodePool, send: Callable[..., object]) -> None:
+        self._pool = pool
+        self._send = send
+        self._running: dict[int, Deferred[Any]] = {}
+        self._iterators: dict[int, tuple[Any, int]] = {}
+        self._iteratorIDs = itertools.count(1)
+        self._idleWaiters: list[Deferred[None]] = []
+        self._unsent: list[tuple[int, str, bytes, float]] = []
+        self._flushCall: Any = None
+        self.capacity = pool.capacity
+        self.done = 0
+
+    def _reply(self, result: tuple[int, str, bytes, float]) -> None:
+        # Results that arrive in the same reactor turn travel together.
+        self._unsent.append(result)
+        if self._flushCall is None:
+            from twisted.internet import reactor
+
+            self._flushCall = reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flushCall = None
+        batch, self._unsent = self._unsent, []
+        if batch:
+            self._send(batch)
+
+    def add(self, tasks: list[tuple[int, bytes]]) -> None:
+        for taskID, call in tasks:
+            d = self._pool.runPickled(call)
+            self._running[taskID] = d
+            d.addBoth(self._ran, taskID, perf_counter())
+
+    def _ran(self, result: object, taskID: int, began: float) -> None:
+        if self._running.pop(taskID, None) is None:
+            return
+        self.done += 1
+        if isinstance(result, Failure):
+            if result.check(CancelledError):
+                return
+            error = result.value or Exception(result.getErrorMessage())
+            self._reply((taskID, "e", encodeError(error), perf_counter() - began))
+        else:
+            status, payload, seconds, child = cast(
+                tuple[str, bytes, float, Any], result
+            )
+            if status == "i":
+                iteratorID = next(self._iteratorIDs)
+                self._iterators[iteratorID] = (child, loads(payload))
+                payload = dumps(iteratorID)
+            self._reply((taskID, status, payload, seconds))
+        self._checkIdle()
+
+    def cancel(self, taskID: int) -> None:
+        d = self._running.pop(taskID, None)
+        if d is not None:
+            d.cancel()
+            self._checkIdle()
+
+    def nextItems(self, iteratorID: int, maxItems: int) -> Any:
+        entry = self._iterators.get(iteratorID)
+        if entry is None or entry[0].dead:
+            self._iterators.pop(iteratorID, None)
+            return {"items": dumps([]), "exhausted": True, "error": None}
+        child, childID = entry
+
+        def answered(answer: dict[str, Any]) -> dict[str, Any]:
+            if answer["exhausted"]:
+                self._iterators.pop(iteratorID, None)
+            return answer
+
+        return child.amp.callRemote(
+            NextItems, iteratorID=childID, maxItems=maxItems
+        ).addCallback(answered)
+
+    def closeIterator(self, iteratorID: int) -> None:
+        entry = self._iterators.pop(iteratorID, None)
+        if entry is not None and not entry[0].dead:
+            entry[0].amp.callRemote(CloseIterator, iteratorID=entry[1])
+
+    def whenIdle(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._idleWaiters.append(d)
+        self._checkIdle()
+        return d
+
+    def _checkIdle(self) -> None:
+        if not self._running and self._idleWaiters:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def connectionLost(self) -> None:
+        for d in list(self._running.values()):
+            d.cancel()
+        for iteratorID in list(self._iterators):
+            self.closeIterator(iteratorID)
+
+
+class NodeFactory(Factory):
+    """Makes a L{NodeProtocol} per connection, each running on the shared pool."""
+
+    def __init__(self, pool: NodePool) -> None:
+        self.pool = pool
+
+    def buildProtocol(self, addr: Any) -> NodeProtocol:
+        protocol: NodeProtocol
+
+        def closeConnection() -> None:
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+
+        protocol = NodeProtocol(
+            lambda send: PoolRunner(self.pool, send), closeConnection
+        )
+        protocol.factory = self
+        return protocol
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def nodeEndpoint(
+    reactor: Any,
+    description: str,
+    ca: str | None = None,
+    insecurePlaintext: bool = False,
+) -> Any:
+    """
+    The endpoint a node listens on, from an endpoint string.
+
+    C{ssl:port=N:privateKey=KEY:certKey=CERT[:interface=ADDR]} listens with
+    mutual TLS: only clients whose certificate chains to the CA in C{ca}
+    get through the handshake, so no byte of an unknown peer is ever read.
+    The interface defaults to loopback. A plaintext C{tcp:} (loopback only)
+    or C{unix:} listener needs C{insecurePlaintext=True}.
+    """
+    from twisted.internet import endpoints, ssl
+
+    kind, _, rest = description.partition(":")
+    options = _endpointOptions(rest)
+    if kind == "ssl":
+        if ca is None:
+            raise ValueError("a TLS node needs the CA that signs its clients (--ca)")
+        key = options.get("privateKey")
+        if key is None:
+            raise ValueError("an ssl: listen string needs privateKey= (and certKey=)")
+        cert = options.get("certKey", key)
+        pem = _read(cert) + b"\n" + _read(key)
+        tlsOptions = ssl.CertificateOptions(
+            privateKey=ssl.PrivateCertificate.loadPEM(pem).privateKey.original,
+            certificate=ssl.PrivateCertificate.loadPEM(pem).original,
+            verify=True,
+            caCerts=[ssl.Certificate.loadPEM(_read(ca)).original],
+            requireCertificate=True,
+        )
+        return endpoints.SSL4ServerEndpoint(
+            reactor,
+            int(options["port"]),
+            tlsOptions,
+            interface=options.get("interface", "127.0.0.1"),
+        )
+    if not insecurePlaintext:
+        raise ValueError(
+            f"refusing to listen without TLS on {description!r}: pickles are code; "
+            "use ssl: with --ca, or say --insecure-plaintext (loopback or unix only)"
+        )
+    if kind == "tcp":
+        interface = options.get("interface", "127.0.0.1")
+        if interface not in _LOOPBACK:
+            raise ValueError(
+                f"a plaintext node listens on loopback only, not {interface}"
+            )
+        return endpoints.TCP4ServerEndpoint(
+            reactor, int(options["port"]), interface=interface
+        )
+    if kind == "unix":
+        return endpoints.serverFromString(reactor, description)
+    raise ValueError(f"a node listens on ssl:, tcp: or unix:, not {kind}:")
+
+
+def _endpointOptions(rest: str) -> dict[str, str]:
+    """Parse C{a=1:b=2} (with C{\\:} escapes); a bare first value is the port."""
+    parts, current, escaped = [], "", False
+    for char in rest:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    options: dict[str, str] = {}
+    for i, part in enumerate(p for p in parts if p):
+        name, equals, value = part.partition("=")
+        if equals:
+            options[name] = value
+        elif i == 0:
+            options["port"] = name
+        else:
+            raise ValueError(f"cannot read {part!r} in an endpoint string")
+    return options
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class NodeService(Service):
+    """
+    A worker node as a Twisted service: a pool of processes and a listener.
+
+    What C{twist asynqueue-node} and C{asynqueue-node} run.
+    """
+
+    def __init__(
+        self,
+        listen: str = "ssl:port=8789:interface=127.0.0.1",
+        ca: str | None = None,
+        processes: int | None = None,
+        insecurePlaintext: bool = False,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.listen = listen
+        self.ca = ca
+        self.processes = processes or os.cpu_count() or 1
+        self.insecurePlaintext = insecurePlaintext
+        self.pool: NodePool | None = None
+        self.port: Any = None
+        # Checked now, so that a bad option fails before anything starts.
+        self.endpoint = nodeEndpoint(reactor, listen, ca, insecurePlaintext)
+
+    def startService(self) -> Deferred[Any]:
+        super().startService()
+        self.pool = NodePool(self.processes)
+        d = self.endpoint.listen(NodeFactory(self.pool))
+
+        def listening(port: Any) -> Any:
+            self.port = port
+            log.info("asynqueue node listening on {address}", address=port.getHost())
+            return port
+
+        return d.addCallback(listening)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        d = self.port.stopListening() if self.port is not None else succeed(None)
+        if self.pool is not None:
+            pool = self.pool
+            d.addCallback(lambda _: pool.stop())
+        return d

@@ -368,6 +368,7 @@ class ProcessWorker:
         self._retiring: set[_Child] = set()
         self._recentCrashes = 0
         self.replaced = 0
+        self.outstanding = 0
         self._child = self._spawn()
 
     def __repr__(self) -> str:
@@ -399,6 +400,29 @@ class ProcessWorker:
         sent.deferred = Deferred(lambda d: self._cancel(sent))
         self._child.send(sent)
         return sent.deferred
+
+    def runPickled(self, call: bytes) -> Deferred[tuple[str, bytes, float, Any]]:
+        """
+        Run a call pickled elsewhere, without unpickling it (or its result) here.
+
+        Fires with C{(status, payload, seconds, child)} as the child sent
+        them (see L{asynqueue.wire.TaskResult}); a worker node uses this to
+        pass its clients' calls to its children untouched.
+        """
+        if self._stopped:
+            return fail(QueueRunError(f"{self.name} is stopped"))
+        if self._setupFailure is not None:
+            return fail(self._setupError())
+        sent = _Sent(next(self._taskIDs), call, None, None, raw=True)
+        sent.deferred = Deferred(lambda d: self._cancel(sent))
+        self.outstanding += 1
+        sent.deferred.addBoth(self._rawDone)
+        self._child.send(sent)
+        return sent.deferred
+
+    def _rawDone(self, result: object) -> object:
+        self.outstanding -= 1
+        return result
 
     def _cancel(self, sent: _Sent) -> None:
         for child in (self._child, *self._retiring):
@@ -540,12 +564,9 @@ class ProcessWorker:
             self._child = self._spawn()
             self.replaced += 1
         for sent in rest:
-            if (
-                sent.task is not None
-                and sent.deferred is not None
-                and not sent.deferred.called
-            ):
-                self._child.send(sent)
+            if sent.deferred is not None and not sent.deferred.called:
+                if sent.task is not None or sent.raw:
+                    self._child.send(sent)
 
 
 class ProcessQueue(TaskQueue):
