@@ -9,6 +9,7 @@ from asynqueue.base import TaskQueue
 from asynqueue.errors import (
     AsynQueueError,
     LaneError,
+    NodeLost,
     NoQualifiedWorker,
     QueueRunError,
     RemoteError,
@@ -20,6 +21,7 @@ from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
 from asynqueue.node import context
 from asynqueue.process import ProcessQueue, ProcessWorker
+from asynqueue.remote import RemoteWorker
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
 from asynqueue.threads import ThreadQueue, ThreadWorker, deferToThread
 from asynqueue.util import DeferredLock, DeferredTracker
@@ -41,6 +43,8 @@ __all__ = [
     "ProcessWorker",
     "QueueRunError",
     "RemoteError",
+    "RemoteWorker",
+    "NodeLost",
     "UnpicklableError",
     "context",
     "Task",

@@ -31,8 +31,11 @@ class IWorker(Interface):
     )
 
     capacity = Attribute(
-        "How many tasks the queue may have outstanding on me at once (an int >= 1). "
-        "Tasks beyond what I can run at the same moment wait in my own backlog."
+        "How many tasks the queue may have outstanding on me at once: an int, 0 "
+        "while I can take none (a remote node not connected). Tasks beyond what I "
+        "can run at the same moment wait in my own backlog. The queue reads it "
+        "again whenever I finish a task; a worker whose capacity changes by "
+        "itself also offers setCapacityObserver(callable) to say so."
     )
 
     def setResignator(callableObject):  # type: ignore[no-untyped-def]

@@ -22,12 +22,14 @@ from time import perf_counter
 from typing import Any, cast
 
 from twisted.application.service import Service
-from twisted.internet import abstract, main
+from twisted.internet import abstract
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python import usage
 from twisted.python.failure import Failure
 
 from asynqueue.errors import UnpicklableError
@@ -53,7 +55,7 @@ __all__ = ["NodeProtocol", "LocalRunner", "PipeReader", "PipeWriter", "context"]
 log = Logger()
 _READ_SIZE = 1 << 20
 _BATCH_BYTES = 1 << 16
-_CONNECTION_DONE = Failure(main.CONNECTION_DONE)
+_CONNECTION_DONE = Failure(CONNECTION_DONE)
 _context: Any = None
 
 
@@ -92,9 +94,9 @@ class PipeReader(abstract.FileDescriptor):
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EINTR):
                 return None
-            return main.CONNECTION_LOST
+            return CONNECTION_LOST
         if not data:
-            return main.CONNECTION_DONE
+            return CONNECTION_DONE
         self.protocol.dataReceived(data)
         return None
 
@@ -131,7 +133,7 @@ class PipeWriter(abstract.FileDescriptor):
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EINTR):
                 return 0
-            return main.CONNECTION_LOST
+            return CONNECTION_LOST
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -509,13 +511,6 @@ def childMain(readFD: int = 3, writeFD: int = 4) -> None:
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        childMain()
-    else:
-        sys.exit("usage: python -m asynqueue.node --child")
-
-
 # ----------------------------------------------------------------------
 # The network node: the same protocol, tasks run on a pool of children
 
@@ -709,10 +704,13 @@ def nodeEndpoint(
         if key is None:
             raise ValueError("an ssl: listen string needs privateKey= (and certKey=)")
         cert = options.get("certKey", key)
-        pem = _read(cert) + b"\n" + _read(key)
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         tlsOptions = ssl.CertificateOptions(
-            privateKey=ssl.PrivateCertificate.loadPEM(pem).privateKey.original,
-            certificate=ssl.PrivateCertificate.loadPEM(pem).original,
+            # Twisted takes cryptography's objects (its hints say pyOpenSSL's).
+            privateKey=cast(Any, serialization.load_pem_private_key(_read(key), None)),
+            certificate=cast(Any, x509.load_pem_x509_certificate(_read(cert))),
             verify=True,
             caCerts=[ssl.Certificate.loadPEM(_read(ca)).original],
             requireCertificate=True,
@@ -820,3 +818,74 @@ class NodeService(Service):
             pool = self.pool
             d.addCallback(lambda _: pool.stop())
         return d
+
+
+class NodeOptions(usage.Options):
+    """The options of C{twist asynqueue-node} and C{asynqueue-node}."""
+
+    optParameters = [
+        [
+            "listen",
+            "l",
+            "ssl:port=8789:interface=127.0.0.1:privateKey=node.key:certKey=node.crt",
+            "Endpoint string to listen on (ssl: for mutual TLS; loopback by default).",
+        ],
+        [
+            "ca",
+            None,
+            None,
+            "CA certificate (PEM) that signs the clients' certificates.",
+        ],
+        ["processes", "p", None, "How many worker processes (default: one per core)."],
+    ]
+    optFlags = [
+        [
+            "insecure-plaintext",
+            None,
+            "Listen without TLS (tcp: on loopback or unix: only). "
+            "Anyone who can connect can run code as this user.",
+        ]
+    ]
+
+    def postOptions(self) -> None:
+        if self["processes"] is not None:
+            self["processes"] = int(self["processes"])
+
+
+def makeNodeService(options: NodeOptions) -> NodeService:
+    """A L{NodeService} configured by parsed L{NodeOptions}."""
+    return NodeService(
+        listen=options["listen"],
+        ca=options["ca"],
+        processes=options["processes"],
+        insecurePlaintext=bool(options["insecure-plaintext"]),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The C{asynqueue-node} command: run a worker node until told to stop."""
+    from twisted.internet.task import react
+
+    options = NodeOptions()
+    try:
+        options.parseOptions(sys.argv[1:] if argv is None else argv)
+        service = makeNodeService(options)
+    except (usage.UsageError, ValueError, OSError) as e:
+        sys.exit(f"asynqueue-node: {e}")
+
+    def run(reactor: Any) -> Deferred[None]:
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        service.startService()
+        return Deferred()  # runs until a signal stops the reactor
+
+    react(run)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        childMain()
+    else:
+        main()

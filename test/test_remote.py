@@ -1,0 +1,346 @@
+"""Tests of remote worker nodes: mutual TLS, the node service, RemoteWorker, fail-over."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.protocols import amp
+
+from asynqueue import TaskQueue
+from asynqueue.certs import makeCluster
+from asynqueue.errors import NodeLost
+from asynqueue.node import NodeService, nodeEndpoint
+from asynqueue.remote import RemoteWorker, clientEndpoint
+from asynqueue.wire import NodeInfo
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = makeCluster(tmp_path_factory.mktemp("certs"), ["localhost"], ["app"])
+    makeCluster(where / "other", ["localhost"], ["stranger"])
+    return where
+
+
+def tlsListen(certs: Path) -> str:
+    return f"ssl:port=0:privateKey={certs}/localhost.key:certKey={certs}/localhost.crt"
+
+
+@pytest.fixture
+def node(certs: Path) -> Iterator[NodeService]:
+    service = NodeService(tlsListen(certs), ca=str(certs / "ca.crt"), processes=1)
+    pytest_twisted.blockon(service.startService())
+    yield service
+    pytest_twisted.blockon(service.stopService())
+
+
+def workerFor(service: NodeService, certs: Path, client: str = "app") -> RemoteWorker:
+    port = service.port.getHost().port
+    where = certs if client == "app" else certs / "other"
+    return RemoteWorker(
+        f"tls:localhost:{port}",
+        certificate=str(where / f"{client}.pem"),
+        ca=str(certs / "ca.crt"),
+    )
+
+
+@pytest.fixture
+async def queue(node: NodeService, certs: Path) -> AsyncIterator[TaskQueue]:
+    worker = workerFor(node, certs)
+    await worker.whenConnected()
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    yield q
+    await q.shutdown()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+@pytest_twisted.ensureDeferred
+async def test_callsRunOnTheNode(node: NodeService, certs: Path) -> None:
+    worker = workerFor(node, certs)
+    await worker.whenConnected()
+    assert worker.capacity == node.pool.capacity  # type: ignore[union-attr]
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        assert await q.call(square, 9) == 81
+        assert await q.call(lambda: os.getpid()) != os.getpid()
+        offset = 5
+        assert await q.call(lambda x: x + offset, 1) == 6
+        with pytest.raises(KeyError) as info:
+            await q.call(lambda: {}["missing"])
+        assert "Traceback from node" in "".join(info.value.__notes__)
+        big = b"\xfe" * 3_000_000
+        assert await q.call(lambda b: b[::-1], big) == big
+        results = await gatherResults([q.call(square, i) for i in range(300)])
+        assert results == [i * i for i in range(300)]
+        deferator = await q.call(lambda: (os.getpid() for _ in range(3)))
+        pids = await deferator.toList()
+        assert len(set(pids)) == 1 and pids[0] != os.getpid()
+    finally:
+        await q.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknownClientsAreRefusedBeforeAnyByteIsRead(
+    node: NodeService, certs: Path, tmp_path: Path
+) -> None:
+    """A client of another CA, or with no certificate, never reaches the AMP layer."""
+    from twisted.internet import endpoints, ssl
+
+    stranger = workerFor(node, certs, client="stranger")
+    marker = tmp_path / "unpickled"
+    # A pickle that would create the marker if anyone unpickled it.
+    payload = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    port = node.port.getHost().port
+    noCert = ssl.optionsForClientTLS(
+        "localhost", trustRoot=ssl.Certificate.loadPEM((certs / "ca.crt").read_bytes())
+    )
+    endpoint = endpoints.wrapClientTLS(
+        noCert, endpoints.HostnameEndpoint(reactor, "localhost", port)
+    )
+    lost: Deferred[None] = Deferred()
+
+    class Sender(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(payload)  # type: ignore[union-attr]
+
+        def connectionLost(self, reason: Any = None) -> None:
+            lost.callback(None)
+
+    await endpoint.connect(_factory(Sender))
+    await lost
+    plain = await endpoints.HostnameEndpoint(reactor, "localhost", port).connect(
+        _factory(Sender)
+    )
+    assert plain is not None
+    assert not marker.exists()
+    assert stranger.capacity == 0 and stranger._connection is None
+    stranger._service.stopService()
+    assert node.pool is not None
+    assert sum(w.outstanding for w in node.pool.workers) == 0
+
+
+def _factory(protocol: type[Protocol]) -> Any:
+    from twisted.internet.protocol import Factory
+
+    return Factory.forProtocol(protocol)
+
+
+def test_nodeRefusesPlaintextUnlessToldAndOnlyOnLoopback(certs: Path) -> None:
+    with pytest.raises(ValueError, match="refusing"):
+        nodeEndpoint(reactor, "tcp:port=0")
+    with pytest.raises(ValueError, match="loopback"):
+        nodeEndpoint(reactor, "tcp:port=0:interface=0.0.0.0", insecurePlaintext=True)
+    with pytest.raises(ValueError, match="CA"):
+        nodeEndpoint(reactor, tlsListen(certs))
+    assert nodeEndpoint(reactor, "tcp:port=0", insecurePlaintext=True) is not None
+    endpoint = nodeEndpoint(reactor, tlsListen(certs), ca=str(certs / "ca.crt"))
+    assert endpoint._interface == "127.0.0.1"  # loopback unless told otherwise
+
+
+def test_clientRefusesPlaintextToOtherHosts() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        clientEndpoint(reactor, "tcp:example.org:8789", insecurePlaintext=True)
+    with pytest.raises(ValueError, match="certificate"):
+        clientEndpoint(reactor, "tls:localhost:8789")
+
+
+@pytest.fixture
+def plaintextNode() -> Iterator[NodeService]:
+    service = NodeService(
+        "tcp:port=0:interface=127.0.0.1", processes=1, insecurePlaintext=True
+    )
+    pytest_twisted.blockon(service.startService())
+    yield service
+    pytest_twisted.blockon(service.stopService())
+
+
+def garbageSamples() -> list[bytes]:
+    """Frames from hypothesis: random bytes, and AMP-ish boxes gone wrong."""
+    samples: list[bytes] = []
+    key = st.binary(min_size=1, max_size=20)
+    box = st.lists(st.tuples(key, st.binary(max_size=50)), max_size=4).map(
+        lambda pairs: (
+            b"".join(
+                len(k).to_bytes(2, "big") + k + len(v).to_bytes(2, "big") + v
+                for k, v in pairs
+            )
+            + b"\x00\x00"
+        )
+    )
+
+    @settings(max_examples=30, deadline=None, database=None)
+    @given(st.one_of(st.binary(min_size=1, max_size=600), box))
+    def collect(garbage: bytes) -> None:
+        samples.append(garbage)
+
+    collect()
+    return samples
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbageClosesOnlyThatConnection(plaintextNode: NodeService) -> None:
+    """Fuzzed frames cost their sender the connection; the node serves on."""
+    for garbage in garbageSamples():
+        await _sendGarbage(plaintextNode, garbage)
+
+
+async def _sendGarbage(service: NodeService, garbage: bytes) -> None:
+    from twisted.internet import endpoints
+
+    port = service.port.getHost().port
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    lost: Deferred[None] = Deferred()
+
+    class Garbage(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(garbage)  # type: ignore[union-attr]
+            self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+        def connectionLost(self, reason: Any = None) -> None:
+            lost.callback(None)
+
+    await endpoint.connect(_factory(Garbage))
+    await lost
+    good = await endpoint.connect(_factory(amp.AMP))
+    info = await good.callRemote(NodeInfo)
+    assert info["capacity"] == service.pool.capacity  # type: ignore[union-attr]
+    good.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversizedBoxIsCutOff(plaintextNode: NodeService) -> None:
+    from asynqueue.node import NodeProtocol
+
+    old = NodeProtocol.maxBoxBytes
+    NodeProtocol.maxBoxBytes = 200_000
+    try:
+        from twisted.internet import endpoints
+
+        port = plaintextNode.port.getHost().port
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        client = await endpoint.connect(_factory(amp.AMP))
+        from asynqueue.wire import RunTasks
+
+        with pytest.raises(Exception):
+            await client.callRemote(RunTasks, batch=b"x" * 1_000_000).addCallback(
+                lambda _: client.callRemote(NodeInfo)
+            )
+    finally:
+        NodeProtocol.maxBoxBytes = old
+
+
+# ----------------------------------------------------------------------
+# Nodes as real processes: fail-over when one is killed
+
+
+class _NodeProcess(ProcessProtocol):
+    def __init__(self) -> None:
+        self.listening: Deferred[int] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.output = b""
+
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+        if not self.listening.called and b"listening on" in self.output:
+            port = self.output.split(b"port=")[1].split(b")")[0]
+            self.listening.callback(int(port))
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.listening.called:
+            self.listening.errback(RuntimeError(self.output.decode()))
+        self.ended.callback(None)
+
+
+def startNodeProcess(certs: Path) -> tuple[_NodeProcess, Any]:
+    protocol = _NodeProcess()
+    args = [
+        sys.executable,
+        "-m",
+        "asynqueue.node",
+        "--listen",
+        tlsListen(certs),
+        "--ca",
+        str(certs / "ca.crt"),
+        "--processes",
+        "1",
+    ]
+    # The node's children must import this module, as a real node would.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    transport = reactor.spawnProcess(protocol, sys.executable, args, env=env)
+    return protocol, transport
+
+
+def slowSquare(x: int) -> int:
+    import time
+
+    time.sleep(0.01)  # the workload: keeps tasks in flight when the node dies
+    return x * x
+
+
+@pytest_twisted.ensureDeferred
+async def test_killedNodesTasksRunElsewhere(certs: Path) -> None:
+    nodes = [startNodeProcess(certs) for _ in range(2)]
+    ports = [await p.listening for p, _ in nodes]
+    workers = [
+        RemoteWorker(
+            f"tls:localhost:{port}",
+            certificate=str(certs / "app.pem"),
+            ca=str(certs / "ca.crt"),
+            name=f"node{i}",
+        )
+        for i, port in enumerate(ports)
+    ]
+    for w in workers:
+        await w.whenConnected()
+    q = TaskQueue(*workers, shutdownWithReactor=False)
+    try:
+        ds = [q.call(slowSquare, i) for i in range(120)]
+        firstDone: Deferred[None] = Deferred()
+        ds[5].addCallback(lambda r: (firstDone.callback(None), r)[1])
+        await firstDone
+        nodes[0][1].signalProcess(signal.SIGKILL)
+        outcomes = await DeferredList(ds, consumeErrors=True)
+        assert [ok for ok, _ in outcomes] == [True] * 120
+        assert [value for _, value in outcomes] == [i * i for i in range(120)]
+        rerun = [r for r in q.records() if r.attempts > 1]
+        assert rerun, "no task was in flight on the killed node"
+        assert all(r.worker == "node1" for r in rerun)
+        assert workers[0].capacity == 0
+    finally:
+        await q.shutdown()
+        nodes[1][1].signalProcess(signal.SIGTERM)
+        await DeferredList([p.ended for p, _ in nodes])
+    for p, _ in nodes:
+        assert p.ended.called
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodeLostFailsWhenNoRetryLeft(node: NodeService, certs: Path) -> None:
+    worker = workerFor(node, certs)
+    await worker.whenConnected()
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        blocker = q.call(slowSquare, 3, retries=0)
+        # Drop the connection under the running task: it goes back to the queue
+        # once (the node may never have run it), then fails with NodeLost.
+        worker._connection.transport.abortConnection()  # type: ignore[union-attr]
+        await worker.whenConnected()
+        assert await blocker == 9
+        assert q.records()[0].attempts == 2
+    finally:
+        await q.shutdown()
+    assert issubclass(NodeLost, Exception)
