@@ -233,14 +233,16 @@ async def test_oversizedBoxIsCutOff(plaintextNode: NodeService) -> None:
         port = plaintextNode.port.getHost().port
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         client = await endpoint.connect(_factory(amp.AMP))
-        from asynqueue.wire import RunTasks
-
         from twisted.internet.error import ConnectionDone, ConnectionLost
 
+        from asynqueue.wire import RunTasks
+
+        client.callRemote(RunTasks, batch=b"x" * 1_000_000)
         with pytest.raises((ConnectionDone, ConnectionLost)):
-            await client.callRemote(RunTasks, batch=b"x" * 1_000_000).addCallback(
-                lambda _: client.callRemote(NodeInfo)
-            )
+            await client.callRemote(NodeInfo)
+        other = await endpoint.connect(_factory(amp.AMP))
+        assert (await other.callRemote(NodeInfo))["capacity"] > 0
+        other.transport.loseConnection()
     finally:
         NodeProtocol.maxBoxBytes = old
 
