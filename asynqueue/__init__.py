@@ -21,7 +21,7 @@ from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
 from asynqueue.node import context
 from asynqueue.process import ProcessQueue, ProcessWorker
-from asynqueue.remote import RemoteWorker
+from asynqueue.remote import RemoteWorker, WireWorker
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
 from asynqueue.threads import ThreadQueue, ThreadWorker, deferToThread
 from asynqueue.util import DeferredLock, DeferredTracker
@@ -44,6 +44,7 @@ __all__ = [
     "QueueRunError",
     "RemoteError",
     "RemoteWorker",
+    "WireWorker",
     "NodeLost",
     "UnpicklableError",
     "context",

@@ -243,7 +243,8 @@ class TaskQueue:
         """
         if self._state != _RUNNING:
             return fail(QueueRunError(f"{self.name} is shut down and takes no calls"))
-        if not callable(f):
+        if not callable(f) and not (isinstance(f, str) and options.series is not None):
+            # A string names a universe method, for the WireWorkers of a series.
             return fail(TypeError(f"{f!r} is not callable, so it cannot be queued"))
         if options.series is not None and not self._qualifiedFor(options.series):
             return fail(

@@ -45,9 +45,13 @@ from asynqueue.wire import (
     Stop,
     TaskResult,
     TaskResults,
+    WireWorkerUniverse,
+    callUniverse,
     dumps,
     encodeError,
     loads,
+    loadsPlain,
+    makeUniverse,
 )
 
 __all__ = ["NodeProtocol", "LocalRunner", "PipeReader", "PipeWriter", "context"]
@@ -524,10 +528,27 @@ class NodePool:
     """
 
     def __init__(
-        self, processes: int, perProcess: int = 16, **workerOptions: Any
+        self,
+        processes: int,
+        perProcess: int = 16,
+        universe: str | None = None,
+        **workerOptions: Any,
     ) -> None:
         from asynqueue.process import ProcessWorker
 
+        self.universe = universe
+        self.universeClass: type | None = None
+        if universe is not None:
+            import importlib
+
+            module, _, name = universe.rpartition(".")
+            self.universeClass = getattr(importlib.import_module(module), name)
+            if not (
+                isinstance(self.universeClass, type)
+                and issubclass(self.universeClass, WireWorkerUniverse)
+            ):
+                raise TypeError(f"{universe} is not a WireWorkerUniverse subclass")
+            workerOptions.update(initializer=makeUniverse, initargs=(universe,))
         if processes < 1:
             raise ValueError(f"a node needs at least one process, not {processes}")
         self.workers = [
@@ -535,6 +556,25 @@ class NodePool:
             for i in range(processes)
         ]
         self.capacity = processes * perProcess
+
+    def admit(self, call: bytes) -> bytes:
+        """
+        The call to send on: as it came, or, for a universe node, checked.
+
+        A universe node reads C{(methodName, args, kwargs)} as plain data
+        (no class or function may be in it) and runs only its universe's
+        public methods.
+        """
+        if self.universe is None:
+            return call
+        name, args, kwargs = loadsPlain(call)
+        if (
+            not isinstance(name, str)
+            or name.startswith("_")
+            or not callable(getattr(self.universeClass, name, None))
+        ):
+            raise AttributeError(f"this node's universe has no method {name!r}")
+        return dumps((callUniverse, (name, tuple(args), dict(kwargs)), {}))
 
     def runPickled(self, call: bytes) -> Deferred[tuple[str, bytes, float, Any]]:
         worker = min(self.workers, key=lambda w: w.outstanding)
@@ -585,6 +625,11 @@ class PoolRunner:
 
     def add(self, tasks: list[tuple[int, bytes]]) -> None:
         for taskID, call in tasks:
+            try:
+                call = self._pool.admit(call)
+            except Exception as e:
+                self._reply((taskID, "e", encodeError(e), 0.0))
+                continue
             d = self._pool.runPickled(call)
             self._running[taskID] = d
             d.addBoth(self._ran, taskID, perf_counter())
@@ -786,10 +831,12 @@ class NodeService(Service):
         processes: int | None = None,
         insecurePlaintext: bool = False,
         reactor: Any = None,
+        universe: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self.universe = universe
         self.listen = listen
         self.ca = ca
         self.processes = processes or os.cpu_count() or 1
@@ -801,7 +848,7 @@ class NodeService(Service):
 
     def startService(self) -> Deferred[Any]:
         super().startService()
-        self.pool = NodePool(self.processes)
+        self.pool = NodePool(self.processes, universe=self.universe)
         d = self.endpoint.listen(NodeFactory(self.pool))
 
         def listening(port: Any) -> Any:
@@ -837,6 +884,12 @@ class NodeOptions(usage.Options):
             "CA certificate (PEM) that signs the clients' certificates.",
         ],
         ["processes", "p", None, "How many worker processes (default: one per core)."],
+        [
+            "universe",
+            None,
+            None,
+            "module.Class of a WireWorkerUniverse: run only its methods, no code.",
+        ],
     ]
     optFlags = [
         [
@@ -859,6 +912,7 @@ def makeNodeService(options: NodeOptions) -> NodeService:
         ca=options["ca"],
         processes=options["processes"],
         insecurePlaintext=bool(options["insecure-plaintext"]),
+        universe=options["universe"],
     )
 
 
@@ -889,3 +943,15 @@ if __name__ == "__main__":
         childMain()
     else:
         main()
+
+
+class WireServer(NodeService):
+    """
+    AsynQueue's name for a node that serves a L{WireWorkerUniverse}.
+
+    C{WireServer("module.MyUniverse", listen=..., ca=...)}: a L{NodeService}
+    that runs only the universe's methods (see L{WireWorkerUniverse}).
+    """
+
+    def __init__(self, universe: str, **kwargs: Any) -> None:
+        super().__init__(universe=universe, **kwargs)

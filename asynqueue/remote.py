@@ -16,6 +16,7 @@ the lost node too: that is the one case where a task runs twice.
 from __future__ import annotations
 
 import itertools
+import pickle
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,19 +32,22 @@ from asynqueue.errors import NodeLost, QueueRunError, UnpicklableError
 from asynqueue.interfaces import IWorker
 from asynqueue.tasks import Task
 from asynqueue.wire import (
+    PROTOCOL,
     CancelTask,
     NodeInfo,
     RunTasks,
     Stop,
     TaskResult,
     TaskResults,
+    WireWorkerUniverse,
     deliverResult,
     dumpCall,
     dumps,
     loads,
+    loadsPlain,
 )
 
-__all__ = ["RemoteWorker", "clientEndpoint"]
+__all__ = ["RemoteWorker", "WireWorker", "clientEndpoint"]
 
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _LOST = Failure(ConnectionError("connection lost"))
@@ -281,6 +285,9 @@ class RemoteWorker:
             call = dumpCall(task.f, task.args, task.kwargs)
         except UnpicklableError as e:
             return fail(e)
+        return self._send(task, call)
+
+    def _send(self, task: Task, call: bytes) -> Deferred[Any]:
         connection = self._connection
         if connection is None:
             return fail(NodeLost(f"{self.name} is not connected"))
@@ -329,3 +336,34 @@ class RemoteWorker:
     def info(self) -> dict[str, Any]:
         """What L{TaskQueue.stats} shows of me."""
         return {"node": self.description, "connected": self._connection is not None}
+
+
+class WireWorker(RemoteWorker):
+    """
+    AsynQueue's worker for a node serving a L{WireWorkerUniverse}.
+
+    C{WireWorker("tls:node1:8789", series=["logs"], certificate=..., ca=...)};
+    then C{queue.call("methodName", *args, series="logs")} runs the
+    universe's method on the node. Only plain data travels: the method's
+    name and arguments of numbers, strings, bytes and containers of them.
+    (AsynQueue passed the universe instance first; it is accepted and
+    ignored, since the node has its own.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args and isinstance(args[0], WireWorkerUniverse):
+            args = args[1:]
+        super().__init__(*args, **kwargs)
+
+    def run(self, task: Task) -> Deferred[Any]:
+        """Send the method name and arguments, as plain data, to the node."""
+        if not isinstance(task.f, str):
+            return fail(
+                TypeError(f"{self.name} runs universe methods by name, not {task.f!r}")
+            )
+        try:
+            call = pickle.dumps((task.f, task.args, task.kwargs), PROTOCOL)
+            loadsPlain(call)
+        except Exception as e:
+            return fail(UnpicklableError(f"only plain data goes to a universe: {e}"))
+        return self._send(task, call)

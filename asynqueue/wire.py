@@ -190,6 +190,51 @@ class NodeInfo(amp.Command):
     ]
 
 
+class WireWorkerUniverse:
+    """
+    AsynQueue's way to expose a fixed set of methods on a node.
+
+    Subclass me with the methods clients may call. A node started with my
+    subclass (C{--universe module.Class}, or L{asynqueue.node.WireServer})
+    runs only calls of those methods, by name, with arguments of plain data
+    (numbers, strings, bytes, lists, tuples, dicts, sets, None): no code
+    travels, so a client can run nothing else there. Methods whose names
+    start with C{_} are not exposed. Clients use
+    L{asynqueue.remote.WireWorker} and call C{queue.call("method", ...,
+    series=...)}.
+    """
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise UnpicklableError(f"only plain data may travel here, not {module}.{name}")
+
+
+def loadsPlain(data: bytes) -> Any:
+    """Unpickle data that may hold no class or function at all (so no code)."""
+    import io
+
+    return _PlainUnpickler(io.BytesIO(data)).load()
+
+
+def callUniverse(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run a universe method in a node's child (the universe is its context)."""
+    from asynqueue.node import context
+
+    return getattr(context(), name)(*args, **kwargs)
+
+
+def makeUniverse(path: str) -> WireWorkerUniverse:
+    """Import C{module.Class} and make the universe (in a node's child)."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    universe = getattr(importlib.import_module(module), name)()
+    if not isinstance(universe, WireWorkerUniverse):
+        raise TypeError(f"{path} is not a WireWorkerUniverse subclass")
+    return universe
+
+
 def dumps(value: object) -> bytes:
     """Pickle a value (an argument, result or item) with protocol 5."""
     try:

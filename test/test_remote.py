@@ -20,10 +20,10 @@ from twisted.protocols import amp
 
 from asynqueue import TaskQueue
 from asynqueue.certs import makeCluster
-from asynqueue.errors import NodeLost
-from asynqueue.node import NodeService, nodeEndpoint
-from asynqueue.remote import RemoteWorker, clientEndpoint
-from asynqueue.wire import NodeInfo
+from asynqueue.errors import NodeLost, UnpicklableError
+from asynqueue.node import NodeService, WireServer, nodeEndpoint
+from asynqueue.remote import RemoteWorker, WireWorker, clientEndpoint
+from asynqueue.wire import NodeInfo, WireWorkerUniverse
 
 
 @pytest.fixture(scope="module")
@@ -348,3 +348,55 @@ async def test_nodeLostFailsWhenNoRetryLeft(node: NodeService, certs: Path) -> N
     finally:
         await q.shutdown()
     assert issubclass(NodeLost, Exception)
+
+
+# ----------------------------------------------------------------------
+# AsynQueue's WireWorker / WireWorkerUniverse / WireServer
+
+
+class Words(WireWorkerUniverse):
+    """A universe: the only things its node will run."""
+
+    def count(self, text: str) -> int:
+        return len(text.split())
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _hidden(self) -> str:
+        return "never"
+
+
+@pytest_twisted.ensureDeferred
+async def test_universeNodeRunsOnlyItsMethods(certs: Path, tmp_path: Path) -> None:
+    server = WireServer(
+        "test_remote.Words",
+        listen=tlsListen(certs),
+        ca=str(certs / "ca.crt"),
+        processes=1,
+    )
+    await server.startService()
+    port = server.port.getHost().port
+    options = {"certificate": str(certs / "app.pem"), "ca": str(certs / "ca.crt")}
+    wire = WireWorker(Words(), f"tls:localhost:{port}", series=["words"], **options)
+    shipper = RemoteWorker(f"tls:localhost:{port}", **options)
+    await wire.whenConnected()
+    await shipper.whenConnected()
+    q = TaskQueue(wire, shutdownWithReactor=False)
+    codeQueue = TaskQueue(shipper, shutdownWithReactor=False)
+    marker = tmp_path / "ran"
+    try:
+        assert await q.call("count", "to be or not", series="words") == 4
+        assert await q.call("pid", series="words") != os.getpid()
+        with pytest.raises(AttributeError):
+            await q.call("_hidden", series="words")
+        with pytest.raises(UnpicklableError):
+            await q.call("count", Path("not plain"), series="words")
+        # Shipped code is refused by a universe node, and never runs.
+        with pytest.raises(UnpicklableError):
+            await codeQueue.call(marker.touch)
+        assert not marker.exists()
+    finally:
+        await q.shutdown()
+        await codeQueue.shutdown()
+        await server.stopService()
