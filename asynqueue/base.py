@@ -715,11 +715,12 @@ class TaskQueue:
 
     def _taskStarted(self, task: Task, ago: float) -> None:
         task.record.started = self._clock.seconds() - ago
-        if self._observers:
-            self._tell("started", task.record)
         timeout = task.options.timeout
         if timeout is not None:
             task.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
+        # Observers come last: what they do may depend on the timer being set.
+        if self._observers:
+            self._tell("started", task.record)
 
     def _timeOut(self, task: Task) -> None:
         task.timeoutCall = None

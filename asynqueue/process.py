@@ -428,7 +428,16 @@ class ProcessWorker:
         for child in (self._child, *self._retiring):
             if sent.taskID in child.inFlight:
                 if child.cancel(sent.taskID):
-                    # A Python call cannot be interrupted from outside.
+                    # A Python call cannot be interrupted from outside. New
+                    # tasks go to a fresh child at once; those the old one
+                    # never started follow them when it has died.
+                    if child is self._child and not self._stopped:
+                        self._retiring.add(child)
+                        child.ended.addBoth(
+                            lambda _, c=child: self._retiring.discard(c)
+                        )
+                        self._child = self._spawn()
+                        self.replaced += 1
                     child.kill()
                 return
 

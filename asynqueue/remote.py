@@ -136,7 +136,6 @@ class _NodeConnection(amp.AMP):
     def send(self, taskID: int, task: Task, d: Deferred[Any], call: bytes) -> None:
         self.inFlight[taskID] = (task, d)
         self.outgoing.append((taskID, call))
-        task.markStarted()
         if self.flushCall is None:
             self.flushCall = self.worker.reactor.callLater(0, self.flush)
 
@@ -145,6 +144,12 @@ class _NodeConnection(amp.AMP):
         if self.outgoing and not self.dead:
             batch, self.outgoing = self.outgoing, []
             self.callRemote(RunTasks, batch=dumps(batch))
+            # The node starts what it is sent at once (up to the capacity it
+            # gave), so a task's timeout runs from here.
+            for taskID, _ in batch:
+                entry = self.inFlight.get(taskID)
+                if entry is not None:
+                    entry[0].markStarted()
 
     def cancel(self, taskID: int) -> None:
         if self.inFlight.pop(taskID, None) is not None and not self.dead:

@@ -400,3 +400,55 @@ async def test_universeNodeRunsOnlyItsMethods(certs: Path, tmp_path: Path) -> No
         await q.shutdown()
         await codeQueue.shutdown()
         await server.stopService()
+
+
+def sleepy(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)  # the workload: a task that would run far too long
+    return "woke"
+
+
+@pytest_twisted.ensureDeferred
+async def test_remoteTimeoutEndsTheNodesChild(node: NodeService, certs: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from asynqueue import TimeoutError
+
+    worker = workerFor(node, certs)
+    await worker.whenConnected()
+    clock = Clock()
+    q = TaskQueue(worker, clock=clock, shutdownWithReactor=False)
+    try:
+        before = await q.call(os.getpid)
+        started: Deferred[None] = Deferred()
+        q.observe(
+            lambda event, record: (
+                event == "started" and not started.called and started.callback(None)
+            )
+        )
+        d = q.call(sleepy, 60, timeout=5)
+        await started
+        clock.advance(5)
+        with pytest.raises(TimeoutError):
+            await d
+        # The node killed the child stuck in the call; a new one serves on.
+        after = await q.call(os.getpid)
+        assert after != before
+        assert node.pool is not None and node.pool.workers[0].replaced == 1
+    finally:
+        await q.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodeShutdownLeavesNoProcess(certs: Path) -> None:
+    service = NodeService(tlsListen(certs), ca=str(certs / "ca.crt"), processes=2)
+    await service.startService()
+    assert service.pool is not None
+    pids = [w.info()["pid"] for w in service.pool.workers]
+    await service.stopService()
+    for pid in pids:
+        with pytest.raises((ChildProcessError, ProcessLookupError)):
+            if os.waitpid(pid, os.WNOHANG) == (0, 0):
+                os.kill(pid, 0)
+            raise ProcessLookupError
