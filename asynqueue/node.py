@@ -209,7 +209,11 @@ class LocalRunner:
 
     def add(self, tasks: list[tuple[int, bytes]]) -> None:
         self._backlog.extend(tasks)
-        self._schedule()
+        if self._scheduled is None and not self._waiting:
+            # Idle: start now rather than a reactor turn later.
+            self._runSome()
+        else:
+            self._schedule()
 
     def cancel(self, taskID: int) -> None:
         if any(t[0] == taskID for t in self._backlog):

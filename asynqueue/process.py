@@ -158,7 +158,11 @@ class _Child(ProcessProtocol):
             self.amp.callRemote(RunTasks, batch=dumps([(sent.taskID, sent.call)]))
         else:
             self.outgoing.append((sent.taskID, sent.call))
-            if self.flushCall is None:
+            if len(self.inFlight) == 1:
+                # An idle child gets its call at once; others collect a
+                # reactor turn's worth of calls into one box.
+                self.flush()
+            elif self.flushCall is None:
                 self.flushCall = self.worker.reactor.callLater(0, self.flush)
         self._markRunning()
 
