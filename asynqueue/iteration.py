@@ -244,6 +244,7 @@ class Deferator(Generic[T]):
         self.name = name or repr(source)
         self.batchSize = batchSize
         self.maxBuffered = maxBuffered
+        self._batch = min(batchSize, maxBuffered)
         self._source = source
         self._buffer: deque[T] = deque()
         self._exhausted = False
@@ -341,9 +342,12 @@ class Deferator(Generic[T]):
     def _takeNow(self) -> T:
         # The next position, once decided: its item, its error raised, or
         # StopIteration at the end.
-        if self._buffer:
-            item = self._buffer.popleft()
-            self._pump()
+        buffer = self._buffer
+        if buffer:
+            item = buffer.popleft()
+            # Only when a whole batch fits again is there anything to fetch.
+            if not self._fetching and self.maxBuffered - len(buffer) >= self._batch:
+                self._pump()
             return item
         if self._failure is not None:
             failure, self._failure = self._failure, None
@@ -427,6 +431,8 @@ class Deferator(Generic[T]):
 
     async def __anext__(self) -> T:
         """Wait for the next item and return it."""
+        if self._buffer:
+            return self._takeNow()
         while not self._decided():
             await self._whenDecided()
         try:

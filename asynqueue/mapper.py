@@ -36,21 +36,49 @@ MAX_CHUNK = 4096
 
 def runChunk(
     f: Callable[..., Any], items: list[Any], star: bool
-) -> tuple[list[tuple[bool, Any]], float]:
+) -> tuple[list[Any], dict[int, BaseException], float]:
     """
     Call C{f} on each item (unpacked with C{*} if C{star}); runs in the worker.
 
-    Returns C{(outcomes, seconds)}: an outcome is C{(True, result)} or
-    C{(False, exception)} per item, so one failing item spoils no other.
+    Returns C{(results, errors, seconds)}: C{errors} maps the index of each
+    item whose call raised to its exception (its result is C{None}), so one
+    failing item spoils no other.
     """
     began = perf_counter()
-    outcomes: list[tuple[bool, Any]] = []
-    for item in items:
+    errors: dict[int, BaseException] = {}
+    if star:
         try:
-            outcomes.append((True, f(*item) if star else f(item)))
+            return [f(*item) for item in items], errors, perf_counter() - began
+        except Exception:
+            pass
+    else:
+        try:
+            return list(map(f, items)), errors, perf_counter() - began
+        except Exception:
+            pass
+    # Something raised: go again one by one to keep every other result.
+    results: list[Any] = []
+    for i, item in enumerate(items):
+        try:
+            results.append(f(*item) if star else f(item))
         except Exception as e:
-            outcomes.append((False, e))
-    return outcomes, perf_counter() - began
+            results.append(None)
+            errors[i] = e
+    return results, errors, perf_counter() - began
+
+
+class _Ready:
+    """The results of one chunk, handed out from C{position} on."""
+
+    __slots__ = ("results", "errors", "position")
+
+    def __init__(self, results: list[Any], errors: dict[int, BaseException]) -> None:
+        self.results = results
+        self.errors = errors
+        self.position = 0
+
+
+_DELIVERED = _Ready([], {})
 
 
 @implementer(IIterationSource)
@@ -78,8 +106,8 @@ class _MapSource:
         self._star = star
         self._options = options
         self._itemsDone = False
-        self._chunks: deque[list[tuple[bool, Any]] | None] = deque()
-        self._ready: deque[tuple[bool, Any]] = deque()
+        self._chunks: deque[_Ready | None] = deque()
+        self._ready: deque[_Ready] = deque()
         self._inFlight: dict[int, Deferred[Any]] = {}
         self._ids = itertools.count()
         self._firstID = 0
@@ -95,8 +123,7 @@ class _MapSource:
         while (
             not self._itemsDone
             and not self._closed
-            and len(self._chunks) + len(self._ready) // max(1, self._size)
-            < self._maxInFlight
+            and len(self._chunks) + len(self._ready) < self._maxInFlight
         ):
             try:
                 chunk = list(itertools.islice(self._items, self._size))
@@ -122,23 +149,25 @@ class _MapSource:
         if self._closed:
             return
         if isinstance(result, Failure):
-            outcomes = [(False, result.value)] * count
+            error = result.value or Exception(result.getErrorMessage())
+            ready = _Ready([None] * count, dict.fromkeys(range(count), error))
         else:
-            outcomes, seconds = result
+            results, errors, seconds = result
+            ready = _Ready(results, errors)
             if self._fixedSize is None and seconds > 0:
                 perItem = seconds / count
                 wanted = int(CHUNK_SECONDS / perItem) if perItem > 0 else MAX_CHUNK
                 self._size = max(1, min(MAX_CHUNK, wanted, 4 * self._size))
         index = chunkID - self._firstID
         if self._ordered:
-            self._chunks[index] = outcomes
+            self._chunks[index] = ready
             while self._chunks and self._chunks[0] is not None:
-                self._ready.extend(self._chunks.popleft())  # type: ignore[arg-type]
+                self._ready.append(self._chunks.popleft())  # type: ignore[arg-type]
                 self._firstID += 1
         else:
-            self._chunks[index] = []
-            self._ready.extend(outcomes)
-            while self._chunks and self._chunks[0] == []:
+            self._chunks[index] = _DELIVERED
+            self._ready.append(ready)
+            while self._chunks and self._chunks[0] is _DELIVERED:
                 self._chunks.popleft()
                 self._firstID += 1
         self._fill()
@@ -162,14 +191,21 @@ class _MapSource:
         items: list[Any] = []
         ready = self._ready
         while ready and len(items) < maxItems:
-            ok, value = ready[0]
-            if not ok:
-                if items:
-                    break
-                self.close()
-                return fail(value)
-            items.append(value)
-            ready.popleft()
+            chunk = ready[0]
+            start = chunk.position
+            end = min(len(chunk.results), start + maxItems - len(items))
+            if chunk.errors:
+                failing = min((i for i in chunk.errors if i >= start), default=end)
+                if failing == start:
+                    if items:
+                        break
+                    self.close()
+                    return fail(chunk.errors[start])
+                end = min(end, failing)
+            items.extend(chunk.results[start:end])
+            chunk.position = end
+            if end >= len(chunk.results):
+                ready.popleft()
         self._fill()
         done = self._itemsDone and not self._chunks and not ready
         if done and self._sourceFailure is not None and not items:

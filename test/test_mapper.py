@@ -20,11 +20,11 @@ def counting(n: int, pulled: list[int]) -> Iterator[int]:
 
 
 def test_runChunkKeepsEachOutcome() -> None:
-    outcomes, seconds = runChunk(lambda x: 10 // x, [5, 0, 2], False)
-    assert outcomes[0] == (True, 2) and outcomes[2] == (True, 5)
-    assert outcomes[1][0] is False and isinstance(outcomes[1][1], ZeroDivisionError)
+    results, errors, seconds = runChunk(lambda x: 10 // x, [5, 0, 2], False)
+    assert results == [2, None, 5]
+    assert list(errors) == [1] and isinstance(errors[1], ZeroDivisionError)
     assert seconds >= 0
-    assert runChunk(pow, [(2, 3)], True)[0] == [(True, 8)]
+    assert runChunk(pow, [(2, 3)], True)[:2] == ([8], {})
 
 
 def test_mapInOrderWithFixedChunks(makeQueue: Any) -> None:
