@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import bisect
 import functools
+import os
 import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import (
     CancelledError,
@@ -165,6 +166,8 @@ class TaskQueue:
         pending, when the reactor shuts down (the default).
     @param maxRecords: How many L{TaskRecord}s to keep (the newest);
         C{None} keeps every one, which costs memory on a long-lived queue.
+    @param logFile: A path (or open text file) to which a CSV row is
+        written for every task as it ends (see L{asynqueue.records}).
     """
 
     log = Logger()
@@ -177,6 +180,7 @@ class TaskQueue:
         stopOnLaneError: bool = False,
         shutdownWithReactor: bool = True,
         maxRecords: int | None = 100_000,
+        logFile: str | os.PathLike[str] | IO[str] | None = None,
     ) -> None:
         from twisted.internet import reactor
 
@@ -203,6 +207,11 @@ class TaskQueue:
         self._idleWaiters: list[Deferred[None]] = []
         self._triggerID: Any = None
         self._observers: list[Callable[[str, TaskRecord], object]] = []
+        self._closeLog: Callable[[], None] | None = None
+        if logFile is not None:
+            from asynqueue.records import openRecordLog
+
+            self._closeLog = openRecordLog(self, logFile)
         # Made once: a bound method per task would be more garbage to collect.
         self._canceller = self._cancelDeferred
         self._onStart = self._taskStarted
@@ -303,6 +312,7 @@ class TaskQueue:
         chunksize: int | None = None,
         maxInFlight: int | None = None,
         star: bool = False,
+        progress: bool = False,
         **options: Any,
     ) -> Deferator[Any]:
         """
@@ -316,7 +326,8 @@ class TaskQueue:
         C{ordered=False} results come as they are ready. C{star=True} calls
         C{f(*item)}. An item whose call raises ends the iteration at its
         place with that exception, as C{multiprocessing}'s C{imap} does.
-        Other keywords are L{TaskOptions} for the chunks' tasks.
+        C{progress=True} shows a progress bar of items (tqdm or rich, if
+        installed). Other keywords are L{TaskOptions} for the chunks' tasks.
         """
         from asynqueue.mapper import mapOver
 
@@ -329,6 +340,7 @@ class TaskQueue:
             maxInFlight=maxInFlight,
             star=star,
             options=TaskOptions(**options),
+            progress=progress,
         )
 
     def wrap(self, f: Callable[..., Any] | None = None, **options: Any) -> Any:
@@ -561,6 +573,9 @@ class TaskQueue:
 
             def stopped(_: object) -> None:
                 self._state = _STOPPED
+                if self._closeLog is not None:
+                    self._closeLog()
+                    self._closeLog = None
                 assert self._shutdownDeferred is not None
                 self._shutdownDeferred.callback(None)
 
@@ -968,9 +983,24 @@ class TaskQueue:
         self._checkIdle()
         return d
 
-    def wait(self) -> Deferred[None]:
-        """A Deferred that fires when no task is pending or running."""
-        return self._whenAllDone()
+    def wait(self, progress: bool = False) -> Deferred[None]:
+        """
+        A Deferred that fires when no task is pending or running.
+
+        With C{progress=True}, a progress bar (tqdm or rich, if installed)
+        counts the tasks down meanwhile.
+        """
+        if not progress:
+            return self._whenAllDone()
+        from asynqueue.progress import progressFor
+
+        close = progressFor(self, description=self.name)
+
+        def closed(result: object) -> object:
+            close()
+            return result
+
+        return self._whenAllDone().addBoth(closed)
 
     def _checkIdle(self) -> None:
         if self._idleWaiters and not self.isBusy():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -95,9 +95,12 @@ class _MapSource:
         maxInFlight: int,
         star: bool,
         options: TaskOptions,
+        bar: Any = None,
     ) -> None:
+        self._bar = bar
         self._queue = queue
         self._f = f
+        self._sized = isinstance(items, Sized)
         self._items = iter(items)
         self._ordered = ordered
         self._fixedSize = chunksize
@@ -137,6 +140,8 @@ class _MapSource:
             chunkID = next(self._ids)
             self._chunks.append(None)
             self.submitted += len(chunk)
+            if self._bar is not None and not self._sized:
+                self._bar.expect(len(chunk))
             d = self._queue.callWith(
                 self._options, runChunk, self._f, chunk, self._star
             )
@@ -148,6 +153,8 @@ class _MapSource:
         self._inFlight.pop(chunkID, None)
         if self._closed:
             return
+        if self._bar is not None:
+            self._bar.advance(count)
         if isinstance(result, Failure):
             error = result.value or Exception(result.getErrorMessage())
             ready = _Ready([None] * count, dict.fromkeys(range(count), error))
@@ -208,11 +215,15 @@ class _MapSource:
                 ready.popleft()
         self._fill()
         done = self._itemsDone and not self._chunks and not ready
+        if done and self._bar is not None:
+            self._bar.close()
         if done and self._sourceFailure is not None and not items:
             return fail(self._sourceFailure)
         return succeed((items, done and self._sourceFailure is None))
 
     def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
         if not self._closed:
             self._closed = True
             self._ready.clear()
@@ -230,6 +241,7 @@ def mapOver(
     maxInFlight: int | None = None,
     star: bool = False,
     options: TaskOptions | None = None,
+    progress: bool = False,
 ) -> Deferator[Any]:
     """
     Run C{f} on every item through C{queue}; a L{Deferator} of the results.
@@ -242,7 +254,21 @@ def mapOver(
         maxInFlight = max(4, 4 * len(queue))
     if maxInFlight < 1:
         raise ValueError(f"maxInFlight must be at least 1, not {maxInFlight}")
+    bar = None
+    if progress:
+        from asynqueue.progress import ProgressBar
+
+        total = len(items) if isinstance(items, Sized) else None
+        bar = ProgressBar(total=total, description=getattr(f, "__name__", "map"))
     source = _MapSource(
-        queue, f, items, ordered, chunksize, maxInFlight, star, options or TaskOptions()
+        queue,
+        f,
+        items,
+        ordered,
+        chunksize,
+        maxInFlight,
+        star,
+        options or TaskOptions(),
+        bar,
     )
     return Deferator(source, batchSize=256)

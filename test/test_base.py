@@ -593,3 +593,30 @@ def test_sizeCountsLikeEzpq(makeQueue: Any) -> None:
     w.finish(task, 1)
     w.runAll()
     assert q.size() == 3 and q.size(completed=True) == 3
+
+
+def test_logFileGetsARowPerEndedTask(makeQueue: Any, tmp_path: Any) -> None:
+    import csv
+
+    path = tmp_path / "tasks.csv"
+    w = MemoryWorker()
+    q = makeQueue(w, logFile=str(path))
+    q.call(pow, 2, 3, name="power")
+    q.call(lambda: 1 / 0).addErrback(lambda f: None)
+    w.runAll()
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["name"], r["state"]) for r in rows] == [
+        ("power", "done"),
+        (rows[1]["name"], "failed"),
+    ]
+
+
+def test_waitWithProgressShowsABar(makeQueue: Any, capsys: Any) -> None:
+    w = MemoryWorker()
+    q = makeQueue(w)
+    for _ in range(3):
+        q.call(lambda: None)
+    d = q.wait(progress=True)
+    w.runAll()
+    assert d.called
+    assert "3/3" in capsys.readouterr().err

@@ -134,3 +134,11 @@ async def test_mapOnThreads() -> None:
         assert await q.map(len, ["a", "bb", "ccc"] * 100).toList() == [1, 2, 3] * 100
     finally:
         await q.shutdown()
+
+
+def test_mapProgressCountsItems(makeQueue: Any, capsys: Any) -> None:
+    q = makeQueue(AsyncWorker())
+    assert result(q.map(abs, range(50), chunksize=10, progress=True).toList()) == list(
+        range(50)
+    )
+    assert "50/50" in capsys.readouterr().err
