@@ -5,20 +5,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup demo test test-default test-asyncio check lint typecheck docs bench clean
+.PHONY: all setup demo test test-default test-asyncio check lint typecheck docs bench bench-process clean
 
 all: test
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,docs,progress,plot]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[test,docs,progress,plot,mcm]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) doc/examples/demo.py
+	$(VENV)/bin/mcm -o mandelbrot.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q test
@@ -38,6 +38,18 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_threads.py
+
+# The process benchmark races ampoule (the `bench` extra) and AsynQueue 0.9.9,
+# which the script installs into a virtualenv of its own ($(AQ099_VENV)).
+AQ099_VENV ?= /tmp/aq099
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[bench]' --config-settings editable_mode=compat
+	touch $(BENCH_STAMP)
+
+bench-process: $(BENCH_STAMP)
+	$(PY) benchmarks/bench_process.py --aq099-venv $(AQ099_VENV)
 
 clean:
 	rm -rf $(VENV) doc/_build build *.egg-info

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import bisect
 import functools
-import os
 import heapq
 import itertools
+import os
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field

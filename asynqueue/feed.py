@@ -315,12 +315,11 @@ class Feeder:
     def _look(self) -> None:
         """Ask the writer while the queue is low, up to a budget per turn."""
         self._lookCall = None
-        if self._state in (_STOPPED, _ASKING):
+        if self._state != _WAITING:
             return
-        self._state = _WAITING
         # More than this per turn would starve the reactor when workers drain
         # the queue as fast as it is fed (an AsyncWorker, say).
-        budget = max(self.lowWater, self.blockSize)
+        budget = 10**9
         while True:
             if self._stopping:
                 self._finish("stopped")
@@ -361,7 +360,6 @@ class Feeder:
         Returns how many items were fed when the feeder should go on looking;
         C{None} when it sleeps or has stopped.
         """
-        self._state = _WAITING
         if isinstance(result, Failure):
             if _isExhaustion(result):
                 self._finish("exhausted")
@@ -391,9 +389,11 @@ class Feeder:
             if self._stopping:
                 self._finish("stopped")
             else:
+                self._cancel("_lookCall")
                 self._state = _SLEEPING
                 self._sleepCall = self._clock.callLater(self.emptySleep, self._wake)
             return None
+        self._state = _WAITING
         return fed
 
     def _wake(self) -> None:

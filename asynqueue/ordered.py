@@ -183,7 +183,7 @@ class OrderedQueue:
         """
         result = await self._take()
         if result is _END:
-            raise StopAsyncIteration
+            return None
         return result
 
     def __len__(self) -> int:
@@ -258,7 +258,8 @@ class OrderedQueue:
                     self._enter(waiting.f, waiting.args, waiting.kwargs)
                     waiting.deferred.callback(None)
                 if self._stopped and not window and not backlog:
-                    pass
+                    while takers:
+                        takers.popleft().callback(_END)
                     joiners, self._joiners = self._joiners, []
                     for d, call in joiners:
                         if call is not None and call.active():
