@@ -38,6 +38,7 @@ from asynqueue.errors import (
     NoQualifiedWorker,
     QueueRunError,
     TimeoutError,
+    UnpicklableError,
     WorkerCrashed,
 )
 from asynqueue.interfaces import IWorker
@@ -190,6 +191,7 @@ class TaskQueue:
         self._stopOnLaneError = stopOnLaneError
         self._slots: dict[IWorker, _WorkerSlot] = {}
         self._slotList: list[_WorkerSlot] = []
+        self._picklingWorkers = False
         self._pending: dict[Hashable | None, _Line] = {}
         self._pendingCount = 0
         self._lanes: dict[Hashable, _Lane] = {}
@@ -262,7 +264,19 @@ class TaskQueue:
                     f"{options.series!r}; use qualifyWorker() first"
                 )
             )
+        call = None
+        if self._picklingWorkers:
+            # Every worker would pickle the call: do it now, so that a call
+            # that cannot travel fails at once, not when a worker is free.
+            from asynqueue.wire import dumpCall
+
+            try:
+                call = dumpCall(f, args, kwargs)
+            except UnpicklableError as e:
+                return fail(e)
         task = self._newTask(f, args, kwargs, options)
+        if call is not None:
+            task.extra["call"] = call
         lane = options.lane
         if lane is not None:
             state = self._lanes.setdefault(lane, _Lane())
@@ -380,6 +394,7 @@ class TaskQueue:
         slot = _WorkerSlot(worker)
         self._slots[worker] = slot
         self._slotList = list(self._slots.values())
+        self._notePickling()
         worker.setResignator(self._workerResigned)
         observe = getattr(worker, "setCapacityObserver", None)
         if observe is not None:
@@ -929,6 +944,11 @@ class TaskQueue:
     # ------------------------------------------------------------------
     # Internals: workers leaving, idleness, shutdown
 
+    def _notePickling(self) -> None:
+        self._picklingWorkers = bool(self._slots) and all(
+            getattr(w, "picklesCalls", False) for w in self._slots
+        )
+
     def _capacityChanged(self, slot: _WorkerSlot) -> None:
         """A worker's capacity changed by itself (a remote node (dis)connected)."""
         slot.countFree()
@@ -943,6 +963,7 @@ class TaskQueue:
     def _forget(self, slot: _WorkerSlot) -> None:
         self._slots.pop(slot.worker, None)
         self._slotList = list(self._slots.values())
+        self._notePickling()
         for task in list(slot.outstanding):
             # A crashed worker fails its running tasks itself; whatever it
             # left unfired must not strand its caller.

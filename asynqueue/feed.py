@@ -319,7 +319,7 @@ class Feeder:
             return
         # More than this per turn would starve the reactor when workers drain
         # the queue as fast as it is fed (an AsyncWorker, say).
-        budget = 10**9
+        budget = max(self.lowWater, self.blockSize)
         while True:
             if self._stopping:
                 self._finish("stopped")

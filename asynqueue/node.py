@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import errno
 import itertools
+import mmap
 import os
+import struct
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -58,9 +60,11 @@ __all__ = ["NodeProtocol", "LocalRunner", "PipeReader", "PipeWriter", "context"]
 
 log = Logger()
 _READ_SIZE = 1 << 20
+_STARTED = struct.Struct("<q")
 _BATCH_BYTES = 1 << 16
 _CONNECTION_DONE = Failure(CONNECTION_DONE)
 _context: Any = None
+_setupError: BaseException | None = None
 
 
 def context() -> Any:
@@ -75,8 +79,23 @@ def context() -> Any:
 
 def _initialize(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> None:
     """Run the queue's initializer in this process and keep what it returns."""
-    global _context
-    _context = initializer(*initargs)
+    global _context, _setupError
+    try:
+        _context = initializer(*initargs)
+    except BaseException as e:
+        # No task may run without the context it was promised.
+        _setupError = e
+        raise
+
+
+def _checkSetup() -> None:
+    if _setupError is not None:
+        from asynqueue.errors import WorkerError
+
+        raise WorkerError(
+            f"this worker's initializer failed: {type(_setupError).__name__}: "
+            f"{_setupError}"
+        )
 
 
 class PipeReader(abstract.FileDescriptor):
@@ -91,6 +110,12 @@ class PipeReader(abstract.FileDescriptor):
 
     def fileno(self) -> int:
         return self.fd
+
+    def readNow(self) -> None:
+        """Read what has come, if anything, without waiting for the reactor."""
+        if self.doRead() is not None:
+            # The end of input: the reactor's next read sees it too.
+            return
 
     def doRead(self) -> object:
         try:
@@ -192,7 +217,13 @@ class LocalRunner:
     L{RESULT_WINDOW} oldest unanswered tasks can have run.
     """
 
-    def __init__(self, reactor: IReactorTime, send: Callable[..., object]) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        send: Callable[..., object],
+        started: mmap.mmap | None = None,
+    ) -> None:
+        self._started = started
         self._reactor = reactor
         self._send = send
         self._backlog: deque[tuple[int, bytes]] = deque()
@@ -205,14 +236,17 @@ class LocalRunner:
         self.capacity = 1
         self._unsent: list[tuple[int, str, bytes, float]] = []
         self._unsentSince = 0.0
+        self._averageRunTime = RESULT_DELAY
+        self._lastRunTime = 0.0
+        self._slicing = False
+        #: Reads input that came while a task ran (set by the child's main).
+        self.readInput: Callable[[], object] | None = None
         self.done = 0
 
     def add(self, tasks: list[tuple[int, bytes]]) -> None:
         self._backlog.extend(tasks)
-        if self._scheduled is None and not self._waiting:
-            # Idle: start now rather than a reactor turn later.
-            self._runSome()
-        else:
+        # Not at once: the rest of what was read (a cancel, say) comes first.
+        if not self._slicing:
             self._schedule()
 
     def cancel(self, taskID: int) -> None:
@@ -241,8 +275,25 @@ class LocalRunner:
             os._exit(70)
 
     def _runSlice(self) -> None:
+        self._slicing = True
+        try:
+            self._runTasks()
+        finally:
+            self._slicing = False
+        self.flush()
+        self._schedule()
+
+    def _runTasks(self) -> None:
         deadline = perf_counter() + 0.005
         while self._backlog and not self._waiting:
+            if self._lastRunTime > RESULT_DELAY and self.readInput is not None:
+                # After a long task, read what came meanwhile (a cancel of
+                # the next task, say) before starting another.
+                self._lastRunTime = 0.0
+                self.readInput()
+                if not self._backlog:
+                    break
+            now = perf_counter()
             taskID, call = self._backlog.popleft()
             if taskID in self._cancelled:
                 self._cancelled.discard(taskID)
@@ -250,14 +301,19 @@ class LocalRunner:
             unsent = self._unsent
             if unsent and (
                 len(unsent) >= RESULT_WINDOW - 1
-                or perf_counter() - self._unsentSince > RESULT_DELAY
+                or now - self._unsentSince > RESULT_DELAY
+                # Batching pays only for short tasks; after slower ones,
+                # results go before the next task can hold them up.
+                or self._averageRunTime > RESULT_DELAY / 10
             ):
                 self.flush()
+            if self._started is not None:
+                # Before the call: if this process dies in it, the parent
+                # knows it started (and that nothing after it did).
+                _STARTED.pack_into(self._started, 0, taskID)
             self._runOne(taskID, call)
             if perf_counter() > deadline:
                 break
-        self.flush()
-        self._schedule()
 
     def flush(self) -> None:
         """Send the results not sent yet."""
@@ -268,6 +324,7 @@ class LocalRunner:
     def _runOne(self, taskID: int, call: bytes) -> None:
         began = perf_counter()
         try:
+            _checkSetup()
             f, args, kwargs = loads(call)
             result = f(*args, **kwargs)
         except BaseException as e:
@@ -318,24 +375,38 @@ class LocalRunner:
         if not self._unsent:
             self._unsentSince = now
         self._unsent.append((taskID, status, payload, now - began))
+        self._lastRunTime = now - began
+        self._averageRunTime = 0.9 * self._averageRunTime + 0.1 * self._lastRunTime
         if len(payload) > _BATCH_BYTES:
             self.flush()
 
     def nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
+        answer = self._nextItems(iteratorID, maxItems)
+        try:
+            answer["items"] = dumps(answer["items"])
+        except Exception as e:
+            self._iterators.pop(iteratorID, None)
+            error = UnpicklableError(
+                f"an item of the iterator cannot be pickled: {type(e).__name__}: {e}"
+            )
+            return {"items": dumps([]), "exhausted": True, "error": encodeError(error)}
+        return answer
+
+    def _nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
         iterator = self._iterators.get(iteratorID)
         items: list[Any] = []
         if iterator is None:
-            return {"items": dumps(items), "exhausted": True, "error": None}
+            return {"items": items, "exhausted": True, "error": None}
         try:
             for item in iterator:
                 items.append(item)
                 if len(items) >= maxItems:
-                    return {"items": dumps(items), "exhausted": False, "error": None}
+                    return {"items": items, "exhausted": False, "error": None}
         except BaseException as e:
             del self._iterators[iteratorID]
-            return {"items": dumps(items), "exhausted": True, "error": encodeError(e)}
+            return {"items": items, "exhausted": True, "error": encodeError(e)}
         del self._iterators[iteratorID]
-        return {"items": dumps(items), "exhausted": True, "error": None}
+        return {"items": items, "exhausted": True, "error": None}
 
     def closeIterator(self, iteratorID: int) -> None:
         iterator = self._iterators.pop(iteratorID, None)
@@ -500,8 +571,11 @@ def _dieWithParent() -> None:
         pass
 
 
-def childMain(readFD: int = 3, writeFD: int = 4) -> None:
-    """Be a child worker node: AMP in on C{readFD}, out on C{writeFD}."""
+def childMain(readFD: int = 3, writeFD: int = 4, startedFD: int = 5) -> None:
+    """
+    Be a child worker node: AMP in on C{readFD}, out on C{writeFD}, and the
+    ID of each call noted in the shared memory of C{startedFD} as it starts.
+    """
     import signal
 
     # Ctrl-C reaches the whole process group; the parent decides what stops.
@@ -513,9 +587,13 @@ def childMain(readFD: int = 3, writeFD: int = 4) -> None:
         if reactor.running:
             reactor.stop()
 
-    protocol = NodeProtocol(lambda send: LocalRunner(reactor, send), onStop=stop)
+    started = mmap.mmap(startedFD, _STARTED.size)
+    protocol = NodeProtocol(
+        lambda send: LocalRunner(reactor, send, started), onStop=stop
+    )
     protocol.makeConnection(_BlockingPipeTransport(writeFD))
-    PipeReader(readFD, protocol, reactor)
+    reader = PipeReader(readFD, protocol, reactor)
+    protocol.runner.readInput = reader.readNow
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 
@@ -942,13 +1020,6 @@ def main(argv: list[str] | None = None) -> None:
     react(run)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        childMain()
-    else:
-        main()
-
-
 class WireServer(NodeService):
     """
     AsynQueue's name for a node that serves a L{WireWorkerUniverse}.
@@ -959,3 +1030,10 @@ class WireServer(NodeService):
 
     def __init__(self, universe: str, **kwargs: Any) -> None:
         super().__init__(universe=universe, **kwargs)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        childMain()
+    else:
+        main()

@@ -183,7 +183,7 @@ class OrderedQueue:
         """
         result = await self._take()
         if result is _END:
-            return None
+            raise StopAsyncIteration
         return result
 
     def __len__(self) -> int:

@@ -19,7 +19,9 @@ lost or silently run twice.
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
+import struct
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -40,7 +42,6 @@ from asynqueue.interfaces import IWorker
 from asynqueue.node import PipeReader, PipeWriter, _initialize, context
 from asynqueue.tasks import Task
 from asynqueue.wire import (
-    RESULT_WINDOW,
     CancelTask,
     NodeInfo,
     RunTasks,
@@ -57,6 +58,21 @@ from asynqueue.wire import (
 __all__ = ["ProcessWorker", "ProcessQueue", "ProcessIterationSource", "context"]
 
 _CHILD_MAIN = "from asynqueue.node import childMain; childMain()"
+_STARTED = struct.Struct("<q")
+
+
+def _sharedMemory(size: int) -> int:
+    """A file descriptor of C{size} zeroed bytes that parent and child can map."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("asynqueue-started")
+    else:  # pragma: no cover - not Linux
+        import tempfile
+
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+    os.ftruncate(fd, size)
+    return fd
+
 
 #: Calls at most this big travel together in one box.
 _BATCH_BYTES = 1 << 16
@@ -117,6 +133,7 @@ class _Child(ProcessProtocol):
         self._waitingFor = {"process", "pipe"}
         self._lines = {1: b"", 2: b""}
         self._idleWaiters: list[Deferred[None]] = []
+        self.keepForIterators = True
 
     @property
     def where(self) -> str:
@@ -131,17 +148,27 @@ class _Child(ProcessProtocol):
     def start(self, reactor: Any, executable: str, env: dict[str, str]) -> None:
         toChildRead, toChildWrite = os.pipe()
         fromChildRead, fromChildWrite = os.pipe()
+        startedFD = _sharedMemory(_STARTED.size)
+        self.startedMap = mmap.mmap(startedFD, _STARTED.size)
         try:
             transport = reactor.spawnProcess(
                 self,
                 executable,
                 [executable, "-c", _CHILD_MAIN],
                 env=env,
-                childFDs={0: "w", 1: "r", 2: "r", 3: toChildRead, 4: fromChildWrite},
+                childFDs={
+                    0: "w",
+                    1: "r",
+                    2: "r",
+                    3: toChildRead,
+                    4: fromChildWrite,
+                    5: startedFD,
+                },
             )
         finally:
             os.close(toChildRead)
             os.close(fromChildWrite)
+            os.close(startedFD)
         self.pid = transport.pid
         transport.closeStdin()
         writer = PipeWriter(toChildWrite, reactor)
@@ -184,17 +211,24 @@ class _Child(ProcessProtocol):
                     sent.task.markStarted()
             return
 
-    def unanswered(self) -> tuple[list[_Sent], list[_Sent]]:
+    def lastStarted(self) -> int:
+        """The ID of the last call the child started, from the memory we share."""
+        return int(_STARTED.unpack_from(self.startedMap, 0)[0])
+
+    def unanswered(self, margin: int = 0) -> tuple[list[_Sent], list[_Sent]]:
         """
         The unanswered calls the child may have run, and those it never started.
 
-        The child may have run the oldest L{RESULT_WINDOW} of the calls it
-        was sent (see L{asynqueue.node.LocalRunner}), and none of the rest.
+        The child notes in shared memory the ID of each call as it starts it
+        (IDs grow in the order sent): the calls up to that one ran (their
+        results may have been lost with the child) or were running; the
+        others never started. C{margin} counts that many more as possibly
+        started, for a child that may still be running.
         """
-        unanswered = list(self.inFlight.values())
-        sentCount = len(unanswered) - len(self.outgoing)
-        window = min(RESULT_WINDOW, sentCount)
-        return unanswered[:window], unanswered[window:]
+        last = self.lastStarted() + margin
+        maybeRan = [s for s in self.inFlight.values() if s.taskID <= last]
+        neverRan = [s for s in self.inFlight.values() if s.taskID > last]
+        return maybeRan, neverRan
 
     def cancel(self, taskID: int) -> bool:
         """
@@ -219,7 +253,8 @@ class _Child(ProcessProtocol):
     ) -> None:
         self.done += 1
         sent = self.inFlight.pop(taskID, None)
-        self.worker.ran(seconds)
+        if sent is not None and (sent.task is not None or sent.raw):
+            self.worker.ran(seconds)
         self._markRunning()
         if sent is not None and sent.deferred is not None and not sent.deferred.called:
             if sent.raw:
@@ -261,14 +296,22 @@ class _Child(ProcessProtocol):
     # -- ending --------------------------------------------------------------
 
     def _checkIdle(self) -> None:
-        if not self.inFlight and not self.openIterators and self._idleWaiters:
+        busy = self.inFlight or (self.openIterators and self.keepForIterators)
+        if not busy and self._idleWaiters:
             waiters, self._idleWaiters = self._idleWaiters, []
             for d in waiters:
                 d.callback(None)
 
-    def retire(self) -> Deferred[None]:
-        """Let the child finish what it has, then ask it to end."""
+    def retire(self, waitForIterators: bool = True) -> Deferred[None]:
+        """
+        Let the child finish its calls, then ask it to end.
+
+        With C{waitForIterators}, iterators it holds for the parent must be
+        done first too (a child replaced after C{maxTasksPerWorker}); at
+        shutdown they are not waited for, and end with the child.
+        """
         self.stopping = True
+        self.keepForIterators = waitForIterators
         idle: Deferred[None] = Deferred()
         self._idleWaiters.append(idle)
         self._checkIdle()
@@ -327,6 +370,8 @@ class ProcessWorker:
 
     log = Logger()
     _ids = itertools.count(1)
+    #: Calls travel pickled, so a queue of such workers pickles them at once.
+    picklesCalls = True
 
     def __init__(
         self,
@@ -361,11 +406,19 @@ class ProcessWorker:
         self._maxTasks = maxTasksPerWorker
         self._executable = executable or sys.executable
         self._env = dict(os.environ if env is None else env)
-        self._env.setdefault("PYTHONPATH", os.pathsep.join(p for p in sys.path if p))
+        # The child finds what the parent can import (functions pickled by
+        # reference), then whatever PYTHONPATH says besides.
+        paths = [p for p in sys.path if p]
+        if self._env.get("PYTHONPATH"):
+            paths.append(self._env["PYTHONPATH"])
+        self._env["PYTHONPATH"] = os.pathsep.join(paths)
+        # A task's print reaches the log as it happens, not when the child ends.
+        self._env["PYTHONUNBUFFERED"] = "1"
         self._resignator: Callable[[Any], object] | None = None
         self._taskIDs = itertools.count(1)
         self._setup: list[bytes] = []
         self._setupFailure: Failure | None = None
+        self._hasInitializer = initializer is not None
         if initializer is not None:
             self._setup.append(dumpCall(_initialize, (initializer, initargs), {}))
         self._stopped = False
@@ -390,10 +443,12 @@ class ProcessWorker:
             return fail(QueueRunError(f"{self.name} is stopped"))
         if self._setupFailure is not None:
             return fail(self._setupError())
-        try:
-            call = dumpCall(task.f, task.args, task.kwargs)
-        except UnpicklableError as e:
-            return fail(e)
+        call = task.extra.get("call")
+        if call is None:
+            try:
+                call = dumpCall(task.f, task.args, task.kwargs)
+            except UnpicklableError as e:
+                return fail(e)
         if task.extra.get("update") == "kept":
             self._setup.append(call)
         if self._maxTasks is not None and self._child.sent >= self._maxTasks + len(
@@ -437,19 +492,20 @@ class ProcessWorker:
                     # never started follow them when it has died.
                     if child is self._child and not self._stopped:
                         self._retiring.add(child)
-                        child.ended.addBoth(
-                            lambda _, c=child: self._retiring.discard(c)
-                        )
+                        child.ended.addBoth(self._forgetChild, child)
                         self._child = self._spawn()
                         self.replaced += 1
                     child.kill()
                 return
 
+    def _forgetChild(self, result: object, child: _Child) -> None:
+        self._retiring.discard(child)
+
     def stop(self) -> Deferred[None]:
         """Let my child finish its tasks, then end it; fire when it has ended."""
         self._stopped = True
         children = [self._child, *self._retiring]
-        ds = [c.retire() for c in children]
+        ds = [c.retire(waitForIterators=False) for c in children]
         d: Deferred[None] = Deferred()
         pending = len(ds)
 
@@ -468,12 +524,13 @@ class ProcessWorker:
         self._stopped = True
         unstarted: list[Task] = []
         for child in (self._child, *self._retiring):
-            _, neverRan = child.unanswered()
+            child.kill()
+            # The child may start one more call before the signal lands.
+            _, neverRan = child.unanswered(margin=1)
             for sent in neverRan:
                 del child.inFlight[sent.taskID]
                 if sent.task is not None:
                     unstarted.append(sent.task)
-            child.kill()
         return unstarted
 
     def info(self) -> dict[str, Any]:
@@ -493,18 +550,25 @@ class ProcessWorker:
     def _spawn(self) -> _Child:
         child = _Child(self)
         child.start(self.reactor, self._executable, self._env)
-        for call in self._setup:
-            sent = _Sent(next(self._taskIDs), call, None, Deferred())
-            sent.deferred.addErrback(self._setupFailed)  # type: ignore[union-attr]
-            child.send(sent)
+        for i, call in enumerate(self._setup):
+            d: Deferred[Any] = Deferred()
+            if i == 0 and self._hasInitializer:
+                d.addErrback(self._setupFailed)
+            else:
+                d.addErrback(self._replayFailed)
+            child.send(_Sent(next(self._taskIDs), call, None, d))
         return child
 
     def _setupFailed(self, failure: Failure) -> None:
-        self.log.failure(
-            "Setting up a process of {name} failed", failure, name=self.name
-        )
+        # The child refuses every task after this (see node._checkSetup); so
+        # do I, at once, rather than start child after child.
+        self.log.failure("The initializer of {name} failed", failure, name=self.name)
         self._setupFailure = failure
-        self._child.kill()
+
+    def _replayFailed(self, failure: Failure) -> None:
+        self.log.failure(
+            "A kept update failed in a new process of {name}", failure, name=self.name
+        )
 
     def _setupError(self) -> WorkerError:
         assert self._setupFailure is not None
@@ -522,7 +586,7 @@ class ProcessWorker:
         self.replaced += 1
 
     def ran(self, seconds: float) -> None:
-        """A child reported a call's run time: adapt my capacity."""
+        """A child reported a task's run time: adapt my capacity."""
         self._recentCrashes = 0
         if self._adaptive:
             average = self._averageRunTime = 0.9 * self._averageRunTime + 0.1 * seconds
@@ -533,23 +597,27 @@ class ProcessWorker:
 
     def childEnded(self, child: _Child, reason: Failure) -> None:
         """A child's process and pipe are both gone."""
-        window, rest = child.unanswered()
+        maybeRan, neverRan = child.unanswered()
         child.inFlight.clear()
-        if not window and not rest and (child.stopping or self._stopped):
+        if not maybeRan and not neverRan and (child.stopping or self._stopped):
             return
         why = reason.getErrorMessage() if not reason.check(ProcessDone) else "it exited"
-        for sent in window:
-            if sent.deferred is not None and not sent.deferred.called:
-                sent.deferred.errback(
-                    WorkerCrashed(
-                        f"{self.name}'s process {child.pid} died ({why}) before "
-                        "reporting on the task"
-                    )
-                )
-        if self._stopped:
-            for sent in rest:
+
+        def fail(calls: list[_Sent], error: Exception) -> None:
+            for sent in calls:
                 if sent.deferred is not None and not sent.deferred.called:
-                    sent.deferred.errback(WorkerCrashed(f"{self.name} was stopped"))
+                    sent.deferred.errback(error)
+
+        crashed = WorkerCrashed(
+            f"{self.name}'s process {child.pid} died ({why}) while running the task "
+            "or before reporting on it"
+        )
+        if self._setupFailure is not None:
+            fail(neverRan + maybeRan, self._setupError())
+            return
+        if self._stopped:
+            fail(maybeRan, crashed)
+            fail(neverRan, WorkerCrashed(f"{self.name} was stopped"))
             return
         if child is self._child:
             self._recentCrashes += 1
@@ -560,11 +628,8 @@ class ProcessWorker:
                     why=why,
                 )
                 self._stopped = True
-                for sent in rest:
-                    if sent.deferred is not None and not sent.deferred.called:
-                        sent.deferred.errback(
-                            WorkerCrashed(f"{self.name} keeps crashing")
-                        )
+                fail(maybeRan, crashed)
+                fail(neverRan, WorkerCrashed(f"{self.name} keeps crashing"))
                 if self._resignator is not None:
                     self._resignator(self)
                 return
@@ -576,10 +641,13 @@ class ProcessWorker:
             )
             self._child = self._spawn()
             self.replaced += 1
-        for sent in rest:
+        # The calls it never started go to the fresh child first, so that
+        # whatever the failures below set off finds it ready.
+        for sent in neverRan:
             if sent.deferred is not None and not sent.deferred.called:
                 if sent.task is not None or sent.raw:
                     self._child.send(sent)
+        fail(maybeRan, crashed)
 
 
 class ProcessQueue(TaskQueue):

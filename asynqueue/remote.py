@@ -204,6 +204,8 @@ class RemoteWorker:
 
     log = Logger()
     _ids = itertools.count(1)
+    #: Calls travel pickled, so a queue of such workers pickles them at once.
+    picklesCalls = True
 
     def __init__(
         self,
@@ -286,10 +288,12 @@ class RemoteWorker:
         """Pickle the call now and send it to the node."""
         if self._stopped:
             return fail(QueueRunError(f"{self.name} is stopped"))
-        try:
-            call = dumpCall(task.f, task.args, task.kwargs)
-        except UnpicklableError as e:
-            return fail(e)
+        call = task.extra.get("call")
+        if call is None:
+            try:
+                call = dumpCall(task.f, task.args, task.kwargs)
+            except UnpicklableError as e:
+                return fail(e)
         return self._send(task, call)
 
     def _send(self, task: Task, call: bytes) -> Deferred[Any]:
@@ -354,6 +358,9 @@ class WireWorker(RemoteWorker):
     (AsynQueue passed the universe instance first; it is accepted and
     ignored, since the node has its own.)
     """
+
+    # A universe's calls are names and plain data, pickled by the worker.
+    picklesCalls = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args and isinstance(args[0], WireWorkerUniverse):

@@ -297,13 +297,20 @@ def encodeError(error: BaseException) -> bytes:
     pickles (and unpickles), and always its type name, message and
     traceback text.
     """
-    text = "".join(traceback.format_exception(error))
+    try:
+        text = "".join(traceback.format_exception(error))
+    except Exception:
+        text = f"{type(error).__qualname__} (its traceback could not be formatted)\n"
+    try:
+        message = str(error)
+    except Exception:
+        message = f"<{type(error).__qualname__} whose str() failed>"
     try:
         pickled: bytes | None = dumps(error)
         loads(pickled)  # type: ignore[arg-type]
     except Exception:
         pickled = None
-    return dumps((pickled, type(error).__qualname__, str(error), text))
+    return dumps((pickled, type(error).__qualname__, message, text))
 
 
 def decodeError(payload: bytes, where: str) -> BaseException:
