@@ -20,6 +20,7 @@ from asynqueue.errors import (
 from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
 from asynqueue.node import context
+from asynqueue.ordered import OrderedQueue
 from asynqueue.process import ProcessQueue, ProcessWorker
 from asynqueue.remote import RemoteWorker, WireWorker
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
@@ -39,6 +40,7 @@ __all__ = [
     "LaneError",
     "MemoryWorker",
     "NoQualifiedWorker",
+    "OrderedQueue",
     "ProcessQueue",
     "ProcessWorker",
     "QueueRunError",
