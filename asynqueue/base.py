@@ -627,10 +627,11 @@ class TaskQueue:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: TaskOptions,
+        recorded: bool = True,
     ) -> Task:
-        seq = next(self._seq)
+        """A new task; an unrecorded one (an update) has no ID, record or canceller."""
         record = TaskRecord(
-            id=seq,
+            id=next(self._seq) if recorded else -1,
             name=nameFor(f, options),
             function=getattr(f, "__qualname__", None) or type(f).__qualname__,
             priority=options.effectivePriority,
@@ -638,6 +639,8 @@ class TaskQueue:
             lane=options.lane,
             submitted=self._clock.seconds(),
         )
+        if not recorded:
+            return Task(f, args, kwargs, options, record, Deferred())
         self._records.append(record)
         if self._observers:
             self._tell("submitted", record)
@@ -914,7 +917,7 @@ class TaskQueue:
         ephemeral: bool,
     ) -> Deferred[Any]:
         options = TaskOptions(doNext=True)
-        task = self._newTaskUnrecorded(f, args, kwargs, options)
+        task = self._newTask(f, args, kwargs, options, recorded=False)
         task.onStart = None
         # A worker that replaces its process (or node) replays kept updates.
         task.extra["update"] = "ephemeral" if ephemeral else "kept"
@@ -922,24 +925,6 @@ class TaskQueue:
             return slot.worker.run(task)
         except Exception:
             return fail()
-
-    def _newTaskUnrecorded(
-        self,
-        f: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: TaskOptions,
-    ) -> Task:
-        record = TaskRecord(
-            id=-1,
-            name=nameFor(f, options),
-            function=getattr(f, "__qualname__", None) or type(f).__qualname__,
-            priority=options.effectivePriority,
-            series=None,
-            lane=None,
-            submitted=self._clock.seconds(),
-        )
-        return Task(f, args, kwargs, options, record, Deferred())
 
     # ------------------------------------------------------------------
     # Internals: workers leaving, idleness, shutdown

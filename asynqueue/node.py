@@ -98,24 +98,43 @@ def _checkSetup() -> None:
         )
 
 
-class PipeReader(abstract.FileDescriptor):
-    """Reads a pipe in large pieces and feeds a protocol."""
+class _Pipe(abstract.FileDescriptor):
+    """One end of a pipe, non-blocking, in the reactor; closed when lost."""
 
-    def __init__(self, fd: int, protocol: Any, reactor: Any = None) -> None:
+    def __init__(self, fd: int, reactor: Any = None) -> None:
         super().__init__(reactor)
         self.fd = fd
-        self.protocol = protocol
         os.set_blocking(fd, False)
-        self.startReading()
 
     def fileno(self) -> int:
         return self.fd
 
+    def getPeer(self) -> str:
+        return f"pipe {self.fd}"
+
+    def getHost(self) -> str:
+        return f"pid {os.getpid()}"
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class PipeReader(_Pipe):
+    """Reads a pipe in large pieces and feeds a protocol."""
+
+    def __init__(self, fd: int, protocol: Any, reactor: Any = None) -> None:
+        super().__init__(fd, reactor)
+        self.protocol = protocol
+        self.startReading()
+
     def readNow(self) -> None:
         """Read what has come, if anything, without waiting for the reactor."""
-        if self.doRead() is not None:
-            # The end of input: the reactor's next read sees it too.
-            return
+        # At the end of input, the reactor's own next read sees it too.
+        self.doRead()
 
     def doRead(self) -> object:
         try:
@@ -131,30 +150,15 @@ class PipeReader(abstract.FileDescriptor):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
         self.protocol.connectionLost(reason)
 
 
-class PipeWriter(abstract.FileDescriptor):
+class PipeWriter(_Pipe):
     """Writes to a pipe without blocking, buffering what does not fit yet."""
 
     def __init__(self, fd: int, reactor: Any = None) -> None:
-        super().__init__(reactor)
-        self.fd = fd
-        os.set_blocking(fd, False)
+        super().__init__(fd, reactor)
         self.connected = 1
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def getPeer(self) -> str:
-        return f"pipe {self.fd}"
-
-    def getHost(self) -> str:
-        return f"pid {os.getpid()}"
 
     def writeSomeData(self, data: bytes) -> int | BaseException:
         try:
@@ -163,13 +167,6 @@ class PipeWriter(abstract.FileDescriptor):
             if e.errno in (errno.EAGAIN, errno.EINTR):
                 return 0
             return CONNECTION_LOST
-
-    def connectionLost(self, reason: Failure) -> None:
-        super().connectionLost(reason)
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
 
 
 class _BlockingPipeTransport:
