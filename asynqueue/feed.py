@@ -92,7 +92,6 @@ class _Answer:
 
     items: list[Any]
     end: str
-    fresh: bool = True
     error: Failure | None = field(default=None)
 
 
@@ -474,15 +473,15 @@ class Feeder:
                     item = next(source)
                 except StopIteration:
                     end = _EXHAUSTED if fresh and not items else _MORE
-                    return _Answer(items, end, fresh)
+                    return _Answer(items, end)
                 if item is None:
                     _close(source)
-                    return _Answer(items, _NONE, fresh)
+                    return _Answer(items, _NONE)
                 items.append(item)
         except Exception:
-            return _Answer(items, _MORE, fresh, Failure())
+            return _Answer(items, _MORE, Failure())
         self._source = source
-        return _Answer(items, _MORE, fresh)
+        return _Answer(items, _MORE)
 
     async def _takeAsync(
         self, source: AsyncIterator[Any], desired: int, fresh: bool
@@ -495,15 +494,15 @@ class Feeder:
                     item = await source.__anext__()
                 except StopAsyncIteration:
                     end = _EXHAUSTED if fresh and not items else _MORE
-                    return _Answer(items, end, fresh)
+                    return _Answer(items, end)
                 if item is None:
                     _close(source)
-                    return _Answer(items, _NONE, fresh)
+                    return _Answer(items, _NONE)
                 items.append(item)
         except Exception:
-            return _Answer(items, _MORE, fresh, Failure())
+            return _Answer(items, _MORE, Failure())
         self._source = source
-        return _Answer(items, _MORE, fresh)
+        return _Answer(items, _MORE)
 
     # ------------------------------------------------------------------
     # Queueing items

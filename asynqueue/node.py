@@ -4,9 +4,12 @@ The worker node: runs the tasks that arrive over the wire.
 One node implementation serves two transports. In a child process of a
 L{asynqueue.process.ProcessQueue} the node talks AMP over two pipes
 (descriptors 3 and 4, so that a task's C{print} never corrupts the
-protocol) and runs each task itself, one at a time. Run as
-C{python -m asynqueue.node --child}, which is what a C{ProcessWorker}
-spawns.
+protocol; descriptor 5 is the memory where it notes each task it starts)
+and runs each task itself, one at a time: L{childMain}, which a
+C{ProcessWorker} spawns. On the network, L{NodeService} runs the same
+protocol over mutual TLS and hands the tasks, still pickled, to its own
+pool of children (L{NodePool}); C{python -m asynqueue.node}, the
+C{asynqueue-node} command and C{twist asynqueue-node} start one.
 """
 
 from __future__ import annotations
@@ -56,7 +59,23 @@ from asynqueue.wire import (
     makeUniverse,
 )
 
-__all__ = ["NodeProtocol", "LocalRunner", "PipeReader", "PipeWriter", "context"]
+__all__ = [
+    "NodeProtocol",
+    "LocalRunner",
+    "PipeReader",
+    "PipeWriter",
+    "context",
+    "childMain",
+    "NodePool",
+    "PoolRunner",
+    "NodeFactory",
+    "NodeService",
+    "NodeOptions",
+    "WireServer",
+    "nodeEndpoint",
+    "makeNodeService",
+    "main",
+]
 
 log = Logger()
 _READ_SIZE = 1 << 20
@@ -208,10 +227,11 @@ class LocalRunner:
     (cancels, iterator pulls) are read between tasks. A task that returns a
     Deferred or coroutine holds the line until it is done.
 
-    Results of short tasks travel together, but never more than
-    L{RESULT_WINDOW} tasks run between two sends, and no result waits more
-    than L{RESULT_DELAY} seconds: so when a node dies, only the
-    L{RESULT_WINDOW} oldest unanswered tasks can have run.
+    Results of short tasks travel together: never more than
+    L{RESULT_WINDOW} of them, none older than L{RESULT_DELAY} seconds when
+    the next task starts, and after tasks slower than that, each goes before
+    the next task starts. Each task's ID is noted in shared memory as it
+    starts, so the parent of a process that died knows exactly which ran.
     """
 
     def __init__(
@@ -490,7 +510,14 @@ class NodeProtocol(amp.AMP):
 
     @RunTasks.responder
     def runTasks(self, batch: bytes) -> dict[str, Any]:
-        self.runner.add(loads(batch))
+        # Only IDs and pickled calls: read as plain data, so nothing in the
+        # batch itself runs here (the calls run in the children, if anywhere).
+        try:
+            tasks = loadsPlain(batch)
+        except Exception as e:
+            self._abort(f"a batch that is not plain data ({e})")
+            return {}
+        self.runner.add(tasks)
         return {}
 
     @NextItems.responder
@@ -728,7 +755,7 @@ class PoolRunner:
             )
             if status == "i":
                 iteratorID = next(self._iteratorIDs)
-                self._iterators[iteratorID] = (child, loads(payload))
+                self._iterators[iteratorID] = (child, loadsPlain(payload))
                 payload = dumps(iteratorID)
             self._reply((taskID, status, payload, seconds))
         self._checkIdle()
@@ -860,6 +887,9 @@ def nodeEndpoint(
             reactor, int(options["port"]), interface=interface
         )
     if kind == "unix":
+        if "mode" not in options:
+            # Only this user may connect: whoever can, can run code as it.
+            description += ":mode=600"
         return endpoints.serverFromString(reactor, description)
     raise ValueError(f"a node listens on ssl:, tcp: or unix:, not {kind}:")
 
@@ -905,7 +935,9 @@ class NodeService(Service):
 
     def __init__(
         self,
-        listen: str = "ssl:port=8789:interface=127.0.0.1",
+        listen: str = (
+            "ssl:port=8789:interface=127.0.0.1:privateKey=node.key:certKey=node.crt"
+        ),
         ca: str | None = None,
         processes: int | None = None,
         insecurePlaintext: bool = False,

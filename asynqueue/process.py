@@ -8,12 +8,14 @@ cannot travel fails its own Deferred at once. Several tasks are kept in
 flight per child, and tasks handed out in the same reactor turn travel in
 one box.
 
-A child runs its tasks one at a time in the order sent, and reports each
-result before it starts the next. So the parent always knows which task a
-child is running: the oldest one it has not answered. If the child dies,
-that task fails with L{WorkerCrashed} (or runs again if it asked for
-C{retries}), the tasks behind it are sent to a fresh child, and no task is
-lost or silently run twice.
+A child runs its tasks one at a time in the order sent, and notes the ID
+of each in memory it shares with the parent just before starting it. If the
+child dies, the parent reads that note: the tasks up to it ran (their
+results may have died with the child) or were running, and fail with
+L{WorkerCrashed} (or run again if they asked for C{retries}); the tasks
+after it never started and go to a fresh child. No task is lost or silently
+run twice. Results of short tasks travel back together, a few at a time
+(see L{asynqueue.node.LocalRunner}).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from asynqueue.wire import (
     deliverResult,
     dumpCall,
     dumps,
-    loads,
+    loadsPlain,
 )
 
 __all__ = ["ProcessWorker", "ProcessQueue", "ProcessIterationSource", "context"]
@@ -107,7 +109,7 @@ class _ParentAMP(amp.AMP):
     @TaskResults.responder
     def taskResults(self, batch: bytes) -> dict[str, Any]:
         received = self.child.resultReceived
-        for taskID, status, payload, seconds in loads(batch):
+        for taskID, status, payload, seconds in loadsPlain(batch):
             received(taskID, status, payload, seconds)
         return {}
 

@@ -43,7 +43,6 @@ from asynqueue.wire import (
     deliverResult,
     dumpCall,
     dumps,
-    loads,
     loadsPlain,
 )
 
@@ -165,7 +164,7 @@ class _NodeConnection(amp.AMP):
 
     @TaskResults.responder
     def taskResults(self, batch: bytes) -> dict[str, Any]:
-        for taskID, status, payload, _ in loads(batch):
+        for taskID, status, payload, _ in loadsPlain(batch):
             self._received(taskID, status, payload)
         return {}
 

@@ -6,10 +6,16 @@ AMP limits one value to 65,535 bytes. L{BigBytes} spreads a larger value
 over as many keys of the same box as it needs, sliced from the original
 buffer without a copy per chunk.
 
-Calls travel pickled with cloudpickle (so closures and functions typed at a
-prompt work), everything else with pickle protocol 5. Pickles are code:
-only a peer that has authenticated may send them (the remote-node transport
-makes sure of that before any box is read).
+Calls travel pickled with protocol 5: plain pickle where it can, and
+cloudpickle for what it cannot do or would refer to by a name in
+C{__main__} (closures, lambdas, functions typed at a prompt). Pickles are
+code: only a peer that has authenticated may send them (the remote-node
+transport makes sure of that before any box is read), and framing (lists
+of IDs and payloads) is read as plain data only (L{loadsPlain}).
+
+AsynQueue's C{asynqueue.wire.WireWorker} and C{WireServer} are still
+importable from here; they live in L{asynqueue.remote} and
+L{asynqueue.node}.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 import cloudpickle
 from twisted.internet.defer import Deferred, fail
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from asynqueue.errors import RemoteError, UnpicklableError, WorkerCrashed
@@ -47,6 +54,8 @@ __all__ = [
     "decodeError",
     "deliverResult",
     "WireIterationSource",
+    "WireWorkerUniverse",
+    "loadsPlain",
 ]
 
 PROTOCOL = 5
@@ -108,8 +117,8 @@ class RunTasks(amp.Command):
     Queue calls on the node, to run in the order sent.
 
     C{batch} is a pickled list of C{(taskID, call)}, C{call} being a
-    cloudpickled C{(f, args, kwargs)}. The results come back as
-    L{TaskResult}s, one box per task, in the order the tasks ran.
+    pickled C{(f, args, kwargs)} (see L{dumpCall}). The results come back as
+    L{TaskResult}s or L{TaskResults}, in the order the tasks ran.
     """
 
     arguments = [(b"batch", BigBytes())]
@@ -320,7 +329,7 @@ def decodeError(payload: bytes, where: str) -> BaseException:
     If the original exception cannot be rebuilt here, a L{RemoteError}
     carrying its type name, message and traceback stands in for it.
     """
-    pickled, typeName, message, text = loads(payload)
+    pickled, typeName, message, text = loadsPlain(payload)
     error: BaseException | None = None
     if pickled is not None:
         try:
@@ -368,7 +377,7 @@ def deliverResult(d: Deferred[Any], status: str, payload: bytes, peer: Peer) -> 
         d.errback(decodeError(payload, peer.where))
     else:
         peer.openIterators += 1
-        source = WireIterationSource(peer, loads(payload))
+        source = WireIterationSource(peer, loadsPlain(payload))
         Deferator(source).ready().chainDeferred(d)
 
 
@@ -392,7 +401,15 @@ class WireIterationSource:
         d = self._peer.amp.callRemote(
             NextItems, iteratorID=self._iteratorID, maxItems=maxItems
         )
-        return d.addCallback(self._received)
+        return d.addCallbacks(self._received, self._lost)
+
+    def _lost(self, failure: Failure) -> Failure:
+        from twisted.internet.error import ConnectionDone, ConnectionLost
+
+        if failure.check(ConnectionDone, ConnectionLost):
+            self._done()
+            return Failure(WorkerCrashed(f"{self._peer.where} went away mid-iteration"))
+        return failure
 
     def _received(self, answer: dict[str, Any]) -> tuple[list[Any], bool]:
         items = loads(answer["items"])
@@ -419,3 +436,16 @@ class WireIterationSource:
             if not self._peer.dead:
                 self._peer.amp.callRemote(CloseIterator, iteratorID=self._iteratorID)
             self._done()
+
+
+def __getattr__(name: str) -> Any:
+    # AsynQueue's import paths: asynqueue.wire.WireWorker and WireServer.
+    if name == "WireWorker":
+        from asynqueue.remote import WireWorker
+
+        return WireWorker
+    if name == "WireServer":
+        from asynqueue.node import WireServer
+
+        return WireServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,11 @@ Every C{.. code-block:: python} block is executed, in order, in one namespace
 C{async def example()} is a runnable example: the test runs it on the
 reactor and compares what it prints with the C{.. code-block:: text} block
 that follows it, if any. Queues an example leaves running fail its test.
+
+C{.. code-block:: console} blocks are not run, but the C{asynqueue-certs}
+and C{asynqueue-node} commands in them are checked: the certificates are
+made in a temporary directory, and the node's options must parse and make a
+node service (which reads those certificates) without starting it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shlex
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +30,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from asynqueue import TaskQueue
+from asynqueue.certs import main as certsMain
+from asynqueue.node import NodeOptions, makeNodeService
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
 
@@ -111,3 +119,38 @@ async def test_readmeExample(
     assert leftRunning == [], "the example did not shut its queues down"
     if expected is not None:
         assert out.getvalue() == expected
+
+
+def readmeCommandLines(text: str) -> list[list[str]]:
+    """The words of every command line in the README's console blocks."""
+    return [
+        shlex.split(line)
+        for language, code in readmeBlocks(text)
+        if language == "console"
+        for line in code.splitlines()
+        if line.strip()
+    ]
+
+
+def test_readmeNodeCommandsWork(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lines = readmeCommandLines(README.read_text(encoding="utf-8"))
+    certs = [words[1:] for words in lines if words[0] == "asynqueue-certs"]
+    nodes = [
+        words[words.index("asynqueue-node") + 1 :]
+        for words in lines
+        if "asynqueue-node" in words
+    ]
+    assert certs and nodes
+    monkeypatch.chdir(tmp_path)
+    for args in certs:
+        certsMain(args)
+    for args in nodes:
+        options = NodeOptions()
+        options.parseOptions(args)
+        service = makeNodeService(options)
+        assert service.endpoint is not None
+        assert not service.running

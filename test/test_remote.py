@@ -452,3 +452,24 @@ async def test_nodeShutdownLeavesNoProcess(certs: Path) -> None:
             if os.waitpid(pid, os.WNOHANG) == (0, 0):
                 os.kill(pid, 0)
             raise ProcessLookupError
+
+
+@pytest_twisted.ensureDeferred
+async def test_batchesAreReadAsPlainDataOnly(
+    plaintextNode: NodeService, tmp_path: Path
+) -> None:
+    """A batch smuggling code is refused before anything in it runs."""
+    from twisted.internet import endpoints
+    from twisted.internet.error import ConnectionDone, ConnectionLost
+
+    from asynqueue.wire import RunTasks
+
+    marker = tmp_path / "smuggled"
+    evil = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    port = plaintextNode.port.getHost().port
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    client = await endpoint.connect(_factory(amp.AMP))
+    client.callRemote(RunTasks, batch=evil)
+    with pytest.raises((ConnectionDone, ConnectionLost)):
+        await client.callRemote(NodeInfo)
+    assert not marker.exists()
