@@ -9,6 +9,7 @@ worker when it arrives or when a worker frees a slot, never by polling.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -42,9 +43,11 @@ from asynqueue.errors import (
     WorkerCrashed,
 )
 from asynqueue.interfaces import IWorker
+from asynqueue.settings import Settings
 from asynqueue.tasks import Task, TaskOptions, TaskRecord, nameFor
 
 if TYPE_CHECKING:
+    from asynqueue.feed import Feeder, Writer
     from asynqueue.iteration import Deferator
 
 __all__ = ["TaskQueue"]
@@ -182,9 +185,21 @@ class TaskQueue:
         shutdownWithReactor: bool = True,
         maxRecords: int | None = 100_000,
         logFile: str | os.PathLike[str] | IO[str] | None = None,
+        timeout: float | None = None,
+        shutdownTimeout: float | None = None,
+        settings: Settings | None = None,
     ) -> None:
         from twisted.internet import reactor
 
+        # Defaults from the arguments, then the environment (asynqueue.settings).
+        self.settings = (
+            settings
+            if settings is not None
+            else Settings.resolve(
+                name, timeout=timeout, shutdownTimeout=shutdownTimeout
+            )
+        )
+        self._feeders: set[Feeder] = set()
         self.name = name or f"TaskQueue-{id(self):x}"
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
@@ -254,6 +269,8 @@ class TaskQueue:
         """
         if self._state != _RUNNING:
             return fail(QueueRunError(f"{self.name} is shut down and takes no calls"))
+        if options.timeout is None and self.settings.timeout is not None:
+            options = dataclasses.replace(options, timeout=self.settings.timeout)
         if not callable(f) and not (isinstance(f, str) and options.series is not None):
             # A string names a universe method, for the WireWorkers of a series.
             return fail(TypeError(f"{f!r} is not callable, so it cannot be queued"))
@@ -548,6 +565,25 @@ class TaskQueue:
                 self.log.failure("Observer {observer} failed", observer=observer)
 
     # ------------------------------------------------------------------
+    # Feeders
+
+    def feed(self, writer: Writer, f: Callable[..., Any], **options: Any) -> Feeder:
+        """
+        Call C{f(item)} for the items C{writer(desired)} gives, whenever the
+        queue runs low; see L{asynqueue.feed.Feeder} for C{options}.
+
+        Returns the started feeder; the queue stops it when it shuts down.
+        """
+        from asynqueue.feed import feed
+
+        options.setdefault("clock", self._clock)
+        feeder = feed(self, writer, f, **options)
+        if feeder.isRunning():
+            self._feeders.add(feeder)
+            feeder.whenStopped().addBoth(lambda _: self._feeders.discard(feeder))
+        return feeder
+
+    # ------------------------------------------------------------------
     # Shutdown
 
     def shutdown(
@@ -563,6 +599,10 @@ class TaskQueue:
         has stopped; calling again returns a Deferred of the same moment.
         """
         if self._shutdownDeferred is None:
+            if timeout is None:
+                timeout = self.settings.shutdownTimeout
+            for feeder in list(self._feeders):
+                feeder.stop(timeout=0)
             self._shutdownDeferred = Deferred()
             self._state = _STOPPING
             if self._triggerID is not None:

@@ -80,6 +80,10 @@ class OrderedQueue:
         clock: IReactorTime | None = None,
     ) -> None:
         if bufferSize is None:
+            # The queue's settings (from its name's environment) may say.
+            settings = getattr(queue, "settings", None)
+            bufferSize = getattr(settings, "bufferSize", None)
+        if bufferSize is None:
             bufferSize = 10 * max(1, len(queue.workers()))
         if bufferSize < 1:
             raise ValueError(f"bufferSize must be at least 1, not {bufferSize}")

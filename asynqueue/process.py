@@ -42,6 +42,7 @@ from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError, UnpicklableError, WorkerCrashed, WorkerError
 from asynqueue.interfaces import IWorker
 from asynqueue.node import PipeReader, PipeWriter, _initialize, context
+from asynqueue.settings import Settings
 from asynqueue.tasks import Task
 from asynqueue.wire import (
     CancelTask,
@@ -54,7 +55,7 @@ from asynqueue.wire import (
     deliverResult,
     dumpCall,
     dumps,
-    loadsPlain,
+    loads,
 )
 
 __all__ = ["ProcessWorker", "ProcessQueue", "ProcessIterationSource", "context"]
@@ -109,7 +110,7 @@ class _ParentAMP(amp.AMP):
     @TaskResults.responder
     def taskResults(self, batch: bytes) -> dict[str, Any]:
         received = self.child.resultReceived
-        for taskID, status, payload, seconds in loadsPlain(batch):
+        for taskID, status, payload, seconds in loads(batch):
             received(taskID, status, payload, seconds)
         return {}
 
@@ -669,17 +670,24 @@ class ProcessQueue(TaskQueue):
         capacity: int | None = None,
         **kwargs: Any,
     ) -> None:
-        n = os.cpu_count() or 1 if n is None else n
-        if n < 1:
+        if n is not None and n < 1:
             raise ValueError(f"a ProcessQueue needs at least one process, not {n}")
-        super().__init__(**kwargs)
-        for _ in range(n):
+        settings = kwargs.pop("settings", None) or Settings.resolve(
+            kwargs.get("name", ""),
+            workers=n,
+            capacity=capacity,
+            maxTasksPerWorker=maxTasksPerWorker,
+            timeout=kwargs.pop("timeout", None),
+            shutdownTimeout=kwargs.pop("shutdownTimeout", None),
+        )
+        super().__init__(settings=settings, **kwargs)
+        for _ in range(settings.workers or os.cpu_count() or 1):
             self.attachWorker(
                 ProcessWorker(
                     initializer=initializer,
                     initargs=initargs,
-                    maxTasksPerWorker=maxTasksPerWorker,
-                    capacity=capacity,
+                    maxTasksPerWorker=settings.maxTasksPerWorker,
+                    capacity=settings.capacity,
                 )
             )
 

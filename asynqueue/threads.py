@@ -25,6 +25,7 @@ from zope.interface import implementer
 from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError, ThreadError, WorkerCrashed
 from asynqueue.interfaces import IIterationSource, IWorker
+from asynqueue.settings import Settings
 from asynqueue.tasks import Task
 from asynqueue.workers import PLAIN_TYPES, WorkerBase, settle
 
@@ -310,12 +311,21 @@ class ThreadQueue(TaskQueue):
     priorities exact).
     """
 
-    def __init__(self, n: int = 1, capacity: int | None = None, **kwargs: Any) -> None:
-        if n < 1:
+    def __init__(
+        self, n: int | None = None, capacity: int | None = None, **kwargs: Any
+    ) -> None:
+        if n is not None and n < 1:
             raise ValueError(f"a ThreadQueue needs at least one thread, not {n}")
-        super().__init__(**kwargs)
-        for _ in range(n):
-            self.attachWorker(ThreadWorker(capacity=capacity))
+        settings = kwargs.pop("settings", None) or Settings.resolve(
+            kwargs.get("name", ""),
+            workers=n,
+            capacity=capacity,
+            timeout=kwargs.pop("timeout", None),
+            shutdownTimeout=kwargs.pop("shutdownTimeout", None),
+        )
+        super().__init__(settings=settings, **kwargs)
+        for _ in range(settings.workers or 1):
+            self.attachWorker(ThreadWorker(capacity=settings.capacity))
 
     def deferToThread(
         self, f: Callable[..., Any], *args: Any, **kwargs: Any
