@@ -20,7 +20,9 @@ from asynqueue.errors import (
 from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
 from asynqueue.node import context
+from asynqueue.feed import Feeder
 from asynqueue.ordered import OrderedQueue
+from asynqueue.settings import Settings
 from asynqueue.process import ProcessQueue, ProcessWorker
 from asynqueue.remote import RemoteWorker, WireWorker
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
@@ -34,6 +36,7 @@ __all__ = [
     "Deferator",
     "DeferredLock",
     "DeferredTracker",
+    "Feeder",
     "IIterationSource",
     "IWorker",
     "IterationProducer",
@@ -46,6 +49,7 @@ __all__ = [
     "QueueRunError",
     "RemoteError",
     "RemoteWorker",
+    "Settings",
     "WireWorker",
     "NodeLost",
     "UnpicklableError",
