@@ -17,14 +17,14 @@ from asynqueue.errors import (
     UnpicklableError,
     WorkerCrashed,
 )
+from asynqueue.feed import Feeder
 from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
 from asynqueue.node import context
-from asynqueue.feed import Feeder
 from asynqueue.ordered import OrderedQueue
-from asynqueue.settings import Settings
 from asynqueue.process import ProcessQueue, ProcessWorker
 from asynqueue.remote import RemoteWorker, WireWorker
+from asynqueue.settings import Settings
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
 from asynqueue.threads import ThreadQueue, ThreadWorker, deferToThread
 from asynqueue.util import DeferredLock, DeferredTracker
