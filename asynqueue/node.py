@@ -179,6 +179,20 @@ class PipeWriter(_Pipe):
         super().__init__(fd, reactor)
         self.connected = 1
 
+    def write(self, data: bytes) -> None:
+        # With nothing waiting, write now: a reactor turn later is latency.
+        if not self.dataBuffer and not self._tempDataBuffer and not self.disconnecting:
+            try:
+                written = os.write(self.fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                written = 0
+            if written == len(data):
+                return
+            data = data[written:]
+        super().write(data)
+
     def writeSomeData(self, data: bytes) -> int | BaseException:
         try:
             return os.write(self.fd, data)
@@ -495,7 +509,7 @@ class NodeProtocol(amp.AMP):
             raise
 
     def _sendResults(self, batch: list[tuple[int, str, bytes, float]]) -> None:
-        if len(batch) == 1:
+        if len(batch) == 1 and len(batch[0][2]) > _BATCH_BYTES:
             # Alone, a large result travels without being pickled twice.
             taskID, status, payload, seconds = batch[0]
             self.callRemote(

@@ -64,6 +64,18 @@ _CHILD_MAIN = "from asynqueue.node import childMain; childMain()"
 _STARTED = struct.Struct("<q")
 
 
+def _pipe() -> tuple[int, int]:
+    """A pipe, as large as the system allows up to 1 MiB (big values move faster)."""
+    read, write = os.pipe()
+    try:
+        import fcntl
+
+        fcntl.fcntl(write, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass
+    return read, write
+
+
 def _sharedMemory(size: int) -> int:
     """A file descriptor of C{size} zeroed bytes that parent and child can map."""
     if hasattr(os, "memfd_create"):
@@ -149,8 +161,8 @@ class _Child(ProcessProtocol):
         self._checkIdle()
 
     def start(self, reactor: Any, executable: str, env: dict[str, str]) -> None:
-        toChildRead, toChildWrite = os.pipe()
-        fromChildRead, fromChildWrite = os.pipe()
+        toChildRead, toChildWrite = _pipe()
+        fromChildRead, fromChildWrite = _pipe()
         startedFD = _sharedMemory(_STARTED.size)
         self.startedMap = mmap.mmap(startedFD, _STARTED.size)
         try:
@@ -401,7 +413,7 @@ class ProcessWorker:
         self.reactor = reactor
         self.name = name or f"ProcessWorker-{next(self._ids)}"
         self.iQualified: list[Any] = list(series)
-        self.capacity = capacity or 1
+        self.capacity = capacity or 2
         self._adaptive = capacity is None
         self._backlogSeconds = backlogSeconds
         self._maxCapacity = maxCapacity
@@ -596,7 +608,8 @@ class ProcessWorker:
             backlog = (
                 self._backlogSeconds / average if average > 0 else self._maxCapacity
             )
-            self.capacity = max(1, min(self._maxCapacity, 1 + int(backlog)))
+            # At least two: the child has its next task at hand when one ends.
+            self.capacity = max(2, min(self._maxCapacity, 1 + int(backlog)))
 
     def childEnded(self, child: _Child, reason: Failure) -> None:
         """A child's process and pipe are both gone."""
