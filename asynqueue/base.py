@@ -877,6 +877,10 @@ class TaskQueue:
             self._tell("ended", record)
         if task.lane is not None:
             self._advanceLane(task, result)
+        # The task and its Deferred refer to each other: let the arguments
+        # go now rather than whenever the cyclic collector comes by.
+        task.args, task.kwargs = (), {}
+        task.extra.pop("call", None)
         if task.deferred.called:
             return
         consumer = task.options.consumer
