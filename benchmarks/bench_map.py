@@ -2,8 +2,9 @@
 map: C{ProcessQueue(2).map} against C{multiprocessing.Pool(2).imap}, in one run.
 
 C{--items} trivial items (1,000,000 by default) through each; items/s, and
-the parent's peak traced memory (tracemalloc) for two item counts, to show
-that it does not grow with the number of items. The Pool runs first,
+the parent's peak traced memory (tracemalloc, in separate runs: it slows
+every allocation) for two item counts, to show that it does not grow with
+the number of items. The Pool runs first,
 before the reactor starts (forking a process that runs a reactor is unsafe).
 
     .venv/bin/python benchmarks/bench_map.py [--items N] [--quick]
@@ -25,27 +26,29 @@ import asynqueue
 from asynqueue import ProcessQueue
 
 
-def poolRun(items: int, chunksize: int) -> tuple[float, int]:
+def poolRun(items: int, chunksize: int, trace: bool) -> tuple[float, int]:
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         list(pool.imap(neg, range(1000), chunksize=100))
-        tracemalloc.start()
+        if trace:
+            tracemalloc.start()
         t = now()
         count = sum(1 for _ in pool.imap(neg, range(items), chunksize=chunksize))
         elapsed = now() - t
-        peak = tracemalloc.get_traced_memory()[1]
+        peak = tracemalloc.get_traced_memory()[1] if trace else 0
         tracemalloc.stop()
     assert count == items
     return items / elapsed, peak
 
 
-async def queueRun(q: ProcessQueue, items: int) -> tuple[float, int]:
-    tracemalloc.start()
+async def queueRun(q: ProcessQueue, items: int, trace: bool) -> tuple[float, int]:
+    if trace:
+        tracemalloc.start()
     t = now()
     count = 0
     async for _ in q.map(neg, range(items)):
         count += 1
     elapsed = now() - t
-    peak = tracemalloc.get_traced_memory()[1]
+    peak = tracemalloc.get_traced_memory()[1] if trace else 0
     tracemalloc.stop()
     assert count == items
     return items / elapsed, peak
@@ -55,8 +58,10 @@ async def main(reactor: Any, args: argparse.Namespace, pool: list[Any]) -> None:
     q = ProcessQueue(2, shutdownWithReactor=False)
     async for _ in q.map(neg, range(10_000)):
         pass
-    small = await queueRun(q, args.items // 10)
-    large = await queueRun(q, args.items)
+    # Speed untraced (tracemalloc slows every allocation); memory traced.
+    speed = (await queueRun(q, args.items, False))[0]
+    small = await queueRun(q, args.items // 10, True)
+    large = (speed, (await queueRun(q, args.items, True))[1])
     await q.shutdown()
     (poolSmall, poolLarge) = pool
     printTable(
@@ -99,7 +104,10 @@ if __name__ == "__main__":
         )
     )
     pool = [
-        poolRun(args.items // 10, args.chunksize),
-        poolRun(args.items, args.chunksize),
+        poolRun(args.items // 10, args.chunksize, True),
+        (
+            poolRun(args.items, args.chunksize, False)[0],
+            poolRun(args.items, args.chunksize, True)[1],
+        ),
     ]
     react(lambda reactor: Deferred.fromCoroutine(main(reactor, args, pool)))
