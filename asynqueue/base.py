@@ -45,6 +45,7 @@ from asynqueue.errors import (
 from asynqueue.interfaces import IWorker
 from asynqueue.settings import Settings
 from asynqueue.tasks import Task, TaskOptions, TaskRecord, nameFor
+from asynqueue.wire import dumpCall
 
 if TYPE_CHECKING:
     from asynqueue.feed import Feeder, Writer
@@ -285,8 +286,6 @@ class TaskQueue:
         if self._picklingWorkers:
             # Every worker would pickle the call: do it now, so that a call
             # that cannot travel fails at once, not when a worker is free.
-            from asynqueue.wire import dumpCall
-
             try:
                 call = dumpCall(f, args, kwargs)
             except UnpicklableError as e:
