@@ -473,3 +473,24 @@ async def test_batchesAreReadAsPlainDataOnly(
     with pytest.raises((ConnectionDone, ConnectionLost)):
         await client.callRemote(NodeInfo)
     assert not marker.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_updateRunsOnEveryNode(certs: Path) -> None:
+    services = [
+        NodeService(tlsListen(certs), ca=str(certs / "ca.crt"), processes=1)
+        for _ in range(2)
+    ]
+    for service in services:
+        await service.startService()
+    workers = [workerFor(service, certs) for service in services]
+    for worker in workers:
+        await worker.whenConnected()
+    q = TaskQueue(*workers, shutdownWithReactor=False)
+    try:
+        pids = await q.update(os.getpid)
+        assert len(pids) == 2 and len(set(pids)) == 2 and os.getpid() not in pids
+    finally:
+        await q.shutdown()
+        for service in services:
+            await service.stopService()
