@@ -1068,6 +1068,12 @@ class TaskQueue:
 
     def _cancelEverything(self) -> None:
         self._cancelPending()
+        # Workers that replace what a cancel ends (a killed process) need
+        # not: they are about to stop.
+        for slot in self._slotList:
+            prepare = getattr(slot.worker, "prepareToStop", None)
+            if prepare is not None:
+                prepare()
         for task in list(self._running):
             task.deferred.cancel()
 

@@ -513,6 +513,10 @@ class ProcessWorker:
                     child.kill()
                 return
 
+    def prepareToStop(self) -> None:
+        """Start no new process from now on: I am about to be stopped."""
+        self._stopped = True
+
     def _forgetChild(self, result: object, child: _Child) -> None:
         self._retiring.discard(child)
 

@@ -48,6 +48,8 @@ def loggedErrors() -> Iterator[list[dict[str, Any]]]:
         if event.get("isError") or event.get("log_failure") is not None:
             events.append(event)
 
+    # Garbage of earlier tests (their unhandled failures) is not this test's.
+    gc.collect()
     globalLogPublisher.addObserver(observer)
     try:
         yield events

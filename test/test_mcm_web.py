@@ -342,7 +342,8 @@ def call(driver: Any, script: str, *args: Any) -> Deferred[Any]:
 def waitFor(driver: Any, condition: Callable[[Any], Any]) -> Deferred[Any]:
     from selenium.webdriver.support.wait import WebDriverWait
 
-    return deferToThread(WebDriverWait(driver, 30).until, condition)
+    wait = WebDriverWait(driver, 30, poll_frequency=0.05)
+    return deferToThread(wait.until, condition)
 
 
 def shown(generation: int) -> Callable[[Any], bool]:
