@@ -583,6 +583,7 @@ class NodeProtocol(amp.AMP):
             "rss": _rss(),
             "capacity": self.runner.capacity,
             "done": self.runner.done,
+            "processes": getattr(self.runner, "processes", 1),
         }
 
     def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
@@ -741,6 +742,7 @@ class PoolRunner:
         self._unsent: list[tuple[int, str, bytes, float]] = []
         self._flushCall: Any = None
         self.capacity = pool.capacity
+        self.processes = len(pool.workers)
         self.done = 0
 
     def _reply(self, result: tuple[int, str, bytes, float]) -> None:

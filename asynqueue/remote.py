@@ -124,6 +124,7 @@ class _NodeConnection(amp.AMP):
         self.callRemote(NodeInfo).addCallbacks(self._ready, self._noInfo)
 
     def _ready(self, info: dict[str, Any]) -> None:
+        self.worker.processes = int(info.get("processes") or 1)
         self.worker.connected(self, int(info["capacity"]))
 
     def _noInfo(self, failure: Failure) -> None:
@@ -223,6 +224,8 @@ class RemoteWorker:
         self.name = name or f"RemoteWorker-{next(self._ids)}@{description}"
         self.iQualified: list[Any] = list(series)
         self.capacity = 0
+        #: How many processes the node runs calls in (known once connected).
+        self.processes = 0
         self._connection: _NodeConnection | None = None
         self._resignator: Callable[[Any], object] | None = None
         self._capacityObserver: Callable[[], object] | None = None

@@ -196,6 +196,7 @@ class NodeInfo(amp.Command):
         (b"rss", amp.Integer()),
         (b"capacity", amp.Integer()),
         (b"done", amp.Integer()),
+        (b"processes", amp.Integer(optional=True)),
     ]
 
 

@@ -202,11 +202,12 @@ async def makeQueue(options: argparse.Namespace) -> tuple[TaskQueue, int, str]:
     if options.workers:
         parts.append(f"{options.workers} local process{_s(options.workers, 'es')}")
     if remote:
-        # A node says how many tasks it takes at once, not how many processes
-        # it has.
-        taken = sum(int(w.capacity) for w in remote)
-        concurrency += taken
-        parts.append(f"{len(remote)} node{_s(len(remote))} ({taken} tasks at a time)")
+        processes = sum(max(1, w.processes) for w in remote)
+        concurrency += processes
+        parts.append(
+            f"{len(remote)} node{_s(len(remote))} "
+            f"({processes} process{_s(processes, 'es')})"
+        )
     return queue, concurrency, " and ".join(parts)
 
 

@@ -468,7 +468,7 @@ async def test_remoteNodesRenderTheSameImage(node: NodeService, certs: Path) -> 
     ]
     stdout, stderr = await runMcm(argv, terminal=False)
     assert stdout.buffer.getvalue() == plainPNG(main.parseArguments(SMALL).view)
-    assert "on 1 node (32 tasks at a time)" in stderr.getvalue()
+    assert "on 1 node (2 processes)" in stderr.getvalue()
 
 
 @pytest_twisted.ensureDeferred

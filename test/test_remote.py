@@ -73,6 +73,7 @@ async def test_callsRunOnTheNode(node: NodeService, certs: Path) -> None:
     worker = workerFor(node, certs)
     await worker.whenConnected()
     assert worker.capacity == node.pool.capacity  # type: ignore[union-attr]
+    assert worker.processes == 1
     q = TaskQueue(worker, shutdownWithReactor=False)
     try:
         assert await q.call(square, 9) == 81
