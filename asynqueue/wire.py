@@ -367,7 +367,9 @@ def deliverResult(d: Deferred[Any], status: str, payload: bytes, peer: Peer) -> 
     in, so that a plain C{for d in deferator} loop (AsynQueue's way) can
     start at once.
     """
-    if status == "r":
+    if status == "b":
+        d.callback(bytes(payload))
+    elif status == "r":
         try:
             result = loads(payload)
         except Exception as e:
