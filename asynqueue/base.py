@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import (
     CancelledError,
@@ -52,8 +52,6 @@ if TYPE_CHECKING:
     from asynqueue.iteration import Deferator
 
 __all__ = ["TaskQueue"]
-
-T = TypeVar("T")
 
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
 
