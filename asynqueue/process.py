@@ -42,7 +42,7 @@ from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError, UnpicklableError, WorkerCrashed, WorkerError
 from asynqueue.interfaces import IWorker
 from asynqueue.node import PipeReader, PipeWriter, _initialize, context
-from asynqueue.settings import Settings
+from asynqueue.settings import settingsForQueue
 from asynqueue.tasks import Task
 from asynqueue.wire import (
     CancelTask,
@@ -57,6 +57,7 @@ from asynqueue.wire import (
     dumps,
     loads,
 )
+from asynqueue.workers import AdaptiveBacklog
 
 __all__ = ["ProcessWorker", "ProcessQueue", "ProcessIterationSource", "context"]
 
@@ -414,10 +415,12 @@ class ProcessWorker:
         self.name = name or f"ProcessWorker-{next(self._ids)}"
         self.iQualified: list[Any] = list(series)
         self.capacity = capacity or 2
-        self._adaptive = capacity is None
-        self._backlogSeconds = backlogSeconds
-        self._maxCapacity = maxCapacity
-        self._averageRunTime = backlogSeconds
+        # At least two: a child has its next task at hand when one ends.
+        self._backlog = (
+            AdaptiveBacklog(backlogSeconds, maxCapacity, floor=2)
+            if capacity is None
+            else None
+        )
         self._maxTasks = maxTasksPerWorker
         self._executable = executable or sys.executable
         self._env = dict(os.environ if env is None else env)
@@ -607,13 +610,8 @@ class ProcessWorker:
     def ran(self, seconds: float) -> None:
         """A child reported a task's run time: adapt my capacity."""
         self._recentCrashes = 0
-        if self._adaptive:
-            average = self._averageRunTime = 0.9 * self._averageRunTime + 0.1 * seconds
-            backlog = (
-                self._backlogSeconds / average if average > 0 else self._maxCapacity
-            )
-            # At least two: the child has its next task at hand when one ends.
-            self.capacity = max(2, min(self._maxCapacity, 1 + int(backlog)))
+        if self._backlog is not None:
+            self.capacity = self._backlog.ran(seconds)
 
     def childEnded(self, child: _Child, reason: Failure) -> None:
         """A child's process and pipe are both gone."""
@@ -689,13 +687,8 @@ class ProcessQueue(TaskQueue):
     ) -> None:
         if n is not None and n < 1:
             raise ValueError(f"a ProcessQueue needs at least one process, not {n}")
-        settings = kwargs.pop("settings", None) or Settings.resolve(
-            kwargs.get("name", ""),
-            workers=n,
-            capacity=capacity,
-            maxTasksPerWorker=maxTasksPerWorker,
-            timeout=kwargs.pop("timeout", None),
-            shutdownTimeout=kwargs.pop("shutdownTimeout", None),
+        settings = settingsForQueue(
+            kwargs, workers=n, capacity=capacity, maxTasksPerWorker=maxTasksPerWorker
         )
         super().__init__(settings=settings, **kwargs)
         for _ in range(settings.workers or os.cpu_count() or 1):

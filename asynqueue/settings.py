@@ -351,3 +351,25 @@ def settingsTable() -> str:
             f"     - {knob.meaning}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def settingsForQueue(queueKeywords: dict[str, Any], **explicit: Any) -> Settings:
+    """
+    The settings of a queue of workers made by its constructor.
+
+    Takes C{settings}, C{timeout} and C{shutdownTimeout} out of the
+    L{TaskQueue} keywords in C{queueKeywords} (the queue's C{name} stays
+    there and picks the environment prefix); C{explicit} are the
+    constructor's own arguments (workers, capacity, ...).
+    """
+    given = queueKeywords.pop("settings", None)
+    timeout = queueKeywords.pop("timeout", None)
+    shutdownTimeout = queueKeywords.pop("shutdownTimeout", None)
+    if given is not None:
+        return given
+    return Settings.resolve(
+        queueKeywords.get("name", ""),
+        timeout=timeout,
+        shutdownTimeout=shutdownTimeout,
+        **explicit,
+    )

@@ -25,9 +25,9 @@ from zope.interface import implementer
 from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError, ThreadError, WorkerCrashed
 from asynqueue.interfaces import IIterationSource, IWorker
-from asynqueue.settings import Settings
+from asynqueue.settings import settingsForQueue
 from asynqueue.tasks import Task
-from asynqueue.workers import PLAIN_TYPES, WorkerBase, settle
+from asynqueue.workers import PLAIN_TYPES, AdaptiveBacklog, WorkerBase, settle
 
 __all__ = ["ThreadWorker", "ThreadQueue", "deferToThread", "ThreadIterationSource"]
 
@@ -102,10 +102,9 @@ class ThreadWorker(WorkerBase):
         maxCapacity: int = 32,
     ) -> None:
         super().__init__(name, series, capacity or 1)
-        self._adaptive = capacity is None
-        self._backlogSeconds = backlogSeconds
-        self._maxCapacity = maxCapacity
-        self._averageRunTime = backlogSeconds
+        self._backlog = (
+            AdaptiveBacklog(backlogSeconds, maxCapacity) if capacity is None else None
+        )
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
@@ -166,8 +165,8 @@ class ThreadWorker(WorkerBase):
                 ok, result, ranFor = item[2], item[3], item[4]
                 if job.task is not None:
                     job.task.markStarted(ago=ranFor)
-                    if self._adaptive:
-                        self._adapt(ranFor)
+                    if self._backlog is not None:
+                        self.capacity = self._backlog.ran(ranFor)
                 if not ok:
                     job.deferred.errback(result)
                 elif type(result) in PLAIN_TYPES:
@@ -176,11 +175,6 @@ class ThreadWorker(WorkerBase):
                     settle(result, self._sourceFor).chainDeferred(job.deferred)
             elif kind == "stopped":
                 self._stopFinished()
-
-    def _adapt(self, ranFor: float) -> None:
-        average = self._averageRunTime = 0.9 * self._averageRunTime + 0.1 * ranFor
-        backlog = self._backlogSeconds / average if average > 0 else self._maxCapacity
-        self.capacity = max(1, min(self._maxCapacity, 1 + int(backlog)))
 
     def _sourceFor(self, iterator: Iterator[Any]) -> IIterationSource:
         return ThreadIterationSource(self, iterator)
@@ -316,13 +310,7 @@ class ThreadQueue(TaskQueue):
     ) -> None:
         if n is not None and n < 1:
             raise ValueError(f"a ThreadQueue needs at least one thread, not {n}")
-        settings = kwargs.pop("settings", None) or Settings.resolve(
-            kwargs.get("name", ""),
-            workers=n,
-            capacity=capacity,
-            timeout=kwargs.pop("timeout", None),
-            shutdownTimeout=kwargs.pop("shutdownTimeout", None),
-        )
+        settings = settingsForQueue(kwargs, workers=n, capacity=capacity)
         super().__init__(settings=settings, **kwargs)
         for _ in range(settings.workers or 1):
             self.attachWorker(ThreadWorker(capacity=settings.capacity))

@@ -24,7 +24,14 @@ from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.iteration import Deferator, LocalIterationSource, isIterator
 from asynqueue.tasks import Task
 
-__all__ = ["AsyncWorker", "MemoryWorker", "settle", "WorkerBase", "PLAIN_TYPES"]
+__all__ = [
+    "AdaptiveBacklog",
+    "AsyncWorker",
+    "MemoryWorker",
+    "settle",
+    "WorkerBase",
+    "PLAIN_TYPES",
+]
 
 _names = itertools.count(1)
 
@@ -79,6 +86,29 @@ def _localDeferator(result: object) -> object:
     if isIterator(result):
         return Deferator.fromIterator(result)  # type: ignore[arg-type]
     return result
+
+
+class AdaptiveBacklog:
+    """
+    How many tasks to hand a worker that runs them one at a time.
+
+    One, plus as many more as take about C{seconds} to run by the moving
+    average of run times so far, between C{floor} and C{ceiling}: short tasks
+    go through in bulk, while a more urgent task that arrives later waits
+    about C{seconds} at most behind those already handed out.
+    """
+
+    def __init__(self, seconds: float, ceiling: int, floor: int = 1) -> None:
+        self.seconds = seconds
+        self.ceiling = ceiling
+        self.floor = floor
+        self.average = seconds
+
+    def ran(self, runTime: float) -> int:
+        """Note one task's run time; return the capacity to use now."""
+        average = self.average = 0.9 * self.average + 0.1 * runTime
+        backlog = self.seconds / average if average > 0 else self.ceiling
+        return max(self.floor, min(self.ceiling, 1 + int(backlog)))
 
 
 class WorkerBase:
