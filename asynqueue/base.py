@@ -42,9 +42,16 @@ from asynqueue.errors import (
     UnpicklableError,
     WorkerCrashed,
 )
-from asynqueue.interfaces import IWorker
+from asynqueue.interfaces import IReportingWorker, IWorker
 from asynqueue.settings import Settings
-from asynqueue.tasks import Task, TaskOptions, TaskRecord, nameFor
+from asynqueue.tasks import (
+    _DEFAULT_OPTIONS,
+    OPTION_NAMES,
+    Task,
+    TaskOptions,
+    TaskRecord,
+    nameFor,
+)
 from asynqueue.wire import dumpCall
 
 if TYPE_CHECKING:
@@ -67,6 +74,7 @@ class _WorkerSlot:
 
     worker: IWorker
     outstanding: set[Task] = field(default_factory=set)
+    reporting: bool = False
     ready: bool = False
     leaving: bool = False
     free: int = 0
@@ -231,6 +239,7 @@ class TaskQueue:
         # Made once: a bound method per task would be more garbage to collect.
         self._canceller = self._cancelDeferred
         self._onStart = self._taskStarted
+        self._onDone = self._taskDone
         if shutdownWithReactor:
             self._triggerID = reactor.addSystemEventTrigger(
                 "before", "shutdown", self._reactorShutdown
@@ -251,6 +260,8 @@ class TaskQueue:
         queue, not arguments for C{f}; see L{callWith} for functions that
         take such keywords themselves.
         """
+        if not kwargs or OPTION_NAMES.isdisjoint(kwargs):
+            return self.callWith(_DEFAULT_OPTIONS, f, *args, **kwargs)
         try:
             options = TaskOptions.fromKeywords(kwargs)
         except (TypeError, ValueError) as e:
@@ -289,8 +300,7 @@ class TaskQueue:
             except UnpicklableError as e:
                 return fail(e)
         task = self._newTask(f, args, kwargs, options)
-        if call is not None:
-            task.extra["call"] = call
+        task.pickled = call
         lane = options.lane
         if lane is not None:
             state = self._lanes.setdefault(lane, _Lane())
@@ -405,7 +415,7 @@ class TaskQueue:
             raise QueueRunError(f"{self.name} is shut down")
         if worker in self._slots:
             return succeed(None)
-        slot = _WorkerSlot(worker)
+        slot = _WorkerSlot(worker, reporting=IReportingWorker.providedBy(worker))
         self._slots[worker] = slot
         self._slotList = list(self._slots.values())
         self._notePickling()
@@ -668,13 +678,13 @@ class TaskQueue:
     ) -> Task:
         """A new task; an unrecorded one (an update) has no ID, record or canceller."""
         record = TaskRecord(
-            id=next(self._seq) if recorded else -1,
-            name=nameFor(f, options),
-            function=getattr(f, "__qualname__", None) or type(f).__qualname__,
-            priority=options.effectivePriority,
-            series=options.series,
-            lane=options.lane,
-            submitted=self._clock.seconds(),
+            next(self._seq) if recorded else -1,
+            nameFor(f, options),
+            getattr(f, "__qualname__", None) or type(f).__qualname__,
+            options.effectivePriority,
+            options.series,
+            options.lane,
+            self._clock.seconds(),
         )
         if not recorded:
             return Task(f, args, kwargs, options, record, Deferred())
@@ -705,6 +715,7 @@ class TaskQueue:
         task.record.worker = None
         task.record.started = None
         task.workerDeferred = None
+        task.slot = None
         if task.series is not None and not self._qualifiedFor(task.series):
             self._finish(
                 task, Failure(NoQualifiedWorker(f"no worker for {task.series!r}"))
@@ -773,9 +784,19 @@ class TaskQueue:
         slot.outstanding.add(task)
         slot.free -= 1
         self._running.add(task)
-        task.record.state = "running"
-        task.record.worker = slot.worker.name
-        task.record.attempts += 1
+        record = task.record
+        record.state = "running"
+        record.worker = slot.worker.name
+        record.attempts += 1
+        task.slot = slot
+        if slot.reporting:
+            # The fast path: the worker calls task.finished, no Deferred.
+            task.onDone = self._onDone
+            try:
+                slot.worker.start(task)  # type: ignore[attr-defined]
+            except Exception:
+                self._taskDone(task, Failure(), record.attempts)
+            return
         try:
             d = slot.worker.run(task)
         except Exception:
@@ -784,6 +805,9 @@ class TaskQueue:
         d.addBoth(self._ran, task, slot, d)
 
     def _taskStarted(self, task: Task, ago: float) -> None:
+        if task.slot is None:
+            # News of a run that has ended already (cancelled, timed out).
+            return
         task.record.started = self._clock.seconds() - ago
         timeout = task.options.timeout
         if timeout is not None:
@@ -794,9 +818,24 @@ class TaskQueue:
 
     def _timeOut(self, task: Task) -> None:
         task.timeoutCall = None
-        if task.workerDeferred is not None and not task.workerDeferred.called:
+        if task.slot is not None:
             task.timedOut = True
-            task.workerDeferred.cancel()
+            self._abandon(task)
+
+    def _abandon(self, task: Task) -> None:
+        """Give up a running task (cancelled, or timed out)."""
+        wd = task.workerDeferred
+        if wd is not None:
+            wd.cancel()
+            return
+        slot = task.slot
+        if slot is None:
+            return
+        attempt = task.record.attempts
+        slot.worker.abandon(task)
+        # Whether or not the worker reported it: it ends as a cancelled
+        # Deferred would.
+        self._taskDone(task, Failure(CancelledError()), attempt)
 
     def _ran(
         self, result: object, task: Task, slot: _WorkerSlot, d: Deferred[Any]
@@ -806,7 +845,22 @@ class TaskQueue:
             # A worker fired a task it had handed back (crash); it was rerun.
             return
         task.workerDeferred = None
-        self._cancelTimeout(task)
+        task.slot = None
+        self._ended(task, slot, result)
+
+    def _taskDone(self, task: Task, result: object, attempt: int) -> None:
+        """A reporting worker says how run C{attempt} of a task ended."""
+        slot = task.slot
+        if slot is None or attempt != task.record.attempts:
+            # Ended already (cancelled, timed out), or an earlier run's news.
+            return
+        task.slot = None
+        self._ended(task, slot, result)
+
+    def _ended(self, task: Task, slot: _WorkerSlot, result: object) -> None:
+        """A task's run on a worker ended with C{result} (a Failure if it failed)."""
+        if task.timeoutCall is not None:
+            self._cancelTimeout(task)
         slot.release(task)
         self._running.discard(task)
         if isinstance(result, Failure):
@@ -846,12 +900,14 @@ class TaskQueue:
             task.timeoutCall = None
 
     def _afterSlotFreed(self, slot: _WorkerSlot) -> None:
-        if not slot.outstanding and slot.idleWaiters:
+        if slot.idleWaiters and not slot.outstanding:
             waiters, slot.idleWaiters = slot.idleWaiters, []
             for d in waiters:
                 d.callback(None)
-        self._dispatch()
-        self._checkIdle()
+        if self._pendingCount:
+            self._dispatch()
+        if self._idleWaiters:
+            self._checkIdle()
 
     def _finish(self, task: Task, result: object) -> None:
         """Record how a task ended, move its lane along, fire its Deferred."""
@@ -877,7 +933,7 @@ class TaskQueue:
         # The task and its Deferred refer to each other: let the arguments
         # go now rather than whenever the cyclic collector comes by.
         task.args, task.kwargs = (), {}
-        task.extra.pop("call", None)
+        task.pickled = None
         if task.deferred.called:
             return
         consumer = task.options.consumer
@@ -946,8 +1002,8 @@ class TaskQueue:
                 self._pendingCount -= 1
             self._finish(task, Failure(CancelledError()))
             self._checkIdle()
-        elif state == "running" and task.workerDeferred is not None:
-            task.workerDeferred.cancel()
+        elif state == "running":
+            self._abandon(task)
 
     def _runUpdate(
         self,
@@ -961,7 +1017,7 @@ class TaskQueue:
         task = self._newTask(f, args, kwargs, options, recorded=False)
         task.onStart = None
         # A worker that replaces its process (or node) replays kept updates.
-        task.extra["update"] = "ephemeral" if ephemeral else "kept"
+        task.update = "ephemeral" if ephemeral else "kept"
         try:
             return slot.worker.run(task)
         except Exception:
@@ -993,11 +1049,12 @@ class TaskQueue:
         for task in list(slot.outstanding):
             # A crashed worker fails its running tasks itself; whatever it
             # left unfired must not strand its caller.
+            lost = Failure(WorkerCrashed(f"{slot.worker.name} left without finishing"))
             wd = task.workerDeferred
             if wd is not None and not wd.called:
-                wd.errback(
-                    Failure(WorkerCrashed(f"{slot.worker.name} left without finishing"))
-                )
+                wd.errback(lost)
+            elif wd is None and task.slot is slot:
+                self._taskDone(task, lost, task.record.attempts)
 
     def _failOrphans(self) -> None:
         """Fail pending tasks whose series no worker is qualified for any more."""

@@ -461,13 +461,13 @@ class ProcessWorker:
             return fail(QueueRunError(f"{self.name} is stopped"))
         if self._setupFailure is not None:
             return fail(self._setupError())
-        call = task.extra.get("call")
+        call = task.pickled
         if call is None:
             try:
                 call = dumpCall(task.f, task.args, task.kwargs)
             except UnpicklableError as e:
                 return fail(e)
-        if task.extra.get("update") == "kept":
+        if task.update == "kept":
             self._setup.append(call)
         if self._maxTasks is not None and self._child.sent >= self._maxTasks + len(
             self._setup

@@ -290,7 +290,7 @@ class RemoteWorker:
         """Pickle the call now and send it to the node."""
         if self._stopped:
             return fail(QueueRunError(f"{self.name} is stopped"))
-        call = task.extra.get("call")
+        call = task.pickled
         if call is None:
             try:
                 call = dumpCall(task.f, task.args, task.kwargs)

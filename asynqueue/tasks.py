@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -153,8 +154,15 @@ class Task:
     One call on its way through a queue.
 
     A worker runs C{task.f(*task.args, **task.kwargs)} and calls
-    L{markStarted} when the call begins. Everything else here belongs to the
-    queue.
+    L{markStarted} when the call begins. A worker that reports outcomes
+    itself (L{asynqueue.interfaces.IReportingWorker}) then calls
+    L{finished}. Everything else here belongs to the queue.
+
+    @ivar pickled: The call, pickled when it was queued (for a queue whose
+        workers all pickle calls), or C{None}.
+    @ivar update: C{"kept"} or C{"ephemeral"} for a L{TaskQueue.update}
+        call, else C{None}.
+    @ivar handle: Whatever the worker running the task keeps for it.
     """
 
     f: Callable[..., Any]
@@ -164,11 +172,15 @@ class Task:
     record: TaskRecord
     deferred: Deferred[Any]
     onStart: Callable[[Task, float], None] | None = None
+    onDone: Callable[[Task, object, int], None] | None = None
     workerDeferred: Deferred[Any] | None = None
     timeoutCall: IDelayedCall | None = None
     timedOut: bool = False
     cancelled: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    pickled: bytes | None = None
+    update: str | None = None
+    handle: Any = None
+    slot: Any = None
 
     @property
     def priority(self) -> float:
@@ -186,6 +198,17 @@ class Task:
         return self.options.lane
 
     @property
+    def attempt(self) -> int:
+        """
+        Which run of the task this is (1, or more after a crash or retry).
+
+        A reporting worker notes it when it takes the task and passes it
+        back to L{finished}, so that a late report of an earlier run is
+        ignored.
+        """
+        return self.record.attempts
+
+    @property
     def callTuple(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         """AsynQueue's C{(f, args, kwargs)}."""
         return self.f, self.args, self.kwargs
@@ -201,10 +224,27 @@ class Task:
         if self.record.started is None and self.onStart is not None:
             self.onStart(self, ago)
 
+    def finished(self, result: object, attempt: int) -> None:
+        """
+        Report how run C{attempt} of the call ended: its result, or a
+        L{Failure}. Call it in the reactor thread, once per run.
+
+        The result may be a L{asynqueue.iteration.Deferator}, but not a
+        Deferred or coroutine: a worker settles those first.
+        """
+        onDone = self.onDone
+        if onDone is not None:
+            onDone(self, result, attempt)
+
     def __repr__(self) -> str:
         return f"<Task {self.record.id} {self.record.name} {self.record.state}>"
 
 
 def nameFor(f: Callable[..., Any], options: TaskOptions) -> str:
     """The name a task of C{f} with C{options} goes by in records."""
-    return options.name or callableName(f)
+    if options.name:
+        return options.name
+    if type(f) is FunctionType or type(f) is type:
+        # The common case, quickly: what callableName would say.
+        return f.__qualname__.replace("<locals>.", "")
+    return callableName(f)

@@ -24,10 +24,16 @@ from zope.interface import implementer
 
 from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError, ThreadError, WorkerCrashed
-from asynqueue.interfaces import IIterationSource, IWorker
+from asynqueue.interfaces import IIterationSource, IReportingWorker
 from asynqueue.settings import settingsForQueue
 from asynqueue.tasks import Task
-from asynqueue.workers import PLAIN_TYPES, AdaptiveBacklog, WorkerBase, settle
+from asynqueue.workers import (
+    PLAIN_TYPES,
+    AdaptiveBacklog,
+    WorkerBase,
+    runReporting,
+    settle,
+)
 
 __all__ = ["ThreadWorker", "ThreadQueue", "deferToThread", "ThreadIterationSource"]
 
@@ -36,16 +42,24 @@ _STOP = object()
 
 
 class _Job:
-    """One call for the thread: a task, or an internal call such as a fetch."""
+    """
+    One call for the thread: a task (reported to it), or an internal call
+    such as a fetch (fired on its Deferred).
+    """
 
-    __slots__ = ("call", "deferred", "task", "state", "thread")
+    __slots__ = ("call", "deferred", "task", "attempt", "state", "thread")
 
     def __init__(
-        self, call: Callable[[], Any], deferred: Deferred[Any], task: Task | None
+        self,
+        call: Callable[[], Any] | None,
+        deferred: Deferred[Any] | None,
+        task: Task | None,
+        attempt: int = 0,
     ) -> None:
         self.call = call
         self.deferred = deferred
         self.task = task
+        self.attempt = attempt
         self.state = _QUEUED
         self.thread: _Thread | None = None
 
@@ -66,7 +80,7 @@ class _Thread:
         self.thread.start()
 
 
-@implementer(IWorker)
+@implementer(IReportingWorker)
 class ThreadWorker(WorkerBase):
     """
     Runs calls in a dedicated thread.
@@ -121,31 +135,44 @@ class ThreadWorker(WorkerBase):
 
     def run(self, task: Task) -> Deferred[Any]:
         """Queue the task for my thread and return a Deferred of its result."""
-        if self._stopped:
-            return fail(QueueRunError(f"{self.name} is stopped"))
-        f, args, kwargs = task.f, task.args, task.kwargs
-        return self._submit(lambda: f(*args, **kwargs), task)
+        return runReporting(self, task)
 
-    def _submit(self, call: Callable[[], Any], task: Task | None) -> Deferred[Any]:
-        job = _Job(call, Deferred(lambda d: self._cancel(job)), task)
+    def start(self, task: Task) -> None:
+        """Queue the task for my thread; report its outcome when it ends."""
+        if self._stopped:
+            stopped = QueueRunError(f"{self.name} is stopped")
+            task.finished(Failure(stopped), task.attempt)
+            return
+        job = task.handle = _Job(None, None, task, task.record.attempts)
         self._jobs.add(job)
         self._inbox.put(job)
-        return job.deferred
+
+    def abandon(self, task: Task) -> None:
+        """Drop the task if it has not begun, or leave its thread to it."""
+        job = task.handle
+        if isinstance(job, _Job) and job.task is task:
+            self._cancel(job)
 
     def callInThread(self, call: Callable[[], Any]) -> Deferred[Any]:
         """Run a call in my thread, outside the queue (iteration uses it)."""
         if self._stopped:
             return fail(ThreadError(f"{self.name} is stopped"))
-        return self._submit(call, None)
+        job = _Job(call, None, None)
+        job.deferred = Deferred(lambda d: self._cancel(job))
+        self._jobs.add(job)
+        self._inbox.put(job)
+        return job.deferred
 
     def _cancel(self, job: _Job) -> None:
         with self._lock:
             if job.state == _QUEUED:
                 job.state = _CANCELLED
-            elif job.state == _RUNNING and job.thread is self._thread:
-                # The thread is stuck in this call; let a new one carry on.
-                self._thread.abandoned = True
-                self._thread = _Thread(self)
+            elif job.state == _RUNNING:
+                job.state = _CANCELLED
+                if job.thread is self._thread:
+                    # The thread is stuck in this call; let a new one carry on.
+                    self._thread.abandoned = True
+                    self._thread = _Thread(self)
         self._jobs.discard(job)
 
     def _flush(self) -> None:
@@ -153,26 +180,33 @@ class ThreadWorker(WorkerBase):
             self._flushPending = False
             news = list(self._outbox)
             self._outbox.clear()
+        jobs, backlog = self._jobs, self._backlog
         for item in news:
             kind, job = item[0], item[1]
-            if kind == "started":
-                if job.task is not None and not job.deferred.called:
-                    job.task.markStarted()
-            elif kind == "done":
-                self._jobs.discard(job)
-                if job.deferred.called:
-                    continue
+            if kind == "done":
+                jobs.discard(job)
                 ok, result, ranFor = item[2], item[3], item[4]
-                if job.task is not None:
-                    job.task.markStarted(ago=ranFor)
-                    if self._backlog is not None:
-                        self.capacity = self._backlog.ran(ranFor)
-                if not ok:
-                    job.deferred.errback(result)
-                elif type(result) in PLAIN_TYPES:
-                    job.deferred.callback(result)
+                task = job.task
+                if task is None:
+                    d = job.deferred
+                    if not d.called:
+                        if not ok:
+                            d.errback(result)
+                        else:
+                            settle(result, self._sourceFor).chainDeferred(d)
+                    continue
+                if job.state == _CANCELLED:
+                    continue
+                task.markStarted(ago=ranFor)
+                if backlog is not None:
+                    self.capacity = backlog.ran(ranFor)
+                if not ok or type(result) in PLAIN_TYPES:
+                    task.finished(result, job.attempt)
                 else:
-                    settle(result, self._sourceFor).chainDeferred(job.deferred)
+                    settle(result, self._sourceFor).addBoth(task.finished, job.attempt)
+            elif kind == "started":
+                if job.task is not None and job.state != _CANCELLED:
+                    job.task.markStarted()
             elif kind == "stopped":
                 self._stopFinished()
 
@@ -205,9 +239,12 @@ class ThreadWorker(WorkerBase):
                     if job.task is not None:
                         unstarted.append(job.task)
         for job in list(self._jobs):
-            if job.state != _CANCELLED and not job.deferred.called:
-                job.deferred.errback(WorkerCrashed(f"{self.name} crashed"))
-            elif job.task is None and not job.deferred.called:
+            if job.task is not None:
+                if job.state != _CANCELLED:
+                    job.state = _CANCELLED
+                    crashed = WorkerCrashed(f"{self.name} crashed")
+                    job.task.finished(Failure(crashed), job.attempt)
+            elif job.deferred is not None and not job.deferred.called:
                 job.deferred.errback(ThreadError(f"{self.name} crashed"))
         self._jobs.clear()
         self._inbox.put(_STOP)
@@ -246,15 +283,28 @@ class ThreadWorker(WorkerBase):
                 self._post("started", job, 0.0)
             began = perf_counter()
             try:
-                news: tuple[Any, ...] = ("done", job, True, job.call())
+                if task is not None:
+                    news: tuple[Any, ...] = (
+                        "done",
+                        job,
+                        True,
+                        task.f(*task.args, **task.kwargs),
+                    )
+                else:
+                    news = ("done", job, True, job.call())
             except BaseException:
                 news = ("done", job, False, Failure())
             news += (perf_counter() - began,)
             with self._lock:
-                job.state = _DONE
                 if me.abandoned:
                     return
-            self._post(*news)
+                if job.state == _RUNNING:
+                    job.state = _DONE
+                self._outbox.append(news)
+                if self._flushPending:
+                    continue
+                self._flushPending = True
+            self._reactor.callFromThread(self._flush)
 
 
 @implementer(IIterationSource)

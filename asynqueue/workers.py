@@ -9,18 +9,19 @@ queue knows of them.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from inspect import isawaitable
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from asynqueue.errors import QueueRunError, WorkerCrashed
-from asynqueue.interfaces import IIterationSource, IWorker
+from asynqueue.interfaces import IIterationSource, IReportingWorker, IWorker
 from asynqueue.iteration import Deferator, LocalIterationSource, isIterator
 from asynqueue.tasks import Task
 
@@ -31,6 +32,7 @@ __all__ = [
     "settle",
     "WorkerBase",
     "PLAIN_TYPES",
+    "runReporting",
 ]
 
 _names = itertools.count(1)
@@ -88,6 +90,27 @@ def _localDeferator(result: object) -> object:
     return result
 
 
+def runReporting(worker: Any, task: Task) -> Deferred[Any]:
+    """
+    C{IWorker.run} for an L{IReportingWorker}: start the task and return a
+    Deferred of what the worker reports. Cancelling it abandons the task.
+    """
+    # A run of its own: the same task may be run again meanwhile.
+    run = copy.copy(task)
+    d: Deferred[Any] = Deferred(lambda _: worker.abandon(run))
+
+    def report(_: Task, outcome: object, attempt: int) -> None:
+        if not d.called:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+
+    run.onDone = report
+    worker.start(run)
+    return d
+
+
 class AdaptiveBacklog:
     """
     How many tasks to hand a worker that runs them one at a time.
@@ -135,7 +158,7 @@ class WorkerBase:
         return f"<{type(self).__name__} {self.name}>"
 
 
-@implementer(IWorker)
+@implementer(IReportingWorker)
 class AsyncWorker(WorkerBase):
     """
     Runs calls in the reactor thread.
@@ -151,38 +174,51 @@ class AsyncWorker(WorkerBase):
         self, concurrency: int = 1, name: str | None = None, series: Iterable[Any] = ()
     ) -> None:
         super().__init__(name, series, concurrency)
-        self._running: dict[Task, Deferred[Any]] = {}
+        self._running: dict[Task, tuple[Deferred[Any], int]] = {}
         self._stopped = False
         self._stopWaiters: list[Deferred[None]] = []
 
     def run(self, task: Task) -> Deferred[Any]:
         """Call the task's function now and return a Deferred of its result."""
+        return runReporting(self, task)
+
+    def start(self, task: Task) -> None:
+        """Call the task's function now; report its result when it has one."""
+        attempt = task.record.attempts
         if self._stopped:
-            return fail(QueueRunError(f"{self.name} is stopped"))
+            task.finished(Failure(QueueRunError(f"{self.name} is stopped")), attempt)
+            return
         task.markStarted()
         try:
-            inner = settle(task.f(*task.args, **task.kwargs))
+            result = task.f(*task.args, **task.kwargs)
         except BaseException:
-            return fail()
+            task.finished(Failure(), attempt)
+            return
+        if type(result) in PLAIN_TYPES:
+            task.finished(result, attempt)
+            return
+        inner = settle(result)
         if inner.called and not inner.paused:
-            return inner
-        outer: Deferred[Any] = Deferred(lambda _: inner.cancel())
-        self._running[task] = outer
-        inner.addBoth(self._finished, task, outer)
-        return outer
+            inner.addBoth(task.finished, attempt)
+            return
+        self._running[task] = (inner, attempt)
+        inner.addBoth(self._finished, task, attempt)
 
-    def _finished(self, result: object, task: Task, outer: Deferred[Any]) -> None:
-        self._running.pop(task, None)
-        if not outer.called:
-            outer.errback(result) if isinstance(result, Failure) else outer.callback(
-                result
-            )
-        elif isinstance(result, Failure):
-            result.trap(CancelledError, WorkerCrashed)
+    def _finished(self, result: object, task: Task, attempt: int) -> None:
+        running = self._running.get(task)
+        if running is not None and running[1] == attempt:
+            del self._running[task]
+            task.finished(result, attempt)
         if not self._running and self._stopWaiters:
             waiters, self._stopWaiters = self._stopWaiters, []
             for d in waiters:
                 d.callback(None)
+
+    def abandon(self, task: Task) -> None:
+        """Cancel the Deferred or coroutine the task waits on."""
+        running = self._running.get(task)
+        if running is not None:
+            running[0].cancel()
 
     def stop(self) -> Deferred[None]:
         """Take no more tasks; fire when those running are done."""
@@ -197,8 +233,17 @@ class AsyncWorker(WorkerBase):
     def crash(self) -> list[Task]:
         """Stop now; running tasks fail with L{WorkerCrashed} and are cancelled."""
         self._stopped = True
-        for task, outer in list(self._running.items()):
-            outer.errback(WorkerCrashed(f"{self.name} crashed while running {task!r}"))
+        for task, (inner, attempt) in list(self._running.items()):
+            del self._running[task]
+            task.finished(
+                Failure(WorkerCrashed(f"{self.name} crashed while running {task!r}")),
+                attempt,
+            )
+            inner.cancel()
+        if self._stopWaiters:
+            waiters, self._stopWaiters = self._stopWaiters, []
+            for d in waiters:
+                d.callback(None)
         return []
 
 
