@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError, UnpicklableError, WorkerCrashed, WorkerError
-from asynqueue.interfaces import IWorker
+from asynqueue.interfaces import IReportingWorker
 from asynqueue.node import PipeReader, PipeWriter, _initialize, context
 from asynqueue.settings import settingsForQueue
 from asynqueue.tasks import Task
@@ -56,8 +56,9 @@ from asynqueue.wire import (
     dumpCall,
     dumps,
     loads,
+    reportResult,
 )
-from asynqueue.workers import AdaptiveBacklog
+from asynqueue.workers import AdaptiveBacklog, runReporting
 
 __all__ = ["ProcessWorker", "ProcessQueue", "ProcessIterationSource", "context"]
 
@@ -96,7 +97,11 @@ _BATCH_BYTES = 1 << 16
 
 @dataclass(eq=False, slots=True)
 class _Sent:
-    """A call handed to a child and not yet answered."""
+    """
+    A call handed to a child and not yet answered: a task (whose outcome
+    is reported to it), or a call with a Deferred (a replayed update, a
+    node's pickled call).
+    """
 
     taskID: int
     call: bytes
@@ -104,6 +109,24 @@ class _Sent:
     deferred: Deferred[Any] | None
     started: bool = False
     raw: bool = False
+    attempt: int = 0
+    settled: bool = False
+
+    @property
+    def open(self) -> bool:
+        """Whether nobody has been told the outcome yet."""
+        if self.deferred is not None:
+            return not self.deferred.called
+        return not self.settled
+
+    def fail(self, error: BaseException) -> None:
+        """End the call with C{error}, unless it has ended already."""
+        if self.deferred is not None:
+            if not self.deferred.called:
+                self.deferred.errback(error)
+        elif not self.settled and self.task is not None:
+            self.settled = True
+            self.task.finished(Failure(error), self.attempt)
 
 
 class _ParentAMP(amp.AMP):
@@ -272,8 +295,11 @@ class _Child(ProcessProtocol):
         if sent is not None and (sent.task is not None or sent.raw):
             self.worker.ran(seconds)
         self._markRunning()
-        if sent is not None and sent.deferred is not None and not sent.deferred.called:
-            if sent.raw:
+        if sent is not None and sent.open:
+            if sent.deferred is None:
+                sent.settled = True
+                reportResult(sent.task, sent.attempt, status, payload, self)
+            elif sent.raw:
                 sent.deferred.callback((status, payload, seconds, self))
             else:
                 deliverResult(sent.deferred, status, payload, self)
@@ -365,7 +391,7 @@ class _PipeEnd:
 ProcessIterationSource = WireIterationSource
 
 
-@implementer(IWorker)
+@implementer(IReportingWorker)
 class ProcessWorker:
     """
     Runs calls in a child Python process.
@@ -456,27 +482,43 @@ class ProcessWorker:
         self._resignator = callableObject
 
     def run(self, task: Task) -> Deferred[Any]:
-        """Pickle the call now and send it to my child."""
+        """Pickle the call now, send it to my child; a Deferred of its result."""
+        return runReporting(self, task)
+
+    def start(self, task: Task) -> None:
+        """Pickle the call now (unless it was), send it to my child; report back."""
+        attempt = task.record.attempts
         if self._stopped:
-            return fail(QueueRunError(f"{self.name} is stopped"))
+            stopped = QueueRunError(f"{self.name} is stopped")
+            task.finished(Failure(stopped), attempt)
+            return
         if self._setupFailure is not None:
-            return fail(self._setupError())
+            task.finished(Failure(self._setupError()), attempt)
+            return
         call = task.pickled
         if call is None:
             try:
                 call = dumpCall(task.f, task.args, task.kwargs)
-            except UnpicklableError as e:
-                return fail(e)
+            except UnpicklableError:
+                task.finished(Failure(), attempt)
+                return
         if task.update == "kept":
             self._setup.append(call)
         if self._maxTasks is not None and self._child.sent >= self._maxTasks + len(
             self._setup
         ):
             self._replace()
-        sent = _Sent(next(self._taskIDs), call, task, None)
-        sent.deferred = Deferred(lambda d: self._cancel(sent))
+        sent = task.handle = _Sent(
+            next(self._taskIDs), call, task, None, attempt=attempt
+        )
         self._child.send(sent)
-        return sent.deferred
+
+    def abandon(self, task: Task) -> None:
+        """Withdraw the task if my child has not started it, else kill the child."""
+        sent = task.handle
+        if isinstance(sent, _Sent) and sent.task is task and sent.open:
+            sent.settled = True
+            self._cancel(sent)
 
     def runPickled(self, call: bytes) -> Deferred[tuple[str, bytes, float, Any]]:
         """
@@ -551,7 +593,8 @@ class ProcessWorker:
             _, neverRan = child.unanswered(margin=1)
             for sent in neverRan:
                 del child.inFlight[sent.taskID]
-                if sent.task is not None:
+                if sent.task is not None and sent.open:
+                    sent.settled = True
                     unstarted.append(sent.task)
         return unstarted
 
@@ -623,8 +666,7 @@ class ProcessWorker:
 
         def fail(calls: list[_Sent], error: Exception) -> None:
             for sent in calls:
-                if sent.deferred is not None and not sent.deferred.called:
-                    sent.deferred.errback(error)
+                sent.fail(error)
 
         crashed = WorkerCrashed(
             f"{self.name}'s process {child.pid} died ({why}) while running the task "
@@ -662,9 +704,8 @@ class ProcessWorker:
         # The calls it never started go to the fresh child first, so that
         # whatever the failures below set off finds it ready.
         for sent in neverRan:
-            if sent.deferred is not None and not sent.deferred.called:
-                if sent.task is not None or sent.raw:
-                    self._child.send(sent)
+            if sent.open and (sent.task is not None or sent.raw):
+                self._child.send(sent)
         fail(maybeRan, crashed)
 
 

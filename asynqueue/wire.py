@@ -52,7 +52,9 @@ __all__ = [
     "loads",
     "encodeError",
     "decodeError",
+    "decodeResult",
     "deliverResult",
+    "reportResult",
     "WireIterationSource",
     "WireWorkerUniverse",
     "loadsPlain",
@@ -359,29 +361,47 @@ class Peer(Protocol):
     def iteratorClosed(self) -> None: ...
 
 
-def deliverResult(d: Deferred[Any], status: str, payload: bytes, peer: Peer) -> None:
+def decodeResult(status: str, payload: bytes, peer: Peer) -> Any:
     """
-    Fire a task's Deferred with a result that came over the wire.
-
-    An iterator result fires it with a L{Deferator} once the first items are
-    in, so that a plain C{for d in deferator} loop (AsynQueue's way) can
-    start at once.
+    What a task's result that came over the wire stands for: the value, a
+    L{Failure}, or, for an iterator kept on the node, a Deferred that fires
+    with a L{Deferator} once the first items are in (so that a plain
+    C{for d in deferator} loop, AsynQueue's way, can start at once).
     """
     if status == "b":
-        d.callback(bytes(payload))
-    elif status == "r":
+        return bytes(payload)
+    if status == "r":
         try:
-            result = loads(payload)
+            return loads(payload)
         except Exception as e:
-            d.errback(UnpicklableError(f"the result cannot be unpickled: {e!r}"))
-        else:
-            d.callback(result)
-    elif status == "e":
-        d.errback(decodeError(payload, peer.where))
+            return Failure(UnpicklableError(f"the result cannot be unpickled: {e!r}"))
+    if status == "e":
+        return Failure(decodeError(payload, peer.where))
+    peer.openIterators += 1
+    source = WireIterationSource(peer, loadsPlain(payload))
+    return Deferator(source).ready()
+
+
+def deliverResult(d: Deferred[Any], status: str, payload: bytes, peer: Peer) -> None:
+    """Fire a task's Deferred with a result that came over the wire."""
+    outcome = decodeResult(status, payload, peer)
+    if isinstance(outcome, Deferred):
+        outcome.chainDeferred(d)
+    elif isinstance(outcome, Failure):
+        d.errback(outcome)
     else:
-        peer.openIterators += 1
-        source = WireIterationSource(peer, loadsPlain(payload))
-        Deferator(source).ready().chainDeferred(d)
+        d.callback(outcome)
+
+
+def reportResult(
+    task: Any, attempt: int, status: str, payload: bytes, peer: Peer
+) -> None:
+    """Report a result that came over the wire to its task (run C{attempt})."""
+    outcome = decodeResult(status, payload, peer)
+    if isinstance(outcome, Deferred):
+        outcome.addBoth(task.finished, attempt)
+    else:
+        task.finished(outcome, attempt)
 
 
 @implementer(IIterationSource)
