@@ -42,21 +42,22 @@ from asynqueue.iteration import isIterator
 from asynqueue.wire import (
     RESULT_DELAY,
     RESULT_WINDOW,
+    BoxReader,
     CancelTask,
     CloseIterator,
     NextItems,
     NodeInfo,
     RunTasks,
     Stop,
-    TaskResult,
-    TaskResults,
     WireWorkerUniverse,
+    bigValue,
     callUniverse,
     dumps,
     encodeError,
     loads,
     loadsPlain,
     makeUniverse,
+    writeBox,
 )
 
 __all__ = [
@@ -116,6 +117,21 @@ def _checkSetup() -> None:
             f"this worker's initializer failed: {type(_setupError).__name__}: "
             f"{_setupError}"
         )
+
+
+def _views(pieces: list[Any]) -> list[memoryview]:
+    return [memoryview(piece).cast("B") for piece in pieces if len(piece)]
+
+
+def _advance(views: list[memoryview], written: int) -> None:
+    """Drop from C{views} the C{written} bytes at their front."""
+    done = 0
+    while done < len(views) and written >= len(views[done]):
+        written -= len(views[done])
+        done += 1
+    del views[:done]
+    if written:
+        views[0] = views[0][written:]
 
 
 class _Pipe(abstract.FileDescriptor):
@@ -194,6 +210,20 @@ class PipeWriter(_Pipe):
             data = data[written:]
         super().write(data)
 
+    def writeSequence(self, data: Any) -> None:
+        # As write: at once if nothing waits, and without joining the pieces.
+        if self.dataBuffer or self._tempDataBuffer or self.disconnecting:
+            super().writeSequence(data)
+            return
+        views = _views(data)
+        try:
+            written = os.writev(self.fd, views[:_IOV_MAX])
+        except OSError:
+            written = 0
+        _advance(views, written)
+        if views:
+            super().write(b"".join(views))
+
     def writeSomeData(self, data: bytes) -> int | BaseException:
         try:
             return os.write(self.fd, data)
@@ -223,14 +253,9 @@ class _BlockingPipeTransport:
 
     def writeSequence(self, data: list[Any]) -> None:
         """Write the pieces with as few calls as the system allows, joining none."""
-        views = [memoryview(piece).cast("B") for piece in data if len(piece)]
+        views = _views(data)
         while views:
-            written = os.writev(self.fd, views[:_IOV_MAX])
-            while views and written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            if written:
-                views[0] = views[0][written:]
+            _advance(views, os.writev(self.fd, views[:_IOV_MAX]))
 
     def loseConnection(self) -> None:
         self.disconnecting = True
@@ -288,6 +313,13 @@ class LocalRunner:
         # Not at once: the rest of what was read (a cancel, say) comes first.
         if not self._slicing:
             self._schedule()
+
+    def inputRead(self) -> None:
+        """All that was read is in: start the tasks now, not a reactor turn later."""
+        scheduled = self._scheduled
+        if scheduled is not None and not self._slicing:
+            scheduled.cancel()
+            self._runSome()
 
     def cancel(self, taskID: int) -> None:
         if any(t[0] == taskID for t in self._backlog):
@@ -502,18 +534,32 @@ class NodeProtocol(amp.AMP):
         super().__init__()
         self.runner = makeRunner(self._sendResults)
         self._onStop = onStop
-        self._boxBytes = 0
+        # AMP caps each value, not a box: a box of endless keys is cut off.
+        self._reader = BoxReader(self._boxReceived, self._abort, self.maxBoxBytes)
+        self._inputRead = getattr(self.runner, "inputRead", None)
 
     def dataReceived(self, data: bytes) -> None:
-        # AMP caps each value, not a box: a box of endless keys is cut off.
-        self._boxBytes += len(data)
-        if self._boxBytes > self.maxBoxBytes:
-            self._abort(f"a box of over {self.maxBoxBytes} bytes")
-            return
-        super().dataReceived(data)
+        self._reader.feed(data)
+        if self._inputRead is not None:
+            # Every box of this read is in: tasks may start now.
+            self._inputRead()
+
+    def _boxReceived(self, box: dict[bytes, Any]) -> None:
+        # Tasks and cancels, the frequent boxes, go straight to the runner.
+        command = box.get(b"_command")
+        if command == b"RunTasks" and b"_ask" not in box:
+            self.runTasks(bigValue(box, b"batch") or b"")
+        elif command == b"CancelTask" and b"_ask" not in box:
+            try:
+                taskID = int(bytes(box[b"taskID"]))
+            except (KeyError, ValueError):
+                self._abort("a malformed CancelTask")
+                return
+            self.runner.cancel(taskID)
+        else:
+            self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
 
     def ampBoxReceived(self, box: Any) -> None:
-        self._boxBytes = 0
         command = box.get(b"_command")
         if command is not None and command not in _NODE_COMMANDS:
             self._abort(f"an unknown command {command[:40]!r}")
@@ -522,6 +568,7 @@ class NodeProtocol(amp.AMP):
 
     def _abort(self, why: str) -> None:
         """A peer that sends garbage loses its connection, and only that."""
+        self._reader.stop()
         log.warn("Dropping {peer}: it sent {why}", peer=self.transport, why=why)
         transport = self.transport
         if transport is not None:
@@ -538,34 +585,34 @@ class NodeProtocol(amp.AMP):
     def sendBox(self, box: Any) -> None:
         # A big value's chunks go out as they are, without a joined copy.
         transport = self.transport
-        if transport is None or not hasattr(transport, "writeSequence"):
+        if transport is None:
             super().sendBox(box)
             return
-        pieces: list[Any] = []
-        for key, value in sorted(box.items()):
+        for key, value in box.items():
             if len(key) > amp.MAX_KEY_LENGTH or len(value) > amp.MAX_VALUE_LENGTH:
                 raise amp.TooLong(False, True, value, key)
-            pieces += [len(key).to_bytes(2, "big"), key, len(value).to_bytes(2, "big")]
-            pieces.append(value)
-        pieces.append(b"\x00\x00")
-        transport.writeSequence(pieces)
+        writeBox(transport, sorted(box.items()))
 
     def _sendResults(self, batch: list[tuple[int, str, bytes, float]]) -> None:
+        transport = self.transport
+        if transport is None or getattr(transport, "disconnecting", False):
+            return
         if len(batch) == 1 and len(batch[0][2]) > _BATCH_BYTES:
             # Alone, a large result travels without being pickled twice.
             taskID, status, payload, seconds = batch[0]
-            self.callRemote(
-                TaskResult,
-                taskID=taskID,
-                status=status,
-                payload=payload,
-                seconds=seconds,
-            )
+            pairs: list[tuple[bytes, Any]] = [
+                (b"_command", b"TaskResult"),
+                (b"payload", payload),
+                (b"seconds", repr(float(seconds)).encode()),
+                (b"status", status.encode()),
+                (b"taskID", b"%d" % taskID),
+            ]
         else:
-            self.callRemote(TaskResults, batch=dumps(batch))
+            pairs = [(b"_command", b"TaskResults"), (b"batch", dumps(batch))]
+        writeBox(transport, pairs)
 
     @RunTasks.responder
-    def runTasks(self, batch: bytes) -> dict[str, Any]:
+    def runTasks(self, batch: bytes | memoryview) -> dict[str, Any]:
         # Only IDs and pickled calls: read as plain data, so nothing in the
         # batch itself runs here (the calls run in the children, if anywhere).
         try:
