@@ -160,11 +160,21 @@ class _Pipe(abstract.FileDescriptor):
 
 
 class PipeReader(_Pipe):
-    """Reads a pipe in large pieces and feeds a protocol."""
+    """
+    Reads a pipe in large pieces and feeds a protocol.
+
+    Every read lands in the same buffer, so a stream of large values costs
+    no fresh memory per read (in a virtual machine, touching new pages
+    costs more than copying them); the protocol gets a C{memoryview} of
+    what was read, valid only until it returns (L{BoxReader} keeps copies
+    of what it needs beyond that).
+    """
 
     def __init__(self, fd: int, protocol: Any, reactor: Any = None) -> None:
         super().__init__(fd, reactor)
         self.protocol = protocol
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
         self.startReading()
 
     def readNow(self) -> None:
@@ -174,14 +184,14 @@ class PipeReader(_Pipe):
 
     def doRead(self) -> object:
         try:
-            data = os.read(self.fd, _READ_SIZE)
+            size = os.readv(self.fd, (self._buffer,))
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EINTR):
                 return None
             return CONNECTION_LOST
-        if not data:
+        if not size:
             return CONNECTION_DONE
-        self.protocol.dataReceived(data)
+        self.protocol.dataReceived(self._view[:size])
         return None
 
     def connectionLost(self, reason: Failure) -> None:
@@ -306,20 +316,29 @@ class LocalRunner:
         self._slicing = False
         #: Reads input that came while a task ran (set by the child's main).
         self.readInput: Callable[[], object] | None = None
+        #: True while the protocol reads boxes; it calls inputRead after.
+        self.reading = False
         self.done = 0
 
     def add(self, tasks: list[tuple[int, bytes]]) -> None:
         self._backlog.extend(tasks)
-        # Not at once: the rest of what was read (a cancel, say) comes first.
-        if not self._slicing:
+        # Not at once: the rest of what was read (a cancel, say) comes first,
+        # and then inputRead starts them (or, failing that, the reactor).
+        if not self._slicing and not self.reading:
             self._schedule()
 
     def inputRead(self) -> None:
         """All that was read is in: start the tasks now, not a reactor turn later."""
+        if self._slicing:
+            return
         scheduled = self._scheduled
-        if scheduled is not None and not self._slicing:
+        if scheduled is not None:
             scheduled.cancel()
+            self._scheduled = None
+        if self._backlog and not self._waiting:
             self._runSome()
+        else:
+            self._schedule()
 
     def cancel(self, taskID: int) -> None:
         if any(t[0] == taskID for t in self._backlog):
@@ -539,10 +558,18 @@ class NodeProtocol(amp.AMP):
         self._inputRead = getattr(self.runner, "inputRead", None)
 
     def dataReceived(self, data: bytes) -> None:
-        self._reader.feed(data)
-        if self._inputRead is not None:
-            # Every box of this read is in: tasks may start now.
-            self._inputRead()
+        inputRead = self._inputRead
+        if inputRead is None:
+            self._reader.feed(data)
+            return
+        runner = self.runner
+        runner.reading = True
+        try:
+            self._reader.feed(data)
+        finally:
+            runner.reading = False
+        # Every box of this read is in: tasks may start now.
+        inputRead()
 
     def _boxReceived(self, box: dict[bytes, Any]) -> None:
         # Tasks and cancels, the frequent boxes, go straight to the runner.

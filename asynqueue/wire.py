@@ -88,8 +88,11 @@ class BoxReader:
 
     Only one unfinished key-value pair (at most 64 KiB) is ever kept
     between reads, so a large box arriving in many reads costs no repeated
-    joining. A box larger than C{maxBoxBytes}, or a malformed key, calls
-    C{malformed(why)}, after which nothing more is read.
+    joining. The data fed may be a view of a buffer its reader reuses:
+    whatever is kept beyond a L{feed} (the tail, the values of a box not
+    complete yet) is copied first. A box larger than C{maxBoxBytes}, or a
+    malformed key, calls C{malformed(why)}, after which nothing more is
+    read.
     """
 
     __slots__ = (
@@ -117,7 +120,7 @@ class BoxReader:
         #: True once a malformed box was seen, or L{stop} was called.
         self.stopped = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: Value) -> None:
         """Take the bytes read; deliver every box they complete."""
         if self.stopped:
             return
@@ -137,9 +140,13 @@ class BoxReader:
             self._tail = b""
         end = self._parse(data, start)
         if end >= 0:
-            self._tail = data[end:]
+            self._tail = bytes(data[end:])
+            box = self._box
+            for key, value in box.items():
+                if type(value) is memoryview:
+                    box[key] = bytes(value)
 
-    def _parse(self, data: bytes, pos: int) -> int:
+    def _parse(self, data: Value, pos: int) -> int:
         """Take pairs from C{pos} on; return where the unfinished rest begins."""
         n = len(data)
         view = memoryview(data)
@@ -163,7 +170,7 @@ class BoxReader:
             end = valueAt + 2 + (data[valueAt] << 8 | data[valueAt + 1])
             if end > n:
                 break
-            box[data[pos + 2 : valueAt]] = view[valueAt + 2 : end]
+            box[bytes(view[pos + 2 : valueAt])] = view[valueAt + 2 : end]
             self._size += end - pos
             pos = end
             if self._maxBoxBytes is not None and self._size > self._maxBoxBytes:
