@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 __all__ = ["TaskQueue"]
 
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
+#: What a finished task's keywords become (never changed).
+_NO_KEYWORDS: dict[str, Any] = {}
 
 
 @dataclass(eq=False, slots=True)
@@ -115,18 +117,19 @@ class _Line:
         self.priorities: list[float] = []
 
     def push(self, task: Task) -> None:
-        priority = task.record.priority
+        record = task.record
+        priority = record.priority
         level = self.levels.get(priority)
         if level is None:
             level = self.levels[priority] = deque()
             heapq.heappush(self.priorities, priority)
-        if level and level[-1].record.id > task.record.id:
+        elif level and level[-1].record.id > record.id:
             # Arrived earlier than tasks already in line (a lane's next task,
             # a task put back after a crash): it goes in its arrival place.
             ids = [t.record.id for t in level]
-            level.insert(bisect.bisect(ids, task.record.id), task)
-        else:
-            level.append(task)
+            level.insert(bisect.bisect(ids, record.id), task)
+            return
+        level.append(task)
 
     def head(self) -> Task | None:
         """The most urgent task not cancelled, left in line."""
@@ -222,7 +225,7 @@ class TaskQueue:
             tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
         ] = []
         self._seq = itertools.count()
-        self._counts = {"done": 0, "failed": 0, "cancelled": 0}
+        self._done = self._failed = self._cancelled = 0
         self._records: deque[TaskRecord] = deque(maxlen=maxRecords)
         self._state = _RUNNING
         self._dispatching = False
@@ -281,14 +284,15 @@ class TaskQueue:
             return fail(QueueRunError(f"{self.name} is shut down and takes no calls"))
         if options.timeout is None and self.settings.timeout is not None:
             options = dataclasses.replace(options, timeout=self.settings.timeout)
-        if not callable(f) and not (isinstance(f, str) and options.series is not None):
+        series = options.series
+        if not callable(f) and not (isinstance(f, str) and series is not None):
             # A string names a universe method, for the WireWorkers of a series.
             return fail(TypeError(f"{f!r} is not callable, so it cannot be queued"))
-        if options.series is not None and not self._qualifiedFor(options.series):
+        if series is not None and not self._qualifiedFor(series):
             return fail(
                 NoQualifiedWorker(
                     f"no worker of {self.name} is qualified for series "
-                    f"{options.series!r}; use qualifyWorker() first"
+                    f"{series!r}; use qualifyWorker() first"
                 )
             )
         call = None
@@ -510,7 +514,9 @@ class TaskQueue:
         return {
             "pending": self._pendingCount + self._laneBacklog(),
             "running": len(self._running),
-            **self._counts,
+            "done": self._done,
+            "failed": self._failed,
+            "cancelled": self._cancelled,
             "workers": {
                 slot.worker.name: {
                     "capacity": slot.worker.capacity,
@@ -543,7 +549,7 @@ class TaskQueue:
         if working:
             total += len(self._running)
         if completed:
-            total += sum(self._counts.values())
+            total += self._done + self._failed + self._cancelled
         return total
 
     def observe(
@@ -788,6 +794,7 @@ class TaskQueue:
         record.state = "running"
         record.worker = slot.worker.name
         record.attempts += 1
+        task.runs += 1
         task.slot = slot
         if slot.reporting:
             # The fast path: the worker calls task.finished, no Deferred.
@@ -795,7 +802,7 @@ class TaskQueue:
             try:
                 slot.worker.start(task)  # type: ignore[attr-defined]
             except Exception:
-                self._taskDone(task, Failure(), record.attempts)
+                self._taskDone(task, Failure(), task.runs)
             return
         try:
             d = slot.worker.run(task)
@@ -831,7 +838,7 @@ class TaskQueue:
         slot = task.slot
         if slot is None:
             return
-        attempt = task.record.attempts
+        attempt = task.runs
         slot.worker.abandon(task)
         # Whether or not the worker reported it: it ends as a cancelled
         # Deferred would.
@@ -851,7 +858,7 @@ class TaskQueue:
     def _taskDone(self, task: Task, result: object, attempt: int) -> None:
         """A reporting worker says how run C{attempt} of a task ended."""
         slot = task.slot
-        if slot is None or attempt != task.record.attempts:
+        if slot is None or attempt != task.runs:
             # Ended already (cancelled, timed out), or an earlier run's news.
             return
         task.slot = None
@@ -861,7 +868,12 @@ class TaskQueue:
         """A task's run on a worker ended with C{result} (a Failure if it failed)."""
         if task.timeoutCall is not None:
             self._cancelTimeout(task)
-        slot.release(task)
+        outstanding = slot.outstanding
+        if task in outstanding:
+            outstanding.discard(task)
+            if slot.ready and not slot.leaving:
+                # Read afresh: a worker's capacity may change as it runs.
+                slot.free = int(slot.worker.capacity) - len(outstanding)
         self._running.discard(task)
         if isinstance(result, Failure):
             if task.timedOut and result.check(CancelledError):
@@ -913,7 +925,9 @@ class TaskQueue:
         """Record how a task ended, move its lane along, fire its Deferred."""
         record = task.record
         record.ended = self._clock.seconds()
-        if isinstance(result, Failure):
+        failed = isinstance(result, Failure)
+        if failed:
+            result = cast(Failure, result)
             if task.timedOut and result.check(TimeoutError):
                 record.state = "timedOut"
             elif result.check(CancelledError) or task.cancelled:
@@ -921,32 +935,36 @@ class TaskQueue:
             else:
                 record.state = "failed"
             record.outcome = result.type.__name__ if result.type else "Failure"
-            self._counts["cancelled" if record.state == "cancelled" else "failed"] += 1
+            if record.state == "cancelled":
+                self._cancelled += 1
+            else:
+                self._failed += 1
         else:
             record.state = "done"
             record.outcome = "result"
-            self._counts["done"] += 1
+            self._done += 1
         if self._observers:
             self._tell("ended", record)
-        if task.lane is not None:
+        options = task.options
+        if options.lane is not None:
             self._advanceLane(task, result)
         # The task and its Deferred refer to each other: let the arguments
         # go now rather than whenever the cyclic collector comes by.
-        task.args, task.kwargs = (), {}
+        task.args, task.kwargs = (), _NO_KEYWORDS
         task.pickled = None
-        if task.deferred.called:
+        d = task.deferred
+        if d.called:
             return
-        consumer = task.options.consumer
-        if consumer is not None and not isinstance(result, Failure):
+        if failed:
+            d.errback(cast(Failure, result))
+            return
+        if options.consumer is not None:
             from asynqueue.iteration import Deferator, IterationProducer
 
             if isinstance(result, Deferator):
-                IterationProducer(result, consumer).run().chainDeferred(task.deferred)
+                IterationProducer(result, options.consumer).run().chainDeferred(d)
                 return
-        if isinstance(result, Failure):
-            task.deferred.errback(result)
-        else:
-            task.deferred.callback(result)
+        d.callback(result)
 
     def _advanceLane(self, task: Task, result: object) -> None:
         lane = self._lanes.get(task.lane)
@@ -1054,7 +1072,7 @@ class TaskQueue:
             if wd is not None and not wd.called:
                 wd.errback(lost)
             elif wd is None and task.slot is slot:
-                self._taskDone(task, lost, task.record.attempts)
+                self._taskDone(task, lost, task.runs)
 
     def _failOrphans(self) -> None:
         """Fail pending tasks whose series no worker is qualified for any more."""

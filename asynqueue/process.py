@@ -515,7 +515,7 @@ class ProcessWorker:
 
     def start(self, task: Task) -> None:
         """Pickle the call now (unless it was), send it to my child; report back."""
-        attempt = task.record.attempts
+        attempt = task.runs
         if self._stopped:
             stopped = QueueRunError(f"{self.name} is stopped")
             task.finished(Failure(stopped), attempt)

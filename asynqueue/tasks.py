@@ -181,6 +181,7 @@ class Task:
     update: str | None = None
     handle: Any = None
     slot: Any = None
+    runs: int = 0
 
     @property
     def priority(self) -> float:
@@ -200,13 +201,15 @@ class Task:
     @property
     def attempt(self) -> int:
         """
-        Which run of the task this is (1, or more after a crash or retry).
+        Which run of the task this is: it grows each time a worker is
+        given the task (a retry, or a task handed back by a crashed worker
+        and given to another), and never goes back.
 
         A reporting worker notes it when it takes the task and passes it
         back to L{finished}, so that a late report of an earlier run is
         ignored.
         """
-        return self.record.attempts
+        return self.runs
 
     @property
     def callTuple(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:

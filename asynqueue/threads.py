@@ -143,7 +143,7 @@ class ThreadWorker(WorkerBase):
             stopped = QueueRunError(f"{self.name} is stopped")
             task.finished(Failure(stopped), task.attempt)
             return
-        job = task.handle = _Job(None, None, task, task.record.attempts)
+        job = task.handle = _Job(None, None, task, task.runs)
         self._jobs.add(job)
         self._inbox.put(job)
 

@@ -230,7 +230,8 @@ def boxPieces(pairs: list[tuple[bytes, Value]]) -> list[Value]:
 def writeBox(transport: Any, pairs: list[tuple[bytes, Value]]) -> None:
     """Write one AMP box of C{pairs}; a large one without joining its pieces."""
     pieces = boxPieces(pairs)
-    if len(pieces) > 5 and hasattr(transport, "writeSequence"):
+    # More pieces than two a pair: a value was cut in chunks, so it is large.
+    if len(pieces) > 2 * len(pairs) + 1 and hasattr(transport, "writeSequence"):
         transport.writeSequence(pieces)
     else:
         transport.write(b"".join(pieces))

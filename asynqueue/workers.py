@@ -184,7 +184,7 @@ class AsyncWorker(WorkerBase):
 
     def start(self, task: Task) -> None:
         """Call the task's function now; report its result when it has one."""
-        attempt = task.record.attempts
+        attempt = task.runs
         if self._stopped:
             task.finished(Failure(QueueRunError(f"{self.name} is stopped")), attempt)
             return

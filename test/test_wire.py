@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import random
 import threading
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import pytest
@@ -13,13 +15,17 @@ from twisted.test import iosim
 from asynqueue.errors import RemoteError, UnpicklableError
 from asynqueue.wire import (
     BigBytes,
+    BoxReader,
     NextItems,
     RunTasks,
+    bigValue,
+    boxPieces,
     decodeError,
     dumpCall,
     dumps,
     encodeError,
     loads,
+    writeBox,
 )
 
 CHUNK = amp.MAX_VALUE_LENGTH
@@ -264,3 +270,326 @@ def test_largeErrorTravels() -> None:
     out = wireTrip(RunTasks, {"batch": encoded})
     decoded = decodeError(out["batch"], "big")
     assert type(decoded) is ValueError and decoded.args == ("é" * 100_000,)
+
+
+# -- BoxReader, boxPieces, bigValue, writeBox ----------------------------------
+
+Box = dict[bytes, bytes]
+
+
+class Reading:
+    """A BoxReader and what it delivered: boxes (values as bytes) and complaints."""
+
+    def __init__(self, maxBoxBytes: int | None = None) -> None:
+        self.boxes: list[Box] = []
+        self.malformed: list[str] = []
+        self.reader = BoxReader(self.received, self.malformed.append, maxBoxBytes)
+
+    def received(self, box: dict[bytes, Any]) -> None:
+        # A value may be a view of what was read: copy it while it is valid.
+        self.boxes.append({bytes(k): bytes(v) for k, v in box.items()})
+
+    def feed(self, pieces: Iterable[bytes]) -> Reading:
+        for piece in pieces:
+            self.reader.feed(piece)
+        return self
+
+
+def readBoxes(pieces: Iterable[bytes], maxBoxBytes: int | None = None) -> list[Box]:
+    """The boxes a BoxReader delivers from C{pieces}, asserting none was malformed."""
+    reading = Reading(maxBoxBytes).feed(pieces)
+    assert reading.malformed == []
+    return reading.boxes
+
+
+def cutAt(data: bytes, offsets: Iterable[int]) -> list[bytes]:
+    """C{data} cut at C{offsets} (empty pieces included where offsets repeat)."""
+    bounds = [0, *sorted(offsets), len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def inChunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def joined(pieces: list[Any]) -> bytes:
+    return b"".join(bytes(p) for p in pieces)
+
+
+def twistedBoxes() -> list[amp.AmpBox]:
+    """Boxes of assorted shapes, serialized by Twisted's AMP in the tests."""
+    return [
+        amp.AmpBox(_command=b"RunTasks", _ask=b"1", batch=b"x" * 300),
+        amp.AmpBox(),
+        amp.AmpBox(empty=b""),
+        # Values that look like lengths and terminators.
+        amp.AmpBox({b"z": b"\x00\x00", b"y": b"\x00", b"x": b"\x00\x00\x00\x00"}),
+        amp.AmpBox({b"k" * amp.MAX_KEY_LENGTH: payload(1000), b"a": b"1"}),
+        amp.AmpBox(full=payload(CHUNK), tag=b"7"),
+    ]
+
+
+def twistedStream() -> tuple[bytes, list[Box]]:
+    boxes = twistedBoxes()
+    return b"".join(b.serialize() for b in boxes), [dict(b) for b in boxes]
+
+
+def test_boxReaderParsesTwistedBoxes() -> None:
+    for box in twistedBoxes():
+        assert readBoxes([box.serialize()]) == [dict(box)]
+
+
+def test_boxReaderDeliversSeveralBoxesOfOneFeedInOrder() -> None:
+    data, expected = twistedStream()
+    boxes = readBoxes([data])
+    assert len(boxes) == 6
+    assert boxes == expected
+    assert boxes[1] == {} and boxes[2] == {b"empty": b""}
+
+
+def test_boxReaderByteByByte() -> None:
+    data, expected = twistedStream()
+    assert readBoxes(inChunks(data, 1)) == expected
+
+
+def test_boxReaderCutAtEveryByteBoundary() -> None:
+    boxes = [b for b in twistedBoxes() if len(b.serialize()) < 2000]
+    data = b"".join(b.serialize() for b in boxes)
+    expected = [dict(b) for b in boxes]
+    for at in range(len(data) + 1):
+        assert readBoxes(cutAt(data, [at])) == expected, f"cut at {at}"
+
+
+def test_boxReaderRandomSplits() -> None:
+    data, expected = twistedStream()
+    rng = random.Random(20240611)
+    for _ in range(200):
+        offsets = [rng.randrange(len(data) + 1) for _ in range(rng.randrange(1, 40))]
+        assert readBoxes(cutAt(data, offsets)) == expected, sorted(offsets)
+
+
+def test_boxReaderRandomSplitsOfBigValues() -> None:
+    """Boxes whose values span several chunks, small ones between, cut at random."""
+    pairs = [
+        [(b"a", payload(3 * CHUNK + 7)), (b"b", b"small")],
+        [(b"c", b"")],
+        [(b"d", payload(CHUNK + 1)[::-1])],
+    ]
+    data = b"".join(joined(boxPieces(p)) for p in pairs)
+    rng = random.Random(7)
+    for _ in range(20):
+        offsets = [rng.randrange(len(data) + 1) for _ in range(rng.randrange(1, 60))]
+        boxes = readBoxes(cutAt(data, offsets))
+        assert [bigValue(b, b"a") for b in boxes] == [
+            payload(3 * CHUNK + 7),
+            None,
+            None,
+        ]
+        assert boxes[0][b"b"] == b"small" and boxes[1] == {b"c": b""}
+        assert bigValue(boxes[2], b"d") == payload(CHUNK + 1)[::-1]
+
+
+@pytest.mark.parametrize(
+    ("size", "pieceSize"),
+    [(CHUNK, 1), (CHUNK + 1, 1), (200_000, 997), (200_000, 200_000 + 100)],
+)
+def test_bigValueComesBackWholeThroughBoxReader(size: int, pieceSize: int) -> None:
+    value = payload(size)
+    pieces = boxPieces([(b"_command", b"TaskResult"), (b"payload", value)])
+    data = joined(pieces) + joined(boxPieces([(b"after", b"ok")]))
+    boxes = readBoxes(inChunks(data, pieceSize))
+    assert len(boxes) == 2
+    whole = bigValue(boxes[0], b"payload")
+    assert whole is not None and bytes(whole) == value
+    chunkKeys = sorted(k for k in boxes[0] if k.startswith(b"payload"))
+    assert len(chunkKeys) == -(-size // CHUNK)
+    assert boxes[0][b"_command"] == b"TaskResult"
+    assert boxes[1] == {b"after": b"ok"}
+
+
+def test_boxReaderMaxBoxBytesAtTheLimitAndOver() -> None:
+    # One pair costs 2 + len(key) + 2 + len(value) bytes: 15 here.
+    box = joined(boxPieces([(b"k", b"v" * 10)]))
+    assert readBoxes([box], maxBoxBytes=15) == [{b"k": b"v" * 10}]
+    assert readBoxes([box + box], maxBoxBytes=15) == [{b"k": b"v" * 10}] * 2
+    reading = Reading(maxBoxBytes=14).feed([box])
+    assert reading.boxes == [] and len(reading.malformed) == 1
+    assert "14" in reading.malformed[0]
+    assert reading.reader.stopped
+
+
+def test_boxReaderOversizeBoxStopsEverything() -> None:
+    small = joined(boxPieces([(b"a", b"1")]))
+    big = joined(boxPieces([(b"k%d" % i, b"x" * 50) for i in range(10)]))
+    reading = Reading(maxBoxBytes=200).feed([small + big + small])
+    assert reading.boxes == [{b"a": b"1"}]
+    assert len(reading.malformed) == 1
+    reading.feed([small, big, small])
+    assert reading.boxes == [{b"a": b"1"}] and len(reading.malformed) == 1
+
+
+def test_boxReaderOversizeBoxArrivingByteByByte() -> None:
+    small = joined(boxPieces([(b"a", b"1")]))
+    big = joined(boxPieces([(b"k%d" % i, b"x" * 50) for i in range(10)]))
+    reading = Reading(maxBoxBytes=200).feed(inChunks(small + big + small, 1))
+    assert reading.boxes == [{b"a": b"1"}]
+    assert len(reading.malformed) == 1
+
+
+def test_boxReaderKeyLongerThan255Bytes() -> None:
+    key = b"k" * (amp.MAX_KEY_LENGTH + 1)
+    bad = len(key).to_bytes(2, "big") + key + b"\x00\x01v\x00\x00"
+    small = joined(boxPieces([(b"a", b"1")]))
+    reading = Reading().feed([small + bad + small])
+    assert reading.boxes == [{b"a": b"1"}]
+    assert len(reading.malformed) == 1 and "256" in reading.malformed[0]
+    assert reading.reader.stopped
+    reading.feed([small])
+    assert reading.boxes == [{b"a": b"1"}] and len(reading.malformed) == 1
+
+
+def test_boxReaderKeyTooLongSeenFromItsLengthAlone() -> None:
+    reading = Reading().feed([b"\x01", b"\x00"])
+    assert len(reading.malformed) == 1 and "256" in reading.malformed[0]
+
+
+def test_boxReaderDeliversNothingAfterStop() -> None:
+    data, expected = twistedStream()
+    reading = Reading().feed([data[:10]])
+    reading.reader.stop()
+    assert reading.reader.stopped
+    reading.feed([data[10:], data])
+    assert reading.boxes == [] and reading.malformed == []
+
+
+def test_boxReaderStoppedWhileDeliveringDeliversNoMoreOfTheFeed() -> None:
+    data, expected = twistedStream()
+    boxes: list[dict[bytes, Any]] = []
+
+    def received(box: dict[bytes, Any]) -> None:
+        boxes.append(box)
+        reader.stop()
+
+    reader = BoxReader(received, lambda why: pytest.fail(why))
+    reader.feed(data)
+    reader.feed(data)
+    assert len(boxes) == 1
+    assert {k: bytes(v) for k, v in boxes[0].items()} == expected[0]
+
+
+def test_boxReaderCopiesWhatItKeepsFromAReusedBuffer() -> None:
+    """As a PipeReader feeds it: views of one buffer, overwritten after each feed."""
+    big = payload(2 * CHUNK + 5)
+    stream, expected = twistedStream()
+    data = joined(boxPieces([(b"big", big), (b"b", b"tail end")])) + stream
+    for size in (1, 3, 997, 70_000):
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        reading = Reading()
+        for piece in inChunks(data, size):
+            buffer[: len(piece)] = piece
+            reading.reader.feed(view[: len(piece)])
+            buffer[:] = b"\xff" * size
+        assert reading.malformed == []
+        assert len(reading.boxes) == 1 + len(expected), size
+        assert bigValue(reading.boxes[0], b"big") == big, size
+        assert reading.boxes[0][b"b"] == b"tail end"
+        assert reading.boxes[1:] == expected, size
+
+
+def test_boxPiecesOfSmallBoxIsTwistedSerialization() -> None:
+    for box in twistedBoxes():
+        assert joined(boxPieces(sorted(box.items()))) == box.serialize()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_boxPiecesParsedByTwisted(size: int) -> None:
+    value = payload(size)
+    pieces = boxPieces([(b"_command", b"RunTasks"), (b"batch", value), (b"x", b"1")])
+    boxes = amp.parseString(joined(pieces))
+    assert len(boxes) == 1
+    box = boxes[0]
+    names = [b"batch"] + [b"batch.%d" % i for i in range(1, -(-size // CHUNK))]
+    assert sorted(box) == sorted([b"_command", b"x", *names])
+    assert b"".join(box[n] for n in names) == value
+    assert all(len(box[n]) == CHUNK for n in names[:-1])
+    assert box[b"_command"] == b"RunTasks" and box[b"x"] == b"1"
+    assert RunTasks.parseArguments(box, None) == {"batch": value}
+    assert bigValue(box, b"batch") == value
+
+
+def test_boxPiecesSlicesBigValuesWithoutCopying() -> None:
+    value = payload(3 * CHUNK + 7)
+    pieces = boxPieces([(b"v", value)])
+    views = [p for p in pieces if isinstance(p, memoryview)]
+    assert [len(v) for v in views] == [CHUNK, CHUNK, CHUNK, 7]
+    assert all(v.obj is value for v in views)
+    assert pieces[-1] == b"\x00\x00"
+
+
+def test_bigValueJoinsChunksInOrder() -> None:
+    assert bigValue({}, b"v") is None
+    assert bigValue({b"v": b"one"}, b"v") == b"one"
+    assert bigValue({b"v": b"a", b"v.1": b"b", b"v.2": b"c"}, b"v") == b"abc"
+    # A gap ends the value; keys of other names do not join in.
+    assert bigValue({b"v": b"a", b"v.1": b"b", b"v.3": b"d"}, b"v") == b"ab"
+    assert bigValue({b"v": b"a", b"vv.1": b"b", b"w.1": b"c"}, b"v") == b"a"
+    assert bigValue({b"v": b"", b"v.1": b"b"}, b"v") == b"b"
+    made = RunTasks.makeArguments({"batch": payload(2 * CHUNK + 1)}, None)
+    assert bigValue(made, b"batch") == payload(2 * CHUNK + 1)
+
+
+class RecordingTransport:
+    """A transport that records how it was written to."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def writeSequence(self, data: list[Any]) -> None:
+        self.calls.append(("writeSequence", list(data)))
+
+
+class WriteOnlyTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [[(b"_command", b"Stop")], [(b"_command", b"CancelTask"), (b"taskID", b"12")]],
+)
+def test_writeBoxSmallBoxIsOneJoinedWrite(pairs: list[tuple[bytes, bytes]]) -> None:
+    transport = RecordingTransport()
+    writeBox(transport, pairs)
+    assert len(transport.calls) == 1
+    kind, data = transport.calls[0]
+    assert kind == "write" and type(data) is bytes
+    assert data == amp.AmpBox(pairs).serialize()
+
+
+def test_writeBoxLargeValueUsesWriteSequence() -> None:
+    value = payload(200_000)
+    pairs = [(b"_command", b"TaskResult"), (b"payload", value)]
+    transport = RecordingTransport()
+    writeBox(transport, pairs)
+    assert [kind for kind, _ in transport.calls] == ["writeSequence"]
+    pieces = transport.calls[0][1]
+    assert joined(pieces) == joined(boxPieces(pairs))
+    assert sum(isinstance(p, memoryview) and p.obj is value for p in pieces) == 4
+    boxes = readBoxes([joined(pieces)])
+    assert len(boxes) == 1 and bigValue(boxes[0], b"payload") == value
+
+
+def test_writeBoxWithoutWriteSequenceJoins() -> None:
+    value = payload(200_000)
+    transport = WriteOnlyTransport()
+    writeBox(transport, [(b"payload", value)])
+    assert len(transport.written) == 1
+    [box] = amp.parseString(transport.written[0])
+    assert bigValue(box, b"payload") == value
