@@ -147,11 +147,7 @@ class _ParentAMP(amp.AMP):
     def _boxReceived(self, box: dict[bytes, Any]) -> None:
         command = box.get(b"_command")
         if command == b"TaskResults":
-            received = self.child.resultReceived
-            for taskID, status, payload, seconds in loads(
-                bigValue(box, b"batch") or b""
-            ):
-                received(taskID, status, payload, seconds)
+            self.child.resultsReceived(loads(bigValue(box, b"batch") or b""))
         elif command == b"TaskResult":
             self.child.resultReceived(
                 int(bytes(box[b"taskID"])),
@@ -318,19 +314,39 @@ class _Child(ProcessProtocol):
     def resultReceived(
         self, taskID: int, status: str, payload: bytes | memoryview, seconds: float
     ) -> None:
-        self.done += 1
-        sent = self.inFlight.pop(taskID, None)
-        if sent is not None and (sent.task is not None or sent.raw):
-            self.worker.ran(seconds)
-        self._markRunning()
-        if sent is not None and sent.open:
+        """One result from the child."""
+        self.resultsReceived([(taskID, status, payload, seconds)])
+
+    def resultsReceived(
+        self, batch: list[tuple[int, str, bytes | memoryview, float]]
+    ) -> None:
+        """Results from the child, in the order its tasks ran."""
+        inFlight, worker = self.inFlight, self.worker
+        self.done += len(batch)
+        for taskID, status, payload, seconds in batch:
+            sent = inFlight.pop(taskID, None)
+            if sent is None:
+                continue
+            task = sent.task
+            if task is not None or sent.raw:
+                worker.ran(seconds)
             if sent.deferred is None:
+                if sent.settled or task is None:
+                    continue
                 sent.settled = True
-                reportResult(sent.task, sent.attempt, status, payload, self)
+                if not sent.started:
+                    # It ran and ended between two reads: it began this long ago.
+                    sent.started = True
+                    task.markStarted(ago=seconds)
+                reportResult(task, sent.attempt, status, payload, self)
+            elif sent.deferred.called:
+                continue
             elif sent.raw:
                 sent.deferred.callback((status, payload, seconds, self))
             else:
                 deliverResult(sent.deferred, status, payload, self)
+        # The oldest call still unanswered is the one the child runs now.
+        self._markRunning()
         self._checkIdle()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
