@@ -683,11 +683,12 @@ class TaskQueue:
         recorded: bool = True,
     ) -> Task:
         """A new task; an unrecorded one (an update) has no ID, record or canceller."""
+        qualname = getattr(f, "__qualname__", None) or type(f).__qualname__
         record = TaskRecord(
             next(self._seq) if recorded else -1,
             nameFor(f, options),
-            getattr(f, "__qualname__", None) or type(f).__qualname__,
-            options.effectivePriority,
+            qualname,
+            options._priority,  # type: ignore[attr-defined]
             options.series,
             options.lane,
             self._clock.seconds(),

@@ -86,10 +86,15 @@ class TaskOptions:
             raise ValueError(f"timeout must be a positive number, not {self.timeout}")
         if self.retries < 0:
             raise ValueError(f"retries must be 0 or more, not {self.retries}")
+        # Worked out once: the queue reads it for every task.
+        object.__setattr__(self, "_priority", self._effectivePriority())
 
     @property
     def effectivePriority(self) -> float:
         """The number the queue orders by: lower runs sooner."""
+        return self._priority  # type: ignore[attr-defined]
+
+    def _effectivePriority(self) -> float:
         if self.doNext:
             return -math.inf
         if self.doLast:

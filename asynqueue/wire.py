@@ -564,7 +564,8 @@ def reportResult(
 ) -> None:
     """Report a result that came over the wire to its task (run C{attempt})."""
     outcome = decodeResult(status, payload, peer)
-    if isinstance(outcome, Deferred):
+    if status == "i":
+        # A Deferred of the Deferator (never a plain result: those unpickle).
         outcome.addBoth(task.finished, attempt)
     else:
         task.finished(outcome, attempt)
