@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 
 from asynqueue.errors import UnpicklableError
 from asynqueue.iteration import isIterator
+from asynqueue.ring import ResultRing
 from asynqueue.wire import (
     RESULT_DELAY,
     RESULT_WINDOW,
@@ -297,8 +298,10 @@ class LocalRunner:
         reactor: IReactorTime,
         send: Callable[..., object],
         started: mmap.mmap | None = None,
+        ring: ResultRing | None = None,
     ) -> None:
         self._started = started
+        self._ring = ring
         self._reactor = reactor
         self._send = send
         self._backlog: deque[tuple[int, bytes]] = deque()
@@ -464,8 +467,13 @@ class LocalRunner:
             self._reply(taskID, "i", dumps(iteratorID), began)
             return
         if type(result) is bytes and len(result) > _BATCH_BYTES:
-            # Large bytes travel as they are: no pickle, no copy.
-            self._reply(taskID, "b", result, began)
+            # Large bytes go through the memory shared with the parent, or
+            # else through the pipe as they are: no pickle, no copy.
+            reference = self._ring.put(result) if self._ring is not None else None
+            if reference is not None:
+                self._reply(taskID, "m", reference, began)
+            else:
+                self._reply(taskID, "b", result, began)
             return
         try:
             payload = dumps(result)
@@ -726,10 +734,13 @@ def _dieWithParent() -> None:
         pass
 
 
-def childMain(readFD: int = 3, writeFD: int = 4, startedFD: int = 5) -> None:
+def childMain(
+    readFD: int = 3, writeFD: int = 4, startedFD: int = 5, ringFD: int = 6
+) -> None:
     """
-    Be a child worker node: AMP in on C{readFD}, out on C{writeFD}, and the
-    ID of each call noted in the shared memory of C{startedFD} as it starts.
+    Be a child worker node: AMP in on C{readFD}, out on C{writeFD}, the ID
+    of each call noted in the shared memory of C{startedFD} as it starts,
+    and large results put in the L{ResultRing} of C{ringFD}.
     """
     import signal
 
@@ -743,8 +754,12 @@ def childMain(readFD: int = 3, writeFD: int = 4, startedFD: int = 5) -> None:
             reactor.stop()
 
     started = mmap.mmap(startedFD, _STARTED.size)
+    try:
+        ring: ResultRing | None = ResultRing.attach(ringFD)
+    except (OSError, ValueError):
+        ring = None
     protocol = NodeProtocol(
-        lambda send: LocalRunner(reactor, send, started), onStop=stop
+        lambda send: LocalRunner(reactor, send, started, ring), onStop=stop
     )
     protocol.makeConnection(_BlockingPipeTransport(writeFD))
     reader = PipeReader(readFD, protocol, reactor)

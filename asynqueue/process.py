@@ -42,6 +42,7 @@ from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError, UnpicklableError, WorkerCrashed, WorkerError
 from asynqueue.interfaces import IReportingWorker
 from asynqueue.node import PipeReader, PipeWriter, _initialize, context
+from asynqueue.ring import ResultRing
 from asynqueue.settings import settingsForQueue
 from asynqueue.tasks import Task
 from asynqueue.wire import (
@@ -213,6 +214,7 @@ class _Child(ProcessProtocol):
         fromChildRead, fromChildWrite = _pipe()
         startedFD = _sharedMemory(_STARTED.size)
         self.startedMap = mmap.mmap(startedFD, _STARTED.size)
+        self.ring = ResultRing.create()
         try:
             transport = reactor.spawnProcess(
                 self,
@@ -226,12 +228,14 @@ class _Child(ProcessProtocol):
                     3: toChildRead,
                     4: fromChildWrite,
                     5: startedFD,
+                    6: self.ring.fd,
                 },
             )
         finally:
             os.close(toChildRead)
             os.close(fromChildWrite)
             os.close(startedFD)
+            self.ring.closeDescriptor()
         self.pid = transport.pid
         transport.closeStdin()
         writer = PipeWriter(toChildWrite, reactor)
@@ -325,6 +329,12 @@ class _Child(ProcessProtocol):
         self.done += len(batch)
         for taskID, status, payload, seconds in batch:
             sent = inFlight.pop(taskID, None)
+            if status == "m":
+                # A large result, waiting in the memory we share.
+                if sent is None or not sent.open:
+                    self.ring.release(payload)
+                    continue
+                status, payload = "b", self.ring.take(payload)
             if sent is None:
                 continue
             task = sent.task
@@ -376,6 +386,7 @@ class _Child(ProcessProtocol):
             self.exitReason = reason
         if not self._waitingFor:
             self.dead = True
+            self.ring.close()
             self.worker.childEnded(self, self.exitReason)
             self.ended.callback(None)
 

@@ -297,9 +297,12 @@ class TaskResult(amp.Command):
     """
     One task's outcome, sent by the node as soon as the task ends.
 
-    C{status} is C{"r"} (payload: the pickled result), C{"e"} (payload: an
-    encoded error, see L{encodeError}) or C{"i"} (payload: the pickled ID
-    of an iterator kept on the node). C{seconds} is how long the call ran.
+    C{status} is C{"r"} (payload: the pickled result), C{"b"} (payload: a
+    large C{bytes} result as it is), C{"m"} (payload: where a large C{bytes}
+    result waits in the L{asynqueue.ring.ResultRing} a child shares with its
+    parent; never sent further), C{"e"} (payload: an encoded error, see
+    L{encodeError}) or C{"i"} (payload: the pickled ID of an iterator kept
+    on the node). C{seconds} is how long the call ran.
     A node sends results in the order the tasks ran, and runs at most
     L{RESULT_WINDOW} tasks between two sends (see L{TaskResults}).
     """

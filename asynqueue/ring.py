@@ -1,0 +1,123 @@
+"""
+L{ResultRing}: memory a worker process shares with its parent, through
+which large results travel instead of through the pipe.
+
+A pipe copies every byte twice (into the kernel and out again), and the
+parent must then join the pieces it read into the result. Through the ring,
+the child copies a result once, into memory that stays mapped (so after the
+first lap it costs no fresh pages), and the parent copies it once, into the
+result it hands on. The message on the pipe only says where the bytes are.
+
+The child writes each result at its head; the parent, which takes results
+in the order they were sent, notes how far it has read in the ring's
+header, and the child never writes over what the parent has not taken. A
+result that does not fit (the parent is behind, or the result is larger than
+half the ring) simply goes through the pipe: nobody ever waits for the ring.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+__all__ = ["ResultRing", "RING_SIZE", "RING_MINIMUM"]
+
+#: The ring's size: virtual memory, backed only as far as it is used.
+RING_SIZE = 32 << 20
+
+#: Results smaller than this (bytes) are not worth the ring.
+RING_MINIMUM = 1 << 16
+
+_HEADER = 64
+_TAKEN = struct.Struct("<Q")
+_REFERENCE = struct.Struct("<QQ")
+
+
+class ResultRing:
+    """
+    A ring of shared memory for large results, between a child and its parent.
+
+    Make one with L{create} in the parent and hand its C{fd} to the child,
+    which calls L{attach}. The child calls L{put}; the parent calls L{take}
+    with what L{put} returned, in the same order.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self._memory = mmap.mmap(fd, _HEADER + size)
+        self._view = memoryview(self._memory)
+        #: How far the child has written (a count of bytes, never wrapping).
+        self._head = 0
+
+    @classmethod
+    def create(cls, size: int = RING_SIZE) -> ResultRing:
+        """A new ring, in memory a child can map through C{fd}."""
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("asynqueue-results")
+        else:  # pragma: no cover - not Linux
+            import tempfile
+
+            with tempfile.TemporaryFile() as f:
+                fd = os.dup(f.fileno())
+        os.ftruncate(fd, _HEADER + size)
+        return cls(fd, size)
+
+    @classmethod
+    def attach(cls, fd: int) -> ResultRing:
+        """The ring whose memory is C{fd}, as the child sees it."""
+        return cls(fd, os.fstat(fd).st_size - _HEADER)
+
+    def _taken(self) -> int:
+        return int(_TAKEN.unpack_from(self._memory, 0)[0])
+
+    def put(self, data: bytes) -> bytes | None:
+        """
+        Copy C{data} into the ring, in the child; return the reference to
+        send the parent, or C{None} if it does not fit now (send it
+        another way then).
+        """
+        size = len(data)
+        if size > self.size // 2:
+            return None
+        start = self._head
+        offset = start % self.size
+        if offset + size > self.size:
+            # It does not fit before the end: it goes at the start, and the
+            # end is left unused this lap.
+            start += self.size - offset
+            offset = 0
+        end = start + size
+        if end - self._taken() > self.size:
+            return None
+        self._view[_HEADER + offset : _HEADER + offset + size] = data
+        self._head = end
+        return _REFERENCE.pack(start, end)
+
+    def take(self, reference: bytes | memoryview) -> bytes:
+        """
+        The bytes a reference from L{put} stands for, in the parent; the
+        child may write over them from now on.
+        """
+        start, end = _REFERENCE.unpack(reference)
+        offset = _HEADER + start % self.size
+        data = bytes(self._view[offset : offset + end - start])
+        _TAKEN.pack_into(self._memory, 0, end)
+        return data
+
+    def release(self, reference: bytes | memoryview) -> None:
+        """Let the child write over a result the parent will not take."""
+        _TAKEN.pack_into(self._memory, 0, _REFERENCE.unpack(reference)[1])
+
+    def closeDescriptor(self) -> None:
+        """Close the descriptor (once the child has it); the memory stays mapped."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def close(self) -> None:
+        """Let go of the memory and the descriptor."""
+        self.closeDescriptor()
+        self._view.release()
+        self._memory.close()
