@@ -723,6 +723,7 @@ class TaskQueue:
         task.record.started = None
         task.workerDeferred = None
         task.slot = None
+        task.handle = None
         if task.series is not None and not self._qualifiedFor(task.series):
             self._finish(
                 task, Failure(NoQualifiedWorker(f"no worker for {task.series!r}"))
@@ -867,6 +868,9 @@ class TaskQueue:
 
     def _ended(self, task: Task, slot: _WorkerSlot, result: object) -> None:
         """A task's run on a worker ended with C{result} (a Failure if it failed)."""
+        # What the worker kept for the run (it may refer back to the task,
+        # and hold the pickled call) goes now, not when the collector comes.
+        task.handle = None
         if task.timeoutCall is not None:
             self._cancelTimeout(task)
         outstanding = slot.outstanding

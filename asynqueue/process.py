@@ -329,6 +329,9 @@ class _Child(ProcessProtocol):
         self.done += len(batch)
         for taskID, status, payload, seconds in batch:
             sent = inFlight.pop(taskID, None)
+            if sent is not None:
+                # Answered: the call will not be sent again.
+                sent.call = b""
             if status == "m":
                 # A large result, waiting in the memory we share.
                 if sent is None or not sent.open:

@@ -316,6 +316,27 @@ async def test_callsRunInTheChild(
 
 
 @pytest_twisted.ensureDeferred
+async def test_finishedTaskHoldsNothingOfItsCall(
+    makeProcessQueue: Callable[..., ProcessQueue],
+) -> None:
+    # Without the cyclic collector: what a finished task held (its
+    # arguments, the pickled call, the worker's note of it) is let go at
+    # once, so map() over many items stays in bounded memory.
+    q = makeProcessQueue(1)
+    gc.disable()
+    try:
+        d = q.call(len, b"x" * 100_000)
+        assert await within(d) == 100_000
+        task = d.task  # type: ignore[attr-defined]
+        assert task.args == () and task.kwargs == {} and task.pickled is None
+        assert task.handle is None
+        worker = q.workers()[0]
+        assert all(s.call for s in worker._child.inFlight.values())  # type: ignore[attr-defined]
+    finally:
+        gc.enable()
+
+
+@pytest_twisted.ensureDeferred
 async def test_moduleFunctionsWorkWhenPYTHONPATHIsSet(
     makeProcessQueue: Callable[..., ProcessQueue],
     monkeypatch: pytest.MonkeyPatch,
