@@ -838,13 +838,23 @@ class TaskQueue:
             wd.cancel()
             return
         slot = task.slot
-        if slot is None:
+        if slot is None or not slot.reporting:
+            # Not started yet, or still inside a plain worker's run(): there
+            # is nothing to cancel yet.
             return
         attempt = task.runs
-        slot.worker.abandon(task)
-        # Whether or not the worker reported it: it ends as a cancelled
-        # Deferred would.
-        self._taskDone(task, Failure(CancelledError()), attempt)
+        try:
+            slot.worker.abandon(task)
+        except Exception:
+            self.log.failure(
+                "Worker {worker} failed to abandon {task}",
+                worker=slot.worker.name,
+                task=task.record.name,
+            )
+        finally:
+            # Whether or not the worker reported it: it ends as a cancelled
+            # Deferred would.
+            self._taskDone(task, Failure(CancelledError()), attempt)
 
     def _ran(
         self, result: object, task: Task, slot: _WorkerSlot, d: Deferred[Any]

@@ -77,8 +77,11 @@ class IReportingWorker(IWorker):
     A worker that reports each outcome straight to its task, with no
     Deferred per task: the queue's fast path, used by the workers here.
 
-    The queue calls L{start} instead of C{run}; C{run} still works for
-    callers outside a queue.
+    The queue calls L{start} instead of C{run} (so a subclass that
+    overrides only C{run} changes nothing in a queue); C{run} still works
+    for callers outside a queue. C{crash()} reports the tasks that were
+    running (with L{asynqueue.errors.WorkerCrashed}) and returns those not
+    begun, which it must never report afterwards.
     """
 
     def start(task):  # type: ignore[no-untyped-def]
@@ -96,7 +99,9 @@ class IReportingWorker(IWorker):
         Give up a task taken with L{start} (it was cancelled or timed out),
         as far as the worker can: withdraw it if it has not begun, or stop
         it (an abandoned thread, a killed process). The queue ends the task
-        itself; a later report of this run is ignored.
+        itself; a later report of this run is ignored. It may come while
+        L{start} is still on the stack (an observer of the task's start
+        that cancels it): then the call must not be made.
         """
 
 

@@ -4,7 +4,8 @@ The worker node: runs the tasks that arrive over the wire.
 One node implementation serves two transports. In a child process of a
 L{asynqueue.process.ProcessQueue} the node talks AMP over two pipes
 (descriptors 3 and 4, so that a task's C{print} never corrupts the
-protocol; descriptor 5 is the memory where it notes each task it starts)
+protocol; descriptor 5 is the memory where it notes each task it starts,
+and descriptor 6 the L{asynqueue.ring.ResultRing} large results go through)
 and runs each task itself, one at a time: L{childMain}, which a
 C{ProcessWorker} spawns. On the network, L{NodeService} runs the same
 protocol over mutual TLS and hands the tasks, still pickled, to its own
@@ -39,7 +40,7 @@ from twisted.python.failure import Failure
 
 from asynqueue.errors import UnpicklableError
 from asynqueue.iteration import isIterator
-from asynqueue.ring import ResultRing
+from asynqueue.ring import RING_MINIMUM, ResultRing
 from asynqueue.wire import (
     RESULT_DELAY,
     RESULT_WINDOW,
@@ -469,7 +470,12 @@ class LocalRunner:
         if type(result) is bytes and len(result) > _BATCH_BYTES:
             # Large bytes go through the memory shared with the parent, or
             # else through the pipe as they are: no pickle, no copy.
-            reference = self._ring.put(result) if self._ring is not None else None
+            ring = self._ring
+            reference = (
+                ring.put(result)
+                if ring is not None and len(result) >= RING_MINIMUM
+                else None
+            )
             if reference is not None:
                 self._reply(taskID, "m", reference, began)
             else:

@@ -153,7 +153,8 @@ class _ParentAMP(amp.AMP):
             self.child.resultReceived(
                 int(bytes(box[b"taskID"])),
                 bytes(box[b"status"]).decode(),
-                bigValue(box, b"payload") or b"",
+                # Its own bytes: a raw result may be kept past this read.
+                bytes(bigValue(box, b"payload") or b""),
                 float(bytes(box[b"seconds"])),
             )
         else:
@@ -214,7 +215,14 @@ class _Child(ProcessProtocol):
         fromChildRead, fromChildWrite = _pipe()
         startedFD = _sharedMemory(_STARTED.size)
         self.startedMap = mmap.mmap(startedFD, _STARTED.size)
-        self.ring = ResultRing.create()
+        parentEnds = (toChildWrite, fromChildRead)
+        try:
+            self.ring = ResultRing.create()
+        except BaseException:
+            for fd in (*parentEnds, toChildRead, fromChildWrite, startedFD):
+                os.close(fd)
+            self.startedMap.close()
+            raise
         try:
             transport = reactor.spawnProcess(
                 self,
@@ -231,6 +239,12 @@ class _Child(ProcessProtocol):
                     6: self.ring.fd,
                 },
             )
+        except BaseException:
+            for fd in parentEnds:
+                os.close(fd)
+            self.ring.close()
+            self.startedMap.close()
+            raise
         finally:
             os.close(toChildRead)
             os.close(fromChildWrite)
@@ -274,8 +288,9 @@ class _Child(ProcessProtocol):
         for sent in self.inFlight.values():
             if not sent.started:
                 sent.started = True
-                if sent.task is not None:
-                    sent.task.markStarted()
+                task = sent.task
+                if task is not None and sent.attempt == task.runs:
+                    task.markStarted()
             return
 
     def lastStarted(self) -> int:
@@ -347,7 +362,7 @@ class _Child(ProcessProtocol):
                 if sent.settled or task is None:
                     continue
                 sent.settled = True
-                if not sent.started:
+                if not sent.started and sent.attempt == task.runs:
                     # It ran and ended between two reads: it began this long ago.
                     sent.started = True
                     task.markStarted(ago=seconds)
@@ -526,6 +541,7 @@ class ProcessWorker:
         self._stopped = False
         self._retiring: set[_Child] = set()
         self._recentCrashes = 0
+        self._neverRan: list[_Sent] = []
         self.replaced = 0
         self.outstanding = 0
         self._child = self._spawn()
@@ -645,6 +661,12 @@ class ProcessWorker:
         """Kill my child now; return the tasks it had not started."""
         self._stopped = True
         unstarted: list[Task] = []
+        # Calls a dead child never started, kept for this moment.
+        orphans, self._neverRan = self._neverRan, []
+        for sent in orphans:
+            if sent.task is not None and sent.open:
+                sent.settled = True
+                unstarted.append(sent.task)
         for child in (self._child, *self._retiring):
             child.kill()
             # The child may start one more call before the signal lands.
@@ -746,10 +768,13 @@ class ProcessWorker:
                     why=why,
                 )
                 self._stopped = True
-                fail(maybeRan, crashed)
-                fail(neverRan, WorkerCrashed(f"{self.name} keeps crashing"))
+                # Resign first: the queue takes back the calls that never
+                # ran (see crash) and retries the others on other workers.
+                self._neverRan = [s for s in neverRan if s.task is not None]
                 if self._resignator is not None:
                     self._resignator(self)
+                fail(maybeRan, crashed)
+                fail(neverRan, WorkerCrashed(f"{self.name} keeps crashing"))
                 return
             self.log.warn(
                 "{name}'s process {pid} died ({why}); starting another",

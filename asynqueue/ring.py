@@ -61,8 +61,12 @@ class ResultRing:
 
             with tempfile.TemporaryFile() as f:
                 fd = os.dup(f.fileno())
-        os.ftruncate(fd, _HEADER + size)
-        return cls(fd, size)
+        try:
+            os.ftruncate(fd, _HEADER + size)
+            return cls(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
 
     @classmethod
     def attach(cls, fd: int) -> ResultRing:
@@ -103,6 +107,7 @@ class ResultRing:
         start, end = _REFERENCE.unpack(reference)
         offset = _HEADER + start % self.size
         data = bytes(self._view[offset : offset + end - start])
+        # Only once the copy is made may the child write there again.
         _TAKEN.pack_into(self._memory, 0, end)
         return data
 

@@ -277,19 +277,18 @@ class ThreadWorker(WorkerBase):
                     continue
                 job.state = _RUNNING
                 job.thread = me
-            task = job.task
+                task = job.task
+                if task is not None:
+                    # Read now: once a cancel can see it running, the queue
+                    # may end the task and let go of its arguments.
+                    f, args, kwargs = task.f, task.args, task.kwargs
             if task is not None and task.options.timeout is not None:
                 # Its timer must start now; other starts ride along with "done".
                 self._post("started", job, 0.0)
             began = perf_counter()
             try:
                 if task is not None:
-                    news: tuple[Any, ...] = (
-                        "done",
-                        job,
-                        True,
-                        task.f(*task.args, **task.kwargs),
-                    )
+                    news: tuple[Any, ...] = ("done", job, True, f(*args, **kwargs))
                 else:
                     news = ("done", job, True, job.call())
             except BaseException:

@@ -102,6 +102,7 @@ class BoxReader:
         "_box",
         "_tail",
         "_size",
+        "_fresh",
         "stopped",
     )
 
@@ -117,6 +118,7 @@ class BoxReader:
         self._box: dict[bytes, Value] = {}
         self._tail = b""
         self._size = 0
+        self._fresh: list[bytes] = []
         #: True once a malformed box was seen, or L{stop} was called.
         self.stopped = False
 
@@ -141,10 +143,13 @@ class BoxReader:
         end = self._parse(data, start)
         if end >= 0:
             self._tail = bytes(data[end:])
-            box = self._box
-            for key, value in box.items():
+            # The unfinished box keeps copies of what this read gave it.
+            box, fresh = self._box, self._fresh
+            for key in fresh:
+                value = box[key]
                 if type(value) is memoryview:
                     box[key] = bytes(value)
+            fresh.clear()
 
     def _parse(self, data: Value, pos: int) -> int:
         """Take pairs from C{pos} on; return where the unfinished rest begins."""
@@ -156,6 +161,7 @@ class BoxReader:
             if keyLength == 0:
                 pos += 2
                 self._box, self._size = {}, 0
+                self._fresh.clear()
                 self._boxReceived(box)
                 if self.stopped:
                     return -1
@@ -170,7 +176,9 @@ class BoxReader:
             end = valueAt + 2 + (data[valueAt] << 8 | data[valueAt + 1])
             if end > n:
                 break
-            box[bytes(view[pos + 2 : valueAt])] = view[valueAt + 2 : end]
+            key = bytes(view[pos + 2 : valueAt])
+            box[key] = view[valueAt + 2 : end]
+            self._fresh.append(key)
             self._size += end - pos
             pos = end
             if self._maxBoxBytes is not None and self._size > self._maxBoxBytes:
@@ -185,7 +193,7 @@ class BoxReader:
     def stop(self) -> None:
         """Read nothing more (the connection is being dropped)."""
         self.stopped = True
-        self._box, self._tail = {}, b""
+        self._box, self._tail, self._fresh = {}, b"", []
 
 
 def bigValue(box: dict[bytes, Value], name: bytes) -> Value | None:

@@ -95,8 +95,13 @@ def runReporting(worker: Any, task: Task) -> Deferred[Any]:
     C{IWorker.run} for an L{IReportingWorker}: start the task and return a
     Deferred of what the worker reports. Cancelling it abandons the task.
     """
-    # A run of its own: the same task may be run again meanwhile.
+    # A run of its own: the same task may be run again meanwhile. It tells
+    # the task when it starts (so a queue's timer, if any, is the task's),
+    # and holds none of the queue's run state.
     run = copy.copy(task)
+    run.slot = run.timeoutCall = run.handle = None
+    if task.onStart is not None:
+        run.onStart = lambda _, ago: task.markStarted(ago)
     d: Deferred[Any] = Deferred(lambda _: worker.abandon(run))
 
     def report(_: Task, outcome: object, attempt: int) -> None:
@@ -177,6 +182,8 @@ class AsyncWorker(WorkerBase):
         self._running: dict[Task, tuple[Deferred[Any], int]] = {}
         self._stopped = False
         self._stopWaiters: list[Deferred[None]] = []
+        self._starting: Task | None = None
+        self._startAbandoned = False
 
     def run(self, task: Task) -> Deferred[Any]:
         """Call the task's function now and return a Deferred of its result."""
@@ -188,9 +195,18 @@ class AsyncWorker(WorkerBase):
         if self._stopped:
             task.finished(Failure(QueueRunError(f"{self.name} is stopped")), attempt)
             return
-        task.markStarted()
+        f, args, kwargs = task.f, task.args, task.kwargs
+        # Marking it started may end it (an observer that cancels it): then
+        # it is not called at all.
+        self._starting, self._startAbandoned = task, False
         try:
-            result = task.f(*task.args, **task.kwargs)
+            task.markStarted()
+        finally:
+            self._starting = None
+        if self._startAbandoned:
+            return
+        try:
+            result = f(*args, **kwargs)
         except BaseException:
             task.finished(Failure(), attempt)
             return
@@ -216,6 +232,8 @@ class AsyncWorker(WorkerBase):
 
     def abandon(self, task: Task) -> None:
         """Cancel the Deferred or coroutine the task waits on."""
+        if task is self._starting:
+            self._startAbandoned = True
         running = self._running.get(task)
         if running is not None:
             running[0].cancel()

@@ -730,6 +730,23 @@ async def test_retryAfterCrashOnFirstAttempt(
 
 
 @pytest_twisted.ensureDeferred
+async def test_retryOfAResigningWorkersTaskGoesElsewhere(
+    makeProcessQueue: Callable[..., ProcessQueue], tmp_path: Path
+) -> None:
+    q = makeProcessQueue(2, capacity=1)
+    first, second = q.workers()
+    await within(q.call(os.getpid))
+    # As if its last five processes had died: one more death and it resigns.
+    first._recentCrashes = 5  # type: ignore[attr-defined]
+    d = q.call(crashOnce, str(tmp_path / "marker"), retries=1)
+    assert d.task.record.worker == first.name  # type: ignore[attr-defined]
+    assert await within(d) == "second attempt"
+    record = d.task.record  # type: ignore[attr-defined]
+    assert record.worker == second.name and record.attempts == 2
+    assert q.workers() == [second]
+
+
+@pytest_twisted.ensureDeferred
 async def test_repeatedSigkillsUnderLoad(
     makeProcessQueue: Callable[..., ProcessQueue], tmp_path: Path
 ) -> None:
@@ -907,3 +924,38 @@ async def test_parentExitsCleanlyOnSignal(signame: str) -> None:
     assert lines[1] == "after gone gone running False", err.decode()
     for pid in children:
         assertNoProcess(pid)
+
+
+def test_newsOfAnEarlierRunDoesNotStartTheNextOne() -> None:
+    # A dead child's late results must not date (or start the timer of) the
+    # run of the same task that another worker has since been given.
+    from asynqueue.process import _Child, _Sent
+    from asynqueue.tasks import Task, TaskOptions, TaskRecord
+    from asynqueue.wire import dumps
+
+    class Worker:
+        name = "w"
+
+        def ran(self, seconds: float) -> None:
+            pass
+
+    starts: list[float] = []
+    reports: list[tuple[Any, int]] = []
+    record = TaskRecord(1, "t", "t", 0, None, None, 0)
+    task = Task(int, (), {}, TaskOptions(), record, Deferred())
+    task.onStart = lambda t, ago: starts.append(ago)
+    task.onDone = lambda t, outcome, attempt: reports.append((outcome, attempt))
+    task.runs = 2  # its second run is on another worker now
+    child = _Child(Worker())  # type: ignore[arg-type]
+    old = _Sent(7, b"", task, None, attempt=1)
+    waiting = _Sent(8, b"", task, None, attempt=1)
+    child.inFlight[7] = old
+    child.inFlight[8] = waiting
+    child.resultsReceived([(7, "r", dumps(5), 0.25)])
+    assert starts == [] and reports == [(5, 1)]
+    assert waiting.started  # noted, but the task was not told
+    # The current run's news does date it.
+    current = _Sent(9, b"", task, None, attempt=2)
+    child.inFlight[9] = current
+    child.resultsReceived([(9, "r", dumps(6), 0.5)])
+    assert starts == [0.5] and reports[-1] == (6, 2)

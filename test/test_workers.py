@@ -638,3 +638,123 @@ async def test_threadWorkerRunReportsThroughRunReporting() -> None:
             await w.run(handMadeTask(divmod, 1, 0))
     finally:
         await w.stop()
+
+
+# -- what a review of the reporting path found ----------------------------------
+
+
+def test_asyncWorkerCallsNothingCancelledAsItStarts(makeQueue: Any) -> None:
+    # An observer of "started" that cancels the task: the call is not made
+    # (the queue has let go of its arguments by then).
+    q = makeQueue(AsyncWorker())
+    calls: list[tuple[Any, Any]] = []
+
+    def f(x: Any = "missing", y: Any = "missing") -> Any:
+        calls.append((x, y))
+        return x
+
+    gate: Deferred[None] = Deferred()
+    q.call(lambda: gate)
+    d = q.call(f, 42, y=7)
+    record = d.task.record  # type: ignore[attr-defined]
+
+    def observer(event: str, seen: Any) -> None:
+        if event == "started" and seen is record:
+            d.cancel()
+
+    q.observe(observer)
+    gate.callback(None)
+    assert failureOf(d).check(CancelledError)
+    assert calls == []
+    assert q.stats()["running"] == 0
+    # The worker takes the next task as usual.
+    assert result(q.call(f, 1, y=2)) == 1 and calls == [(1, 2)]
+
+
+@implementer(IWorker)
+class Delegating(WorkerBase):
+    """A plain IWorker that hands its calls to a reporting worker's run()."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__("delegating", (), 1)
+        self.inner = inner
+
+    def run(self, task: Task) -> Deferred[Any]:
+        return self.inner.run(task)  # type: ignore[no-any-return]
+
+    def stop(self) -> Deferred[None]:
+        return self.inner.stop()  # type: ignore[no-any-return]
+
+    def crash(self) -> list[Task]:
+        return self.inner.crash()  # type: ignore[no-any-return]
+
+
+def test_delegatedRunKeepsTheQueuesTimeout(makeQueue: Any, clock: Clock) -> None:
+    inner = ReportingWorker()
+    q = makeQueue(Delegating(inner))
+    d = q.call(lambda: None, timeout=5)
+    [(run, attempt)] = inner.accepted
+    task = d.task  # type: ignore[attr-defined]
+    assert run is not task and run.slot is None and run.timeoutCall is None
+    run.markStarted()
+    # The start reached the queue's own task, whose timer runs.
+    assert task.record.started is not None and task.timeoutCall is not None
+    clock.advance(5)
+    assert failureOf(d).check(TimeoutError)
+    assert inner.abandoned == [run]
+    assert clock.getDelayedCalls() == []
+
+
+def test_abandonThatRaisesStillEndsTheTask(
+    makeQueue: Any, clock: Clock, loggedErrors: Any
+) -> None:
+    class Flaky(AsyncWorker):
+        def abandon(self, task: Task) -> None:
+            raise RuntimeError("cannot start a new thread")
+
+    q = makeQueue(Flaky())
+    never: Deferred[None] = Deferred()
+    d = q.call(lambda: never, timeout=1)
+    clock.advance(1)
+    assert failureOf(d).check(TimeoutError)
+    assert q.stats()["running"] == 0
+    assert any("failed to abandon" in str(e.get("log_format")) for e in loggedErrors)
+    # What the worker could not stop ends by itself; its news is ignored.
+    never.callback(None)
+    [record] = q.records()
+    assert record.state == "timedOut" and record.outcome == "TimeoutError"
+
+
+def test_cancelInsidePlainRunIsLeftToItsDeferred(makeQueue: Any) -> None:
+    # A plain worker marks the task started inside run(), as IWorker asks; a
+    # cancel from an observer of that start has no worker Deferred to
+    # cancel yet, and must not ask a plain worker to abandon (it cannot).
+    @implementer(IWorker)
+    class Eager(WorkerBase):
+        def __init__(self) -> None:
+            super().__init__("eager", (), 1)
+
+        def run(self, task: Task) -> Deferred[Any]:
+            task.markStarted()
+            return succeed(task.f(*task.args, **task.kwargs))
+
+        def stop(self) -> Deferred[None]:
+            return succeed(None)
+
+        def crash(self) -> list[Task]:
+            return []
+
+    q = makeQueue(Eager())
+    calls: list[Any] = []
+
+    def observer(event: str, record: Any) -> None:
+        if event == "started":
+            calls.append(record.id)
+            # The caller's Deferred, before call() has even returned it.
+            [task] = [t for t in q._running if t.record is record]
+            task.deferred.cancel()
+
+    q.observe(observer)
+    d = q.call(lambda: 1)
+    assert failureOf(d).check(CancelledError)
+    assert len(calls) == 1 and q.stats()["running"] == 0
