@@ -13,6 +13,14 @@ in the order they were sent, notes how far it has read in the ring's
 header, and the child never writes over what the parent has not taken. A
 result that does not fit (the parent is behind, or the result is larger than
 half the ring) simply goes through the pipe: nobody ever waits for the ring.
+
+The parent publishes how far it has read with a plain store after its copy,
+and the child reads it with a plain load: no memory fence, which Python does
+not offer. That is sound where stores are not made visible before earlier
+loads (x86-64, where this was measured); on weakly ordered CPUs it relies on
+the child's next write into a freed region coming long after the parent's
+copy of it ended, as it does in practice (a pipe message and a whole task
+lie between them).
 """
 
 from __future__ import annotations
