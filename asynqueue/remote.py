@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -29,22 +29,22 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from asynqueue.errors import NodeLost, QueueRunError, UnpicklableError
-from asynqueue.interfaces import IWorker
+from asynqueue.interfaces import IReportingWorker
 from asynqueue.tasks import Task
 from asynqueue.wire import (
     PROTOCOL,
-    CancelTask,
+    BoxReader,
     NodeInfo,
-    RunTasks,
     Stop,
-    TaskResult,
-    TaskResults,
     WireWorkerUniverse,
-    deliverResult,
+    bigValue,
     dumpCall,
     dumps,
     loadsPlain,
+    reportResult,
+    writeBox,
 )
+from asynqueue.workers import runReporting
 
 __all__ = ["RemoteWorker", "WireWorker", "clientEndpoint"]
 
@@ -97,12 +97,21 @@ def clientEndpoint(
 
 
 class _NodeConnection(amp.AMP):
-    """One connection to a node: calls out, results back."""
+    """
+    One connection to a node: calls out, results back.
+
+    Results are read straight off the wire (L{BoxReader}), their framing as
+    plain data only; every other box goes through AMP as usual.
+    """
+
+    #: A node sending a box larger than this (bytes) is cut off.
+    maxBoxBytes = 1 << 30
 
     def __init__(self, worker: RemoteWorker) -> None:
         super().__init__()
         self.worker = worker
-        self.inFlight: dict[int, tuple[Task, Deferred[Any]]] = {}
+        self.inFlight: dict[int, tuple[Task, int]] = {}
+        self._reader = BoxReader(self._boxReceived, self._malformed, self.maxBoxBytes)
         self.outgoing: list[tuple[int, bytes]] = []
         self.flushCall: Any = None
         self.openIterators = 0
@@ -133,17 +142,47 @@ class _NodeConnection(amp.AMP):
         )
         self.transport.loseConnection()  # type: ignore[union-attr]
 
-    def send(self, taskID: int, task: Task, d: Deferred[Any], call: bytes) -> None:
-        self.inFlight[taskID] = (task, d)
+    def dataReceived(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def _boxReceived(self, box: dict[bytes, Any]) -> None:
+        command = box.get(b"_command")
+        if command == b"TaskResults" and b"_ask" not in box:
+            # Framing from the node is read as plain data only.
+            for taskID, status, payload, _ in loadsPlain(
+                bigValue(box, b"batch") or b""
+            ):
+                self._received(taskID, status, payload)
+        elif command == b"TaskResult" and b"_ask" not in box:
+            try:
+                taskID = int(bytes(box[b"taskID"]))
+                status = bytes(box[b"status"]).decode()
+            except (KeyError, ValueError):
+                self._malformed("a malformed TaskResult")
+                return
+            self._received(taskID, status, bytes(bigValue(box, b"payload") or b""))
+        else:
+            self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
+
+    def _malformed(self, why: str) -> None:
+        self._reader.stop()
+        self.worker.log.warn("Node {node} sent {why}", node=self.where, why=why)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def send(self, taskID: int, task: Task, attempt: int, call: bytes) -> None:
+        self.inFlight[taskID] = (task, attempt)
         self.outgoing.append((taskID, call))
         if self.flushCall is None:
             self.flushCall = self.worker.reactor.callLater(0, self.flush)
 
     def flush(self) -> None:
         self.flushCall = None
-        if self.outgoing and not self.dead:
+        if self.outgoing and not self.dead and self.transport is not None:
             batch, self.outgoing = self.outgoing, []
-            self.callRemote(RunTasks, batch=dumps(batch))
+            writeBox(
+                self.transport, [(b"_command", b"RunTasks"), (b"batch", dumps(batch))]
+            )
             # The node starts what it is sent at once (up to the capacity it
             # gave), so a task's timeout runs from here.
             for taskID, _ in batch:
@@ -154,44 +193,34 @@ class _NodeConnection(amp.AMP):
     def cancel(self, taskID: int) -> None:
         if self.inFlight.pop(taskID, None) is not None and not self.dead:
             self.outgoing = [(t, c) for t, c in self.outgoing if t != taskID]
-            self.callRemote(CancelTask, taskID=taskID)
+            if self.transport is not None:
+                writeBox(
+                    self.transport,
+                    [(b"_command", b"CancelTask"), (b"taskID", b"%d" % taskID)],
+                )
 
-    @TaskResult.responder
-    def taskResult(
-        self, taskID: int, status: str, payload: bytes, seconds: float
-    ) -> dict[str, Any]:
-        self._received(taskID, status, payload)
-        return {}
-
-    @TaskResults.responder
-    def taskResults(self, batch: bytes) -> dict[str, Any]:
-        for taskID, status, payload, _ in loadsPlain(batch):
-            self._received(taskID, status, payload)
-        return {}
-
-    def _received(self, taskID: int, status: str, payload: bytes) -> None:
+    def _received(self, taskID: int, status: str, payload: Any) -> None:
         entry = self.inFlight.pop(taskID, None)
-        if entry is not None and not entry[1].called:
-            deliverResult(entry[1], status, payload, self)
+        if entry is not None:
+            reportResult(entry[0], entry[1], status, payload, self)
         self.worker.idleCheck()
 
     def connectionLost(self, reason: Failure = _LOST) -> None:
         super().connectionLost(reason)
         self.dead = True
+        self._reader.stop()
         lost = list(self.inFlight.values())
         self.inFlight.clear()
         self.worker.disconnected(self)
-        for _, d in lost:
-            if not d.called:
-                d.errback(
-                    NodeLost(
-                        f"the connection to node {self.worker.description} was lost "
-                        f"({reason.getErrorMessage()})"
-                    )
-                )
+        for task, attempt in lost:
+            error = NodeLost(
+                f"the connection to node {self.worker.description} was lost "
+                f"({reason.getErrorMessage()})"
+            )
+            task.finished(Failure(error), attempt)
 
 
-@implementer(IWorker)
+@implementer(IReportingWorker)
 class RemoteWorker:
     """
     Runs calls on a remote worker node.
@@ -287,25 +316,42 @@ class RemoteWorker:
             self._capacityObserver()
 
     def run(self, task: Task) -> Deferred[Any]:
-        """Pickle the call now and send it to the node."""
-        if self._stopped:
-            return fail(QueueRunError(f"{self.name} is stopped"))
-        call = task.pickled
-        if call is None:
-            try:
-                call = dumpCall(task.f, task.args, task.kwargs)
-            except UnpicklableError as e:
-                return fail(e)
-        return self._send(task, call)
+        """Pickle the call now and send it to the node; a Deferred of its result."""
+        return runReporting(self, task)
 
-    def _send(self, task: Task, call: bytes) -> Deferred[Any]:
+    def start(self, task: Task) -> None:
+        """Pickle the call now (unless it was) and send it to the node."""
+        attempt = task.runs
+        if self._stopped:
+            stopped = QueueRunError(f"{self.name} is stopped")
+            task.finished(Failure(stopped), attempt)
+            return
+        try:
+            call = self._callFor(task)
+        except (TypeError, UnpicklableError):
+            task.finished(Failure(), attempt)
+            return
         connection = self._connection
         if connection is None:
-            return fail(NodeLost(f"{self.name} is not connected"))
+            lost = NodeLost(f"{self.name} is not connected")
+            task.finished(Failure(lost), attempt)
+            return
         taskID = next(self._taskIDs)
-        d: Deferred[Any] = Deferred(lambda _: connection.cancel(taskID))
-        connection.send(taskID, task, d, call)
-        return d
+        task.handle = (connection, taskID)
+        connection.send(taskID, task, attempt, call)
+
+    def _callFor(self, task: Task) -> bytes:
+        """The call to send for C{task}, pickled."""
+        if task.pickled is not None:
+            return task.pickled
+        return dumpCall(task.f, task.args, task.kwargs)
+
+    def abandon(self, task: Task) -> None:
+        """Withdraw the task from the node (a running one is left to run)."""
+        handle = task.handle
+        if isinstance(handle, tuple) and len(handle) == 2:
+            connection, taskID = handle
+            connection.cancel(taskID)
 
     def stop(self) -> Deferred[None]:
         """Finish what the node is running for me, then disconnect for good."""
@@ -336,7 +382,7 @@ class RemoteWorker:
         connection = self._connection
         if connection is not None:
             for taskID, _ in connection.outgoing:
-                task, _d = connection.inFlight.pop(taskID)
+                task, _attempt = connection.inFlight.pop(taskID)
                 unsent.append(task)
             connection.outgoing = []
             if connection.transport is not None:
@@ -369,15 +415,15 @@ class WireWorker(RemoteWorker):
             args = args[1:]
         super().__init__(*args, **kwargs)
 
-    def run(self, task: Task) -> Deferred[Any]:
-        """Send the method name and arguments, as plain data, to the node."""
+    def _callFor(self, task: Task) -> bytes:
+        """The method name and arguments, as plain data."""
         if not isinstance(task.f, str):
-            return fail(
-                TypeError(f"{self.name} runs universe methods by name, not {task.f!r}")
+            raise TypeError(
+                f"{self.name} runs universe methods by name, not {task.f!r}"
             )
         try:
             call = pickle.dumps((task.f, task.args, task.kwargs), PROTOCOL)
             loadsPlain(call)
         except Exception as e:
-            return fail(UnpicklableError(f"only plain data goes to a universe: {e}"))
-        return self._send(task, call)
+            raise UnpicklableError(f"only plain data goes to a universe: {e}") from e
+        return call

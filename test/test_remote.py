@@ -495,3 +495,39 @@ async def test_updateRunsOnEveryNode(certs: Path) -> None:
         await q.shutdown()
         for service in services:
             await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientDropsANodeThatSendsGarbage() -> None:
+    """A node whose answers are malformed loses the client's connection."""
+    from twisted.internet import endpoints
+
+    from asynqueue.interfaces import IReportingWorker
+
+    lost: Deferred[None] = Deferred()
+
+    class BadNode(amp.AMP):
+        @NodeInfo.responder
+        def nodeInfo(self) -> dict[str, Any]:
+            # Answer, then send a box with a key of 300 bytes: not AMP.
+            reactor.callLater(0, self.transport.write, b"\x01\x2c" + b"k" * 300)
+            return {"pid": 1, "rss": 0, "capacity": 1, "done": 0, "processes": 1}
+
+        def connectionLost(self, reason: Any = None) -> None:
+            super().connectionLost(reason)
+            if not lost.called:
+                lost.callback(None)
+
+    server = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port = await server.listen(_factory(BadNode))
+    worker = RemoteWorker(
+        f"tcp:127.0.0.1:{port.getHost().port}", insecurePlaintext=True
+    )
+    try:
+        assert IReportingWorker.providedBy(worker)
+        await worker.whenConnected()
+        await lost
+        assert worker.info()["connected"] is False
+    finally:
+        await worker.stop()
+        await port.stopListening()
