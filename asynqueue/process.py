@@ -55,6 +55,7 @@ from asynqueue.wire import (
     dumpCall,
     dumps,
     loads,
+    pickledCall,
     reportResult,
     writeBox,
 )
@@ -569,13 +570,11 @@ class ProcessWorker:
         if self._setupFailure is not None:
             task.finished(Failure(self._setupError()), attempt)
             return
-        call = task.pickled
-        if call is None:
-            try:
-                call = dumpCall(task.f, task.args, task.kwargs)
-            except UnpicklableError:
-                task.finished(Failure(), attempt)
-                return
+        try:
+            call = pickledCall(task)
+        except UnpicklableError:
+            task.finished(Failure(), attempt)
+            return
         if task.update == "kept":
             self._setup.append(call)
         if self._maxTasks is not None and self._child.sent >= self._maxTasks + len(

@@ -38,9 +38,9 @@ from asynqueue.wire import (
     Stop,
     WireWorkerUniverse,
     bigValue,
-    dumpCall,
     dumps,
     loadsPlain,
+    pickledCall,
     reportResult,
     writeBox,
 )
@@ -342,9 +342,7 @@ class RemoteWorker:
 
     def _callFor(self, task: Task) -> bytes:
         """The call to send for C{task}, pickled."""
-        if task.pickled is not None:
-            return task.pickled
-        return dumpCall(task.f, task.args, task.kwargs)
+        return pickledCall(task)
 
     def abandon(self, task: Task) -> None:
         """Withdraw the task from the node (a running one is left to run)."""

@@ -48,6 +48,7 @@ __all__ = [
     "Stop",
     "NodeInfo",
     "dumpCall",
+    "pickledCall",
     "dumps",
     "loads",
     "encodeError",
@@ -456,6 +457,16 @@ def dumpCall(
         return cloudpickle.dumps(call, PROTOCOL)
     except Exception as e:
         raise UnpicklableError(_culprit(f, args, kwargs, e)) from e
+
+
+def pickledCall(task: Any) -> bytes:
+    """
+    A task's call, pickled: as the queue pickled it when it was queued, or
+    now; raise L{UnpicklableError} naming what cannot be pickled.
+    """
+    if task.pickled is not None:
+        return task.pickled
+    return dumpCall(task.f, task.args, task.kwargs)
 
 
 def _culprit(
