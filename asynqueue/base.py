@@ -35,8 +35,8 @@ from twisted.python.failure import Failure
 from asynqueue.errors import (
     ImplementationError,
     LaneError,
-    NodeLost,
     NoQualifiedWorker,
+    NoWorkers,
     QueueRunError,
     TimeoutError,
     UnpicklableError,
@@ -228,6 +228,8 @@ class TaskQueue:
         self._done = self._failed = self._cancelled = 0
         self._records: deque[TaskRecord] = deque(maxlen=maxRecords)
         self._state = _RUNNING
+        #: Why every worker is gone, once the last one resigned.
+        self._noWorkers: str | None = None
         self._dispatching = False
         self._dispatchAgain = False
         self._shutdownDeferred: Deferred[None] | None = None
@@ -282,6 +284,8 @@ class TaskQueue:
         """
         if self._state != _RUNNING:
             return fail(QueueRunError(f"{self.name} is shut down and takes no calls"))
+        if self._noWorkers is not None:
+            return fail(NoWorkers(self._noWorkers))
         if options.timeout is None and self.settings.timeout is not None:
             options = dataclasses.replace(options, timeout=self.settings.timeout)
         series = options.series
@@ -420,6 +424,7 @@ class TaskQueue:
         if worker in self._slots:
             return succeed(None)
         slot = _WorkerSlot(worker, reporting=IReportingWorker.providedBy(worker))
+        self._noWorkers = None
         self._slots[worker] = slot
         self._slotList = list(self._slots.values())
         self._notePickling()
@@ -898,12 +903,9 @@ class TaskQueue:
                         f"{task.options.timeout} s"
                     )
                 )
-            elif result.check(WorkerCrashed) and task.record.attempts <= (
-                # A task lost with its node's connection may never have run:
-                # it gets one more go even without retries.
-                max(1, task.options.retries)
-                if result.check(NodeLost)
-                else task.options.retries
+            elif (
+                result.check(WorkerCrashed)
+                and task.record.attempts <= task.options.retries
             ):
                 if not task.deferred.called and self._state != _STOPPED:
                     self.log.warn(
@@ -1070,10 +1072,24 @@ class TaskQueue:
         self._dispatch()
 
     def _workerResigned(self, worker: IWorker) -> None:
-        """A worker said it can no longer run tasks: crash-detach it."""
-        if worker in self._slots:
-            self.log.warn("Worker {worker} resigned", worker=worker.name)
-            self.detachWorker(worker, reassign=True, crash=True)
+        """
+        A worker said it can no longer run tasks: crash-detach it.
+
+        If it was the last, no pending task or new call can run: they fail
+        with L{NoWorkers} (until a worker is attached again) rather than
+        wait on a queue that can no longer run them.
+        """
+        if worker not in self._slots:
+            return
+        why = getattr(worker, "resignedBecause", None) or "it resigned"
+        self.log.warn("Worker {worker} resigned: {why}", worker=worker.name, why=why)
+        self.detachWorker(worker, reassign=True, crash=True)
+        if not self._slots and self._state == _RUNNING:
+            self._noWorkers = (
+                f"{self.name} has no worker left: the last, {worker.name}, "
+                f"resigned ({why})"
+            )
+            self._failPending(NoWorkers(self._noWorkers))
 
     def _forget(self, slot: _WorkerSlot) -> None:
         self._slots.pop(slot.worker, None)
@@ -1144,6 +1160,20 @@ class TaskQueue:
             waiters, self._idleWaiters = self._idleWaiters, []
             for d in waiters:
                 d.callback(None)
+
+    def _failPending(self, error: Exception) -> None:
+        """Fail every task that is waiting for a worker with C{error}."""
+        # Those behind a lane's front first, so that failing a front moves
+        # no other task of its lane into the lines.
+        for task in [t for lane in self._lanes.values() for t in lane.waiting]:
+            self._finish(task, Failure(error))
+        lines, self._pending = self._pending, {}
+        self._pendingCount = 0
+        for line in lines.values():
+            for task in line:
+                if not task.cancelled and not task.deferred.called:
+                    self._finish(task, Failure(error))
+        self._checkIdle()
 
     def _cancelPending(self) -> None:
         for lane in list(self._lanes.values()):

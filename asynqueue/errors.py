@@ -21,6 +21,7 @@ __all__ = [
     "NodeLost",
     "TimeoutError",
     "NoQualifiedWorker",
+    "NoWorkers",
     "LaneError",
     "UnpicklableError",
     "RemoteError",
@@ -59,8 +60,17 @@ class NodeLost(WorkerCrashed):
     """
     The connection to the remote node running the task was lost.
 
-    The task may have run there. The queue runs it again elsewhere once (or
-    as often as its C{retries} allow) before failing it with this.
+    The task may have run there, so the queue runs it again elsewhere only
+    as often as its C{retries} allow; with none it fails with this.
+    """
+
+
+class NoWorkers(QueueRunError):
+    """
+    The queue has no worker left to run the task: every one resigned.
+
+    Pending tasks and new calls fail with this (its message names the
+    last worker to go and why) until a worker is attached again.
     """
 
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import errno
 import itertools
-import mmap
 import os
-import struct
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from inspect import isawaitable
@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from asynqueue.errors import UnpicklableError
 from asynqueue.iteration import isIterator
 from asynqueue.ring import RING_MINIMUM, ResultRing
+from asynqueue.startnote import StartNote
 from asynqueue.wire import (
     RESULT_DELAY,
     RESULT_WINDOW,
@@ -83,7 +84,6 @@ __all__ = [
 log = Logger()
 _READ_SIZE = 1 << 20
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
-_STARTED = struct.Struct("<q")
 _BATCH_BYTES = 1 << 16
 _CONNECTION_DONE = Failure(CONNECTION_DONE)
 _context: Any = None
@@ -153,10 +153,18 @@ class _Pipe(abstract.FileDescriptor):
     def getHost(self) -> str:
         return f"pid {os.getpid()}"
 
+    def close(self) -> None:
+        """Let go of the pipe now, whatever is still waiting to be written."""
+        self.connectionLost(_CONNECTION_DONE)
+
     def connectionLost(self, reason: Failure) -> None:
+        # Once only: a second close could hit a descriptor reused since.
+        if self.fd < 0:
+            return
         super().connectionLost(reason)
+        fd, self.fd = self.fd, -1
         try:
-            os.close(self.fd)
+            os.close(fd)
         except OSError:
             pass
 
@@ -197,8 +205,9 @@ class PipeReader(_Pipe):
         return None
 
     def connectionLost(self, reason: Failure) -> None:
-        super().connectionLost(reason)
-        self.protocol.connectionLost(reason)
+        if self.fd >= 0:
+            super().connectionLost(reason)
+            self.protocol.connectionLost(reason)
 
 
 class PipeWriter(_Pipe):
@@ -257,17 +266,22 @@ class _BlockingPipeTransport:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        # Results held back may be sent from another thread (see
+        # LocalRunner.holdResultsAtMost): one write at a time, whole.
+        self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        with self._lock:
+            while view:
+                view = view[os.write(self.fd, view) :]
 
     def writeSequence(self, data: list[Any]) -> None:
         """Write the pieces with as few calls as the system allows, joining none."""
         views = _views(data)
-        while views:
-            _advance(views, os.writev(self.fd, views[:_IOV_MAX]))
+        with self._lock:
+            while views:
+                _advance(views, os.writev(self.fd, views[:_IOV_MAX]))
 
     def loseConnection(self) -> None:
         self.disconnecting = True
@@ -288,20 +302,26 @@ class LocalRunner:
     Deferred or coroutine holds the line until it is done.
 
     Results of short tasks travel together: never more than
-    L{RESULT_WINDOW} of them, none older than L{RESULT_DELAY} seconds when
-    the next task starts, and after tasks slower than that, each goes before
-    the next task starts. Each task's ID is noted in shared memory as it
-    starts, so the parent of a process that died knows exactly which ran.
+    L{RESULT_WINDOW} of them, and none held longer than about
+    L{RESULT_DELAY} seconds, even while a slow task runs (see
+    L{holdResultsAtMost}); after tasks slower than that, each goes before
+    the next task starts. Each task's ID is noted in shared memory
+    (L{StartNote}) as it starts, so the parent knows exactly which ran.
     """
 
     def __init__(
         self,
         reactor: IReactorTime,
         send: Callable[..., object],
-        started: mmap.mmap | None = None,
+        started: StartNote | None = None,
         ring: ResultRing | None = None,
     ) -> None:
         self._started = started
+        #: The task about to start (a cancel read at that moment skips it).
+        self._starting = 0
+        # Taken to add or send results: another thread may send those held.
+        self._resultsLock = threading.Lock()
+        self._heldResults: threading.Event | None = None
         self._ring = ring
         self._reactor = reactor
         self._send = send
@@ -345,8 +365,42 @@ class LocalRunner:
             self._schedule()
 
     def cancel(self, taskID: int) -> None:
-        if any(t[0] == taskID for t in self._backlog):
+        if taskID == self._starting or any(t[0] == taskID for t in self._backlog):
             self._cancelled.add(taskID)
+
+    def holdResultsAtMost(self, seconds: float = RESULT_DELAY) -> None:
+        """
+        Never hold a result back for batching much longer than C{seconds}.
+
+        A task cannot be interrupted to send the results held before it,
+        so a thread of the runner's own sends them once they are that old
+        (a slow task after fast ones would otherwise hold them, and the
+        parent's note of which task runs, for as long as it runs).
+        """
+        if self._heldResults is None:
+            self._heldResults = threading.Event()
+            threading.Thread(
+                target=self._sendHeldResults,
+                args=(self._heldResults, seconds),
+                name="asynqueue-held-results",
+                daemon=True,
+            ).start()
+
+    def _sendHeldResults(self, held: threading.Event, seconds: float) -> None:
+        """The held-results thread: wait for results to be held, send them when due."""
+        while True:
+            held.wait()
+            held.clear()
+            while True:
+                with self._resultsLock:
+                    if not self._unsent:
+                        break
+                    wait = self._unsentSince + seconds - perf_counter()
+                    if wait <= 0:
+                        batch, self._unsent = self._unsent, []
+                        self._send(batch)
+                        break
+                time.sleep(wait)
 
     def _schedule(self) -> None:
         if self._scheduled is None and not self._waiting and self._backlog:
@@ -414,10 +468,18 @@ class LocalRunner:
                 or self._averageRunTime > RESULT_DELAY / 10
             ):
                 self.flush()
-            if self._started is not None:
-                # Before the call: if this process dies in it, the parent
-                # knows it started (and that nothing after it did).
-                _STARTED.pack_into(self._started, 0, taskID)
+            started = self._started
+            # Noted before the call: if this process dies in it, the parent
+            # knows it started (and that nothing after it did).
+            if started is not None and started.noteStarted(taskID):
+                # The parent sent a cancel: it may be this call's.
+                if self.readInput is not None:
+                    self._starting = taskID
+                    self.readInput()
+                    self._starting = 0
+                if taskID in self._cancelled:
+                    self._cancelled.discard(taskID)
+                    continue
             self._runOne(taskID, call)
             ran += 1
             if perf_counter() > deadline:
@@ -427,8 +489,10 @@ class LocalRunner:
     def flush(self) -> None:
         """Send the results not sent yet."""
         if self._unsent:
-            batch, self._unsent = self._unsent, []
-            self._send(batch)
+            with self._resultsLock:
+                batch, self._unsent = self._unsent, []
+                if batch:
+                    self._send(batch)
 
     def _runOne(self, taskID: int, call: bytes) -> None:
         began = perf_counter()
@@ -495,9 +559,13 @@ class LocalRunner:
     def _reply(self, taskID: int, status: str, payload: bytes, began: float) -> None:
         self.done += 1
         now = perf_counter()
-        if not self._unsent:
-            self._unsentSince = now
-        self._unsent.append((taskID, status, payload, now - began))
+        with self._resultsLock:
+            held = not self._unsent
+            if held:
+                self._unsentSince = now
+            self._unsent.append((taskID, status, payload, now - began))
+        if held and self._heldResults is not None:
+            self._heldResults.set()
         self._lastRunTime = now - began
         self._averageRunTime = 0.9 * self._averageRunTime + 0.1 * self._lastRunTime
         if len(payload) > _BATCH_BYTES:
@@ -759,7 +827,8 @@ def childMain(
         if reactor.running:
             reactor.stop()
 
-    started = mmap.mmap(startedFD, _STARTED.size)
+    started = StartNote(startedFD)
+    os.close(startedFD)
     try:
         ring: ResultRing | None = ResultRing.attach(ringFD)
     except (OSError, ValueError):
@@ -770,6 +839,7 @@ def childMain(
     protocol.makeConnection(_BlockingPipeTransport(writeFD))
     reader = PipeReader(readFD, protocol, reactor)
     protocol.runner.readInput = reader.readNow
+    protocol.runner.holdResultsAtMost(RESULT_DELAY)
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 
@@ -810,7 +880,14 @@ class NodePool:
         if processes < 1:
             raise ValueError(f"a node needs at least one process, not {processes}")
         self.workers = [
-            ProcessWorker(name=f"node-{i + 1}", capacity=perProcess, **workerOptions)
+            ProcessWorker(
+                name=f"node-{i + 1}",
+                capacity=perProcess,
+                # A node serves for as long as it runs: its workers never
+                # give up starting children, however long that takes.
+                maxStartFailures=None,
+                **workerOptions,
+            )
             for i in range(processes)
         ]
         self.capacity = processes * perProcess

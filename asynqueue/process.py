@@ -21,9 +21,7 @@ run twice. Results of short tasks travel back together, a few at a time
 from __future__ import annotations
 
 import itertools
-import mmap
 import os
-import struct
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -44,6 +42,7 @@ from asynqueue.interfaces import IReportingWorker
 from asynqueue.node import PipeReader, PipeWriter, _initialize, context
 from asynqueue.ring import ResultRing
 from asynqueue.settings import settingsForQueue
+from asynqueue.startnote import StartNote
 from asynqueue.tasks import Task
 from asynqueue.wire import (
     BoxReader,
@@ -64,7 +63,6 @@ from asynqueue.workers import AdaptiveBacklog, runReporting
 __all__ = ["ProcessWorker", "ProcessQueue", "ProcessIterationSource", "context"]
 
 _CHILD_MAIN = "from asynqueue.node import childMain; childMain()"
-_STARTED = struct.Struct("<q")
 
 
 def _pipe() -> tuple[int, int]:
@@ -79,18 +77,8 @@ def _pipe() -> tuple[int, int]:
     return read, write
 
 
-def _sharedMemory(size: int) -> int:
-    """A file descriptor of C{size} zeroed bytes that parent and child can map."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("asynqueue-started")
-    else:  # pragma: no cover - not Linux
-        import tempfile
-
-        with tempfile.TemporaryFile() as f:
-            fd = os.dup(f.fileno())
-    os.ftruncate(fd, size)
-    return fd
-
+#: The longest wait before starting a child after others died young (seconds).
+_MAX_RESPAWN_DELAY = 2.0
 
 #: Calls at most this big travel together in one box.
 _BATCH_BYTES = 1 << 16
@@ -200,6 +188,15 @@ class _Child(ProcessProtocol):
         self._lines = {1: b"", 2: b""}
         self._idleWaiters: list[Deferred[None]] = []
         self.keepForIterators = True
+        #: The ID of its last set-up call (initializer, kept updates), or 0.
+        self.setupThrough = 0
+        #: Whether it ever answered a call.
+        self.answered = False
+
+    @property
+    def cameUp(self) -> bool:
+        """Whether it ever got as far as running a call or answering one."""
+        return self.answered or self.lastStarted() > self.setupThrough
 
     @property
     def where(self) -> str:
@@ -214,15 +211,19 @@ class _Child(ProcessProtocol):
     def start(self, reactor: Any, executable: str, env: dict[str, str]) -> None:
         toChildRead, toChildWrite = _pipe()
         fromChildRead, fromChildWrite = _pipe()
-        startedFD = _sharedMemory(_STARTED.size)
-        self.startedMap = mmap.mmap(startedFD, _STARTED.size)
         parentEnds = (toChildWrite, fromChildRead)
+        try:
+            self.note, startedFD = StartNote.create()
+        except BaseException:
+            for fd in (*parentEnds, toChildRead, fromChildWrite):
+                os.close(fd)
+            raise
         try:
             self.ring = ResultRing.create()
         except BaseException:
             for fd in (*parentEnds, toChildRead, fromChildWrite, startedFD):
                 os.close(fd)
-            self.startedMap.close()
+            self.note.close()
             raise
         try:
             transport = reactor.spawnProcess(
@@ -244,7 +245,7 @@ class _Child(ProcessProtocol):
             for fd in parentEnds:
                 os.close(fd)
             self.ring.close()
-            self.startedMap.close()
+            self.note.close()
             raise
         finally:
             os.close(toChildRead)
@@ -253,8 +254,8 @@ class _Child(ProcessProtocol):
             self.ring.closeDescriptor()
         self.pid = transport.pid
         transport.closeStdin()
-        writer = PipeWriter(toChildWrite, reactor)
-        self.amp.makeConnection(writer)
+        self.writer = PipeWriter(toChildWrite, reactor)
+        self.amp.makeConnection(self.writer)
         PipeReader(fromChildRead, _PipeEnd(self), reactor)
 
     # -- sending -----------------------------------------------------------
@@ -296,7 +297,7 @@ class _Child(ProcessProtocol):
 
     def lastStarted(self) -> int:
         """The ID of the last call the child started, from the memory we share."""
-        return int(_STARTED.unpack_from(self.startedMap, 0)[0])
+        return self.note.lastStarted()
 
     def unanswered(self, margin: int = 0) -> tuple[list[_Sent], list[_Sent]]:
         """
@@ -320,12 +321,21 @@ class _Child(ProcessProtocol):
         sent = self.inFlight.pop(taskID, None)
         if sent is None:
             return False
-        if sent.started:
-            return True
         if any(t == taskID for t, _ in self.outgoing):
+            # Not even sent yet.
             self.outgoing = [(t, c) for t, c in self.outgoing if t != taskID]
         else:
-            self.amp.sendCommand(b"CancelTask", taskID=b"%d" % taskID)
+            # The note says exactly what the child started, whatever has
+            # come back of its results so far.
+            last = self.lastStarted()
+            if last == taskID:
+                return True
+            if last < taskID:
+                self.amp.sendCommand(b"CancelTask", taskID=b"%d" % taskID)
+                if self.note.noteCancelSent() >= taskID:
+                    # It started before it could see the cancel.
+                    return True
+            # Otherwise it has run already; its result is ignored.
         self._checkIdle()
         return False
 
@@ -343,6 +353,7 @@ class _Child(ProcessProtocol):
         """Results from the child, in the order its tasks ran."""
         inFlight, worker = self.inFlight, self.worker
         self.done += len(batch)
+        self.answered = True
         for taskID, status, payload, seconds in batch:
             sent = inFlight.pop(taskID, None)
             if sent is not None:
@@ -405,9 +416,14 @@ class _Child(ProcessProtocol):
             self.exitReason = reason
         if not self._waitingFor:
             self.dead = True
-            self.ring.close()
-            self.worker.childEnded(self, self.exitReason)
-            self.ended.callback(None)
+            try:
+                self.worker.childEnded(self, self.exitReason)
+            finally:
+                # Every descriptor and mapping the child was given goes now.
+                self.ring.close()
+                self.note.close()
+                self.writer.close()
+                self.ended.callback(None)
 
     # -- ending --------------------------------------------------------------
 
@@ -502,11 +518,19 @@ class ProcessWorker:
         env: dict[str, str] | None = None,
         backlogSeconds: float = 0.002,
         maxCapacity: int = 64,
+        maxStartFailures: int | None = 10,
+        respawnDelay: float = 0.05,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         if capacity is not None and capacity < 1:
             raise ValueError(f"a worker's capacity must be at least 1, not {capacity}")
+        if maxStartFailures is not None and maxStartFailures < 1:
+            raise ValueError(
+                f"maxStartFailures must be at least 1 (or None), not {maxStartFailures}"
+            )
+        if respawnDelay < 0:
+            raise ValueError(f"respawnDelay cannot be negative, not {respawnDelay}")
         if maxTasksPerWorker is not None and maxTasksPerWorker < 1:
             raise ValueError(
                 f"maxTasksPerWorker must be at least 1, not {maxTasksPerWorker}"
@@ -541,7 +565,15 @@ class ProcessWorker:
             self._setup.append(dumpCall(_initialize, (initializer, initargs), {}))
         self._stopped = False
         self._retiring: set[_Child] = set()
-        self._recentCrashes = 0
+        self._maxStartFailures = maxStartFailures
+        self._respawnDelay = respawnDelay
+        #: Children in a row that died before they came up.
+        self._startFailures = 0
+        self._respawnCall: Any = None
+        #: Calls given while no child is up (a respawn is delayed).
+        self._waiting: list[_Sent] = []
+        #: Why I resigned, for the queue to say (None while I work).
+        self.resignedBecause: str | None = None
         self._neverRan: list[_Sent] = []
         self.replaced = 0
         self.outstanding = 0
@@ -584,7 +616,7 @@ class ProcessWorker:
         sent = task.handle = _Sent(
             next(self._taskIDs), call, task, None, attempt=attempt
         )
-        self._child.send(sent)
+        self._send(sent)
 
     def abandon(self, task: Task) -> None:
         """Withdraw the task if my child has not started it, else kill the child."""
@@ -609,14 +641,24 @@ class ProcessWorker:
         sent.deferred = Deferred(lambda d: self._cancel(sent))
         self.outstanding += 1
         sent.deferred.addBoth(self._rawDone)
-        self._child.send(sent)
+        self._send(sent)
         return sent.deferred
+
+    def _send(self, sent: _Sent) -> None:
+        """Send a call to my child, or keep it for the next one if it is dead."""
+        if self._respawnCall is not None:
+            self._waiting.append(sent)
+        else:
+            self._child.send(sent)
 
     def _rawDone(self, result: object) -> object:
         self.outstanding -= 1
         return result
 
     def _cancel(self, sent: _Sent) -> None:
+        if sent in self._waiting:
+            self._waiting.remove(sent)
+            return
         for child in (self._child, *self._retiring):
             if sent.taskID in child.inFlight:
                 if child.cancel(sent.taskID):
@@ -634,6 +676,17 @@ class ProcessWorker:
     def prepareToStop(self) -> None:
         """Start no new process from now on: I am about to be stopped."""
         self._stopped = True
+        self._cancelRespawn(WorkerCrashed(f"{self.name} was stopped"))
+
+    def _cancelRespawn(self, error: Exception) -> None:
+        """Start no delayed child; fail the calls that waited for it."""
+        if self._respawnCall is not None:
+            if self._respawnCall.active():
+                self._respawnCall.cancel()
+            self._respawnCall = None
+        waiting, self._waiting = self._waiting, []
+        for sent in waiting:
+            sent.fail(error)
 
     def _forgetChild(self, result: object, child: _Child) -> None:
         self._retiring.discard(child)
@@ -641,6 +694,7 @@ class ProcessWorker:
     def stop(self) -> Deferred[None]:
         """Let my child finish its tasks, then end it; fire when it has ended."""
         self._stopped = True
+        self._cancelRespawn(WorkerCrashed(f"{self.name} was stopped"))
         children = [self._child, *self._retiring]
         ds = [c.retire(waitForIterators=False) for c in children]
         d: Deferred[None] = Deferred()
@@ -662,8 +716,15 @@ class ProcessWorker:
         unstarted: list[Task] = []
         # Calls a dead child never started, kept for this moment.
         orphans, self._neverRan = self._neverRan, []
+        orphans += self._waiting
+        self._waiting = []
+        if self._respawnCall is not None and self._respawnCall.active():
+            self._respawnCall.cancel()
+        self._respawnCall = None
         for sent in orphans:
-            if sent.task is not None and sent.open:
+            if sent.task is None:
+                sent.fail(WorkerCrashed(f"{self.name} crashed"))
+            elif sent.open:
                 sent.settled = True
                 unstarted.append(sent.task)
         for child in (self._child, *self._retiring):
@@ -731,7 +792,6 @@ class ProcessWorker:
 
     def ran(self, seconds: float) -> None:
         """A child reported a task's run time: adapt my capacity."""
-        self._recentCrashes = 0
         if self._backlog is not None:
             self.capacity = self._backlog.ran(seconds)
 
@@ -759,36 +819,76 @@ class ProcessWorker:
             fail(neverRan, WorkerCrashed(f"{self.name} was stopped"))
             return
         if child is self._child:
-            self._recentCrashes += 1
-            if self._recentCrashes > 5:
-                self.log.error(
-                    "{name}'s processes keep dying ({why}); it resigns",
-                    name=self.name,
-                    why=why,
+            # A death in a call is the call's doing, and costs only that
+            # call; a child that dies before it runs anything is broken, or
+            # killed young: the next waits longer, and so many in a row mean
+            # no child can start here.
+            self._startFailures = 0 if child.cameUp else self._startFailures + 1
+            limit = self._maxStartFailures
+            if limit is not None and self._startFailures >= limit:
+                self._resign(
+                    f"{self._startFailures} processes in a row died before they "
+                    f"could run a call; the last: {why}",
+                    neverRan,
                 )
-                self._stopped = True
-                # Resign first: the queue takes back the calls that never
-                # ran (see crash) and retries the others on other workers.
-                self._neverRan = [s for s in neverRan if s.task is not None]
-                if self._resignator is not None:
-                    self._resignator(self)
                 fail(maybeRan, crashed)
-                fail(neverRan, WorkerCrashed(f"{self.name} keeps crashing"))
+                fail(neverRan, WorkerCrashed(f"{self.name} resigned"))
                 return
+            delay = (
+                min(
+                    _MAX_RESPAWN_DELAY,
+                    self._respawnDelay * 2 ** (self._startFailures - 1),
+                )
+                if self._startFailures
+                else 0.0
+            )
             self.log.warn(
-                "{name}'s process {pid} died ({why}); starting another",
+                "{name}'s process {pid} died ({why}); starting another in {delay} s",
                 name=self.name,
                 pid=child.pid,
                 why=why,
+                delay=round(delay, 3),
             )
-            self._child = self._spawn()
             self.replaced += 1
+            if delay:
+                self._respawnCall = self.reactor.callLater(delay, self._respawn)
+            else:
+                self._child = self._spawn()
         # The calls it never started go to the fresh child first, so that
         # whatever the failures below set off finds it ready.
         for sent in neverRan:
             if sent.open and (sent.task is not None or sent.raw):
-                self._child.send(sent)
+                self._resend(sent)
         fail(maybeRan, crashed)
+
+    def _resign(self, why: str, neverRan: list[_Sent]) -> None:
+        """Stop for good and tell the queue, which takes back what never ran."""
+        self.log.error("{name} resigns: {why}", name=self.name, why=why)
+        self.resignedBecause = why
+        self._stopped = True
+        # Resign first: the queue takes back the calls that never ran (see
+        # crash) and retries the others on other workers.
+        self._neverRan = [s for s in neverRan if s.task is not None]
+        if self._resignator is not None:
+            self._resignator(self)
+
+    def _resend(self, sent: _Sent) -> None:
+        """Send a call again, to a new child: with a new ID, as IDs grow as sent."""
+        sent.taskID = next(self._taskIDs)
+        self._send(sent)
+
+    def _respawn(self) -> None:
+        """The delayed start of a new child, and the calls that waited for it."""
+        self._respawnCall = None
+        waiting, self._waiting = self._waiting, []
+        if self._stopped:
+            for sent in waiting:
+                sent.fail(WorkerCrashed(f"{self.name} was stopped"))
+            return
+        self._child = self._spawn()
+        for sent in waiting:
+            if sent.open:
+                self._resend(sent)
 
 
 class ProcessQueue(TaskQueue):

@@ -29,6 +29,8 @@ import mmap
 import os
 import struct
 
+from asynqueue.startnote import sharedMemory
+
 __all__ = ["ResultRing", "RING_SIZE", "RING_MINIMUM"]
 
 #: The ring's size: virtual memory, backed only as far as it is used.
@@ -62,15 +64,8 @@ class ResultRing:
     @classmethod
     def create(cls, size: int = RING_SIZE) -> ResultRing:
         """A new ring, in memory a child can map through C{fd}."""
-        if hasattr(os, "memfd_create"):
-            fd = os.memfd_create("asynqueue-results")
-        else:  # pragma: no cover - not Linux
-            import tempfile
-
-            with tempfile.TemporaryFile() as f:
-                fd = os.dup(f.fileno())
+        fd = sharedMemory("asynqueue-results", _HEADER + size)
         try:
-            os.ftruncate(fd, _HEADER + size)
             return cls(fd, size)
         except BaseException:
             os.close(fd)

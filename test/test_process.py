@@ -730,20 +730,21 @@ async def test_retryAfterCrashOnFirstAttempt(
 
 
 @pytest_twisted.ensureDeferred
-async def test_retryOfAResigningWorkersTaskGoesElsewhere(
-    makeProcessQueue: Callable[..., ProcessQueue], tmp_path: Path
-) -> None:
-    q = makeProcessQueue(2, capacity=1)
-    first, second = q.workers()
-    await within(q.call(os.getpid))
-    # As if its last five processes had died: one more death and it resigns.
-    first._recentCrashes = 5  # type: ignore[attr-defined]
-    d = q.call(crashOnce, str(tmp_path / "marker"), retries=1)
-    assert d.task.record.worker == first.name  # type: ignore[attr-defined]
-    assert await within(d) == "second attempt"
-    record = d.task.record  # type: ignore[attr-defined]
-    assert record.worker == second.name and record.attempts == 2
-    assert q.workers() == [second]
+async def test_tasksOfAWorkerThatCannotStartChildrenGoElsewhere() -> None:
+    # /bin/false exits at once: none of the broken worker's children comes up.
+    broken = ProcessWorker(executable="/bin/false", respawnDelay=0, maxStartFailures=3)
+    good = ProcessWorker(capacity=1)
+    q = asynqueue.TaskQueue(broken, good, shutdownWithReactor=False)
+    try:
+        ds = [q.call(os.getpid) for _ in range(6)]
+        assert any(d.task.record.worker == broken.name for d in ds)  # type: ignore[attr-defined]
+        pids = await allFired(ds, 20)
+        assert all(ok for ok, _ in pids)
+        assert {pid for _, pid in pids} == {good._child.pid}  # type: ignore[attr-defined]
+        assert q.workers() == [good]
+        assert "died before they could run a call" in (broken.resignedBecause or "")
+    finally:
+        await within(q.shutdown(timeout=3))
 
 
 @pytest_twisted.ensureDeferred
@@ -803,12 +804,17 @@ async def test_repeatedSigkillsUnderLoad(
 
 @pytest_twisted.ensureDeferred
 async def test_timeoutKillsChildAndNextTasksRun(
-    makeProcessQueue: Callable[..., ProcessQueue], clock: Clock
+    makeProcessQueue: Callable[..., ProcessQueue],
+    clock: Clock,
+    logLines: Callable[[str], Deferred[dict[str, Any]]],
 ) -> None:
     q = makeProcessQueue(1, capacity=1, useClock=True)
     [(name, old)] = workerPids(q).items()
-    slow = q.call(time.sleep, 30, timeout=5)
+    started = logLines("slow task started")
+    slow = q.call(announceThenSleep, "slow task started", 30, timeout=5)
     queued = q.call(os.getpid)
+    # Running in the child, so the timeout must kill it.
+    await within(started)
     clock.advance(4.9)
     assert not slow.called
     clock.advance(0.1)
@@ -823,10 +829,13 @@ async def test_timeoutKillsChildAndNextTasksRun(
 @pytest_twisted.ensureDeferred
 async def test_cancelRunningTaskKillsChild(
     makeProcessQueue: Callable[..., ProcessQueue],
+    logLines: Callable[[str], Deferred[dict[str, Any]]],
 ) -> None:
     q = makeProcessQueue(1, capacity=1)
     [(name, old)] = workerPids(q).items()
-    slow = q.call(time.sleep, 30)
+    started = logLines("slow task started")
+    slow = q.call(announceThenSleep, "slow task started", 30)
+    await within(started)
     slow.cancel()
     assert isinstance(await failureOf(slow), CancelledError)
     assert await within(q.call(os.getpid)) == workerPids(q)[name] != old

@@ -1,0 +1,343 @@
+"""
+Tests of asynqueue.process under faults: timeouts and cancels after fast
+calls, descriptors over many respawns, a queue whose workers all resigned,
+and a child's endless output.
+
+Each pins a defect found in a soak (issue 10); the tests wait on Deferreds
+and on the queue's events, and use a Clock for the queue's timers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from asynqueue import (
+    NoWorkers,
+    ProcessQueue,
+    ProcessWorker,
+    TaskQueue,
+    TimeoutError,
+    WorkerCrashed,
+)
+from asynqueue.records import TaskRecord
+
+# -- what the children run ----------------------------------------------------
+
+
+def spin(line: str) -> None:
+    """Say so, then never end (a cancel or timeout must kill the child)."""
+    print(line, flush=True)
+    while True:
+        pass
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def within(d: Deferred[Any], seconds: float = 20) -> Deferred[Any]:
+    """Fail, instead of hanging the run, if C{d} has not fired in time."""
+    return d.addTimeout(seconds, reactor)
+
+
+async def failureOf(d: Deferred[Any], seconds: float = 20) -> BaseException:
+    try:
+        result = await within(d, seconds)
+    except BaseException as e:
+        return e
+    raise AssertionError(f"expected a failure, got {result!r}")
+
+
+def whenStarted(q: TaskQueue, name: str) -> Deferred[TaskRecord]:
+    """Fire when the queue says the task named C{name} started."""
+    d: Deferred[TaskRecord] = Deferred()
+
+    def observer(event: str, record: TaskRecord) -> None:
+        if event == "started" and record.name == name and not d.called:
+            stop()
+            d.callback(record)
+
+    stop = q.observe(observer)
+    return d
+
+
+async def warmUp(q: TaskQueue, n: int = 300) -> None:
+    """Enough fast calls that the child holds their results back for batching."""
+    await within(gatherResults([q.call(identity, i) for i in range(n)]))
+
+
+@pytest.fixture
+def makeProcessQueue(clock: Clock) -> Iterator[Callable[..., ProcessQueue]]:
+    made: list[tuple[ProcessQueue, bool]] = []
+
+    def make(n: int = 1, useClock: bool = False, **kwargs: Any) -> ProcessQueue:
+        kwargs.setdefault("shutdownWithReactor", False)
+        if useClock:
+            kwargs["clock"] = clock
+        q = ProcessQueue(n, **kwargs)
+        made.append((q, useClock))
+        return q
+
+    yield make
+    for q, useClock in made:
+        d = q.shutdown(timeout=3, cancelPending=True)
+        if useClock:
+            clock.advance(3)
+        try:
+            pytest_twisted.blockon(within(d, 15))
+        except BaseException:
+            for w in q.workers():
+                w.crash()
+            raise
+
+
+# -- defect 1: a slow call after fast ones ------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeoutOfASlowCallAfterFastOnes(
+    makeProcessQueue: Callable[..., ProcessQueue], clock: Clock
+) -> None:
+    q = makeProcessQueue(1, capacity=32, useClock=True)
+    await warmUp(q)
+    fast = [q.call(identity, i) for i in range(5)]
+    started = whenStarted(q, "slow")
+    slow = q.call(time.sleep, 30, timeout=5, name="slow")
+    after = q.call(identity, "after")
+    # The fast calls' results come back while the slow one runs, and the
+    # queue knows it has started: its timer runs.
+    assert await within(gatherResults(fast)) == list(range(5))
+    await within(started)
+    assert not slow.called
+    clock.advance(5)
+    assert isinstance(await failureOf(slow), TimeoutError)
+    assert await within(after) == "after"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelOfASpinningCallAfterFastOnes(
+    makeProcessQueue: Callable[..., ProcessQueue],
+) -> None:
+    q = makeProcessQueue(1, capacity=32)
+    await warmUp(q)
+    fast = [q.call(identity, i) for i in range(5)]
+    started = whenStarted(q, "spinner")
+    spinner = q.call(spin, "spinning", name="spinner")
+    behind = [q.call(identity, i) for i in range(20)]
+    assert await within(gatherResults(fast)) == list(range(5))
+    await within(started)
+    spinner.cancel()
+    assert isinstance(await failureOf(spinner), CancelledError)
+    # The child running it was killed; the calls behind it run in a new one.
+    assert await within(gatherResults(behind)) == list(range(20))
+    assert q.stats()["running"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_fastResultsDoNotWaitBehindASlowCall(
+    makeProcessQueue: Callable[..., ProcessQueue],
+) -> None:
+    q = makeProcessQueue(1, capacity=32)
+    await warmUp(q)
+    fast = [q.call(identity, i) for i in range(5)]
+    spinner = q.call(spin, "spinning", name="spinner")
+    # Before the fix these waited for the spinner, that is for ever.
+    assert await within(gatherResults(fast)) == list(range(5))
+    spinner.cancel()
+    assert isinstance(await failureOf(spinner), CancelledError)
+
+
+# -- defect 2: descriptors and processes over many respawns -------------------
+
+
+def say(line: str, seconds: float = 0.0) -> str:
+    """Say C{line} (it reaches the parent's log), then sleep C{seconds}."""
+    print(line, flush=True)
+    time.sleep(seconds)
+    return line
+
+
+def killMyself() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def openDescriptors() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def alive(pid: int) -> bool:
+    """Whether C{pid} is a process (a zombie not yet reaped counts)."""
+    return os.path.exists(f"/proc/{pid}")
+
+
+class LogLines:
+    """Deferreds of lines that children print, as they reach the log."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, Deferred[None]] = {}
+        self.seen: set[str] = set()
+        globalLogPublisher.addObserver(self.observe)
+
+    def observe(self, event: dict[str, Any]) -> None:
+        line = event.get("line")
+        if isinstance(line, str) and "worker" in event:
+            self.seen.add(line)
+            d = self.waiting.pop(line, None)
+            if d is not None:
+                d.callback(None)
+
+    def waitFor(self, line: str) -> Deferred[None]:
+        if line in self.seen:
+            return succeed(None)
+        d = self.waiting[line] = Deferred()
+        return d
+
+    def stop(self) -> None:
+        globalLogPublisher.removeObserver(self.observe)
+
+
+#: Respawns of each kind per test: 50 on the default reactor; the other
+#: reactor runs the same path, fewer times, to keep the suite short.
+RESPAWNS = {"default": 50}
+
+
+async def respawnBy(kind: str, q: ProcessQueue, clock: Clock, lines: LogLines) -> None:
+    """One respawn of a child of C{q}, of the given kind; then a call that works."""
+    if kind == "killed":
+        assert isinstance(await failureOf(q.call(killMyself)), WorkerCrashed)
+    elif kind == "retired":
+        # With maxTasksPerWorker=1, this call is its child's last.
+        await within(q.call(os.getpid))
+        return
+    else:
+        line = f"{kind} {next(_lines)}"
+        running = lines.waitFor(line)
+        d = q.call(say, line, 30, timeout=5 if kind == "timedOut" else None)
+        await within(running)
+        if kind == "timedOut":
+            clock.advance(5)
+            assert isinstance(await failureOf(d), TimeoutError)
+        else:
+            d.cancel()
+            assert isinstance(await failureOf(d), CancelledError)
+    await within(q.call(os.getpid))
+
+
+_lines = itertools.count()
+
+
+@pytest.mark.parametrize("kind", ["killed", "timedOut", "cancelled", "retired"])
+@pytest_twisted.ensureDeferred
+async def test_respawnsGiveBackDescriptorsAndProcesses(
+    kind: str, clock: Clock, request: pytest.FixtureRequest
+) -> None:
+    respawns = RESPAWNS.get(request.config.getoption("reactor"), 12)
+    # Whatever the reactor opens once for child processes is open by now.
+    warm = ProcessQueue(1, shutdownWithReactor=False)
+    await within(warm.call(os.getpid))
+    await within(warm.shutdown())
+    before = openDescriptors()
+    lines = LogLines()
+    q = ProcessQueue(
+        2,
+        clock=clock,
+        shutdownWithReactor=False,
+        maxTasksPerWorker=1 if kind == "retired" else None,
+    )
+    pids: set[int] = set()
+    try:
+
+        async def oneWorker(cycles: int) -> None:
+            for _ in range(cycles):
+                await respawnBy(kind, q, clock, lines)
+                pids.update(w["pid"] for w in q.stats()["workers"].values())
+
+        workers = [defer.ensureDeferred(oneWorker(respawns // 2 + 1)) for _ in "ab"]
+        await within(gatherResults(workers), 120)
+        replaced = sum(w["replaced"] for w in q.stats()["workers"].values())
+        assert replaced >= respawns
+    finally:
+        lines.stop()
+        await within(q.shutdown(timeout=3, cancelPending=True))
+    assert openDescriptors() == before
+    assert len(pids) > respawns // 2
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+# -- defect 3: a queue whose workers have all resigned ------------------------
+
+
+def exitAtOnce() -> None:
+    os._exit(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_callsFailOnceEveryWorkerResigned() -> None:
+    worker = ProcessWorker(executable="/bin/false", respawnDelay=0, maxStartFailures=4)
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        pending = [q.call(os.getpid) for _ in range(5)]
+        for d in pending:
+            error = await failureOf(d)
+            assert isinstance(error, NoWorkers)
+            assert worker.name in str(error) and "resigned" in str(error)
+        # A new call fails at once, saying why.
+        later = q.call(os.getpid)
+        assert later.called and isinstance(await failureOf(later), NoWorkers)
+        # A worker attached again takes calls again.
+        await within(q.attachWorker(ProcessWorker()))
+        assert await within(q.call(identity, 7)) == 7
+    finally:
+        await within(q.shutdown(timeout=3))
+
+
+@pytest_twisted.ensureDeferred
+async def test_deathsInCallsNeverMakeAWorkerResign(
+    makeProcessQueue: Callable[..., ProcessQueue],
+) -> None:
+    q = makeProcessQueue(1)
+    for _ in range(12):
+        assert isinstance(await failureOf(q.call(exitAtOnce)), WorkerCrashed)
+    assert len(q.workers()) == 1
+    assert await within(q.call(identity, "alive")) == "alive"
+
+
+@pytest_twisted.ensureDeferred
+async def test_childrenDyingYoungAreRespawnedWithBackOff(clock: Clock) -> None:
+    # Each death before a child came up doubles the wait for the next.
+    worker = ProcessWorker(
+        executable="/bin/false", respawnDelay=0.5, maxStartFailures=3
+    )
+    delays: list[float] = []
+
+    class Recording:
+        """The reactor, but what a respawn waits is noted, not waited."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(reactor, name)
+
+        def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+            delays.append(delay)
+            return reactor.callLater(0, f, *a, **kw)
+
+    worker.reactor = Recording()
+    resigned: Deferred[Any] = Deferred()
+    worker.setResignator(resigned.callback)
+    assert await within(resigned) is worker
+    assert delays == [0.5, 1.0]
+    await within(worker.stop())
