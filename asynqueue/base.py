@@ -52,7 +52,7 @@ from asynqueue.tasks import (
     TaskRecord,
     nameFor,
 )
-from asynqueue.wire import dumpCall
+from asynqueue.wire import describeError, dumpCall
 
 if TYPE_CHECKING:
     from asynqueue.feed import Feeder, Writer
@@ -307,6 +307,11 @@ class TaskQueue:
                 call = dumpCall(f, args, kwargs)
             except UnpicklableError as e:
                 return fail(e)
+            except Exception as e:
+                # Whatever else pickling raises (a recursion, say) fails the
+                # call's Deferred too, never the caller.
+                why = f"the call cannot be pickled: {describeError(e)}"
+                return fail(UnpicklableError(why))
         task = self._newTask(f, args, kwargs, options)
         task.pickled = call
         lane = options.lane

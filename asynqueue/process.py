@@ -80,6 +80,9 @@ def _pipe() -> tuple[int, int]:
 #: The longest wait before starting a child after others died young (seconds).
 _MAX_RESPAWN_DELAY = 2.0
 
+#: A child's output line longer than this (bytes) is logged in parts.
+_LINE_BYTES = 1 << 16
+
 #: Calls at most this big travel together in one box.
 _BATCH_BYTES = 1 << 16
 
@@ -185,7 +188,8 @@ class _Child(ProcessProtocol):
         self.dead = False
         self.ended: Deferred[None] = Deferred()
         self._waitingFor = {"process", "pipe"}
-        self._lines = {1: b"", 2: b""}
+        self._lines: dict[int, list[bytes]] = {}
+        self._lineBytes: dict[int, int] = {}
         self._idleWaiters: list[Deferred[None]] = []
         self.keepForIterators = True
         #: The ID of its last set-up call (initializer, kept updates), or 0.
@@ -390,16 +394,38 @@ class _Child(ProcessProtocol):
         self._checkIdle()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        """A task's print or a warning: pass whole lines on to the log."""
-        lines = (self._lines.get(childFD, b"") + data).split(b"\n")
-        self._lines[childFD] = lines.pop()
-        for line in lines:
-            self.log.info(
-                "[{worker} pid {pid}] {line}",
-                worker=self.worker.name,
-                pid=self.pid,
-                line=line.decode("utf-8", "replace"),
-            )
+        """
+        A task's print or a warning: pass whole lines on to the log.
+
+        The start of a line is kept in pieces until its end comes (joining
+        it again on every read would cost time quadratic in its length),
+        and a line longer than L{_LINE_BYTES} is logged in parts.
+        """
+        pieces = self._lines.setdefault(childFD, [])
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            pieces.append(data[start:end])
+            self._logLine(b"".join(pieces))
+            pieces.clear()
+            self._lineBytes[childFD] = 0
+            start = end + 1
+        if start < len(data):
+            pieces.append(data[start:])
+            kept = self._lineBytes.get(childFD, 0) + len(data) - start
+            if kept >= _LINE_BYTES:
+                self._logLine(b"".join(pieces), part=True)
+                pieces.clear()
+                kept = 0
+            self._lineBytes[childFD] = kept
+
+    def _logLine(self, line: bytes, part: bool = False) -> None:
+        self.log.info(
+            "[{worker} pid {pid}] {line}",
+            worker=self.worker.name,
+            pid=self.pid,
+            line=line.decode("utf-8", "replace"),
+            part=part,
+        )
 
     def processEnded(self, reason: Failure) -> None:
         self._gone("process", reason)

@@ -456,7 +456,12 @@ def dumpCall(
     try:
         return cloudpickle.dumps(call, PROTOCOL)
     except Exception as e:
-        raise UnpicklableError(_culprit(f, args, kwargs, e)) from e
+        try:
+            why = _culprit(f, args, kwargs, e)
+        except Exception:
+            # Naming the culprit must never be what fails the call.
+            why = f"the call cannot be pickled: {describeError(e)}"
+        raise UnpicklableError(why) from e
 
 
 def pickledCall(task: Any) -> bytes:
@@ -482,13 +487,28 @@ def _culprit(
         try:
             cloudpickle.dumps(obj, PROTOCOL)
         except Exception as e:
-            return f"{what} ({_short(obj)}) cannot be pickled: {type(e).__name__}: {e}"
-    return f"the call cannot be pickled: {type(error).__name__}: {error}"
+            return f"{what} ({_short(obj)}) cannot be pickled: {describeError(e)}"
+    return f"the call cannot be pickled: {describeError(error)}"
 
 
 def _short(obj: object) -> str:
-    text = repr(obj)
+    """A short repr of C{obj}, or its type's name if its repr fails (or recurses)."""
+    try:
+        text = repr(obj)
+    except Exception:
+        return f"a {type(obj).__qualname__} whose repr() failed"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describeError(error: BaseException) -> str:
+    """C{Type: message} on one line, even for an exception whose C{str()} fails."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "(its str() failed)"
+    name = type(error).__name__
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{name}: {first}" if first else name
 
 
 def encodeError(error: BaseException) -> bytes:

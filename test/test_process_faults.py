@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,6 +30,7 @@ from asynqueue import (
     ProcessWorker,
     TaskQueue,
     TimeoutError,
+    UnpicklableError,
     WorkerCrashed,
 )
 from asynqueue.records import TaskRecord
@@ -341,3 +343,113 @@ async def test_childrenDyingYoungAreRespawnedWithBackOff(clock: Clock) -> None:
     assert await within(resigned) is worker
     assert delays == [0.5, 1.0]
     await within(worker.stop())
+
+
+# -- defect 8: a call that cannot be prepared fails its Deferred ---------------
+
+
+class BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+class PicklesBadly:
+    def __reduce__(self) -> Any:
+        raise BrokenStr()
+
+
+class ReprRaises:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("not today")
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "argument, words",
+    [
+        (nested(100_000), "argument 0 (a list whose repr() failed) cannot be pickled"),
+        (PicklesBadly(), "BrokenStr: (its str() failed)"),
+        (
+            ReprRaises(),
+            "(a ReprRaises whose repr() failed) cannot be pickled: TypeError",
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_callThatCannotBePreparedFailsItsDeferred(
+    makeProcessQueue: Callable[..., ProcessQueue], argument: Any, words: str
+) -> None:
+    q = makeProcessQueue(1)
+    d = q.call(len, argument)
+    assert d.called
+    error = await failureOf(d)
+    assert isinstance(error, UnpicklableError)
+    assert words in str(error) and "\n" not in str(error)
+    # Nothing is lost: the queue carries on.
+    assert await within(q.call(identity, 3)) == 3
+
+
+# -- defect 7: output without newlines ----------------------------------------
+
+
+def printWithoutNewlines(chunks: int, size: int) -> int:
+    for _ in range(chunks):
+        sys.stdout.write("x" * size)
+        sys.stdout.flush()
+    print("!", flush=True)
+    return chunks * size
+
+
+@pytest_twisted.ensureDeferred
+async def test_endlessLineIsLoggedInBoundedParts(
+    makeProcessQueue: Callable[..., ProcessQueue],
+) -> None:
+    from asynqueue.process import _LINE_BYTES
+
+    logged: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if isinstance(event.get("line"), str) and "worker" in event:
+            logged.append(event)
+
+    q = makeProcessQueue(1)
+    globalLogPublisher.addObserver(observer)
+    try:
+        total = await within(q.call(printWithoutNewlines, 400, 10_000))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    lines = [e["line"] for e in logged]
+    # Every byte arrives, in parts of bounded size, the last ending the line.
+    assert "".join(lines) == "x" * total + "!"
+    assert len(lines) > total // (2 * _LINE_BYTES)
+    assert all(len(line) < 2 * _LINE_BYTES for line in lines)
+    assert all(e["part"] for e in logged[:-1]) and not logged[-1]["part"]
+
+
+def test_outputIsSplitWithoutJoiningAgain() -> None:
+    # Fed byte by byte, the kept start of a line never exceeds the limit.
+    from asynqueue.process import _LINE_BYTES, _Child
+
+    class Worker:
+        name = "w"
+
+    child = _Child(Worker())  # type: ignore[arg-type]
+    parts: list[tuple[bytes, bool]] = []
+    child._logLine = lambda line, part=False: parts.append((line, part))  # type: ignore[method-assign]
+    data = b"ab\ncd" + b"y" * (_LINE_BYTES + 10) + b"\n"
+    for i in range(len(data)):
+        child.childDataReceived(1, data[i : i + 1])
+    assert parts == [
+        (b"ab", False),
+        (b"cd" + b"y" * (_LINE_BYTES - 2), True),
+        (b"y" * 12, False),
+    ]
