@@ -694,8 +694,7 @@ class ProcessWorker:
                     if child is self._child and not self._stopped:
                         self._retiring.add(child)
                         child.ended.addBoth(self._forgetChild, child)
-                        self._child = self._spawn()
-                        self.replaced += 1
+                        self._startChild()
                     child.kill()
                 return
 
@@ -813,8 +812,7 @@ class ProcessWorker:
         old = self._child
         self._retiring.add(old)
         old.retire().addBoth(lambda _: self._retiring.discard(old))
-        self._child = self._spawn()
-        self.replaced += 1
+        self._startChild()
 
     def ran(self, seconds: float) -> None:
         """A child reported a task's run time: adapt my capacity."""
@@ -850,8 +848,7 @@ class ProcessWorker:
             # killed young: the next waits longer, and so many in a row mean
             # no child can start here.
             self._startFailures = 0 if child.cameUp else self._startFailures + 1
-            limit = self._maxStartFailures
-            if limit is not None and self._startFailures >= limit:
+            if self._tooManyStartFailures():
                 self._resign(
                     f"{self._startFailures} processes in a row died before they "
                     f"could run a call; the last: {why}",
@@ -860,14 +857,7 @@ class ProcessWorker:
                 fail(maybeRan, crashed)
                 fail(neverRan, WorkerCrashed(f"{self.name} resigned"))
                 return
-            delay = (
-                min(
-                    _MAX_RESPAWN_DELAY,
-                    self._respawnDelay * 2 ** (self._startFailures - 1),
-                )
-                if self._startFailures
-                else 0.0
-            )
+            delay = self._respawnBackoff()
             self.log.warn(
                 "{name}'s process {pid} died ({why}); starting another in {delay} s",
                 name=self.name,
@@ -875,11 +865,7 @@ class ProcessWorker:
                 why=why,
                 delay=round(delay, 3),
             )
-            self.replaced += 1
-            if delay:
-                self._respawnCall = self.reactor.callLater(delay, self._respawn)
-            else:
-                self._child = self._spawn()
+            self._startChild(delay)
         # The calls it never started go to the fresh child first, so that
         # whatever the failures below set off finds it ready.
         for sent in neverRan:
@@ -903,18 +889,54 @@ class ProcessWorker:
         sent.taskID = next(self._taskIDs)
         self._send(sent)
 
+    def _tooManyStartFailures(self) -> bool:
+        limit = self._maxStartFailures
+        return limit is not None and self._startFailures >= limit
+
+    def _respawnBackoff(self) -> float:
+        """How long to wait before the next child: doubling with each early death."""
+        if not self._startFailures:
+            return 0.0
+        delay = self._respawnDelay * 2 ** (self._startFailures - 1)
+        return min(_MAX_RESPAWN_DELAY, delay)
+
+    def _startChild(self, delay: float = 0.0) -> None:
+        """
+        Replace my child, now or after C{delay} seconds.
+
+        Calls given meanwhile wait for the new child. If it cannot even be
+        started (no descriptors or memory left, say), that counts as a death
+        before it came up: retried with back-off, or I resign.
+        """
+        self.replaced += 1
+        if delay:
+            self._respawnCall = self.reactor.callLater(delay, self._respawn)
+            return
+        try:
+            self._child = self._spawn()
+        except Exception as e:
+            self._startFailures += 1
+            why = f"a process could not be started: {type(e).__name__}: {e}"
+            self.log.error("{name}: {why}", name=self.name, why=why)
+            if self._tooManyStartFailures():
+                self._resign(why, [])
+            else:
+                delay = self._respawnBackoff()
+                self._respawnCall = self.reactor.callLater(delay, self._respawn)
+
     def _respawn(self) -> None:
         """The delayed start of a new child, and the calls that waited for it."""
         self._respawnCall = None
-        waiting, self._waiting = self._waiting, []
         if self._stopped:
-            for sent in waiting:
-                sent.fail(WorkerCrashed(f"{self.name} was stopped"))
+            self._cancelRespawn(WorkerCrashed(f"{self.name} was stopped"))
             return
-        self._child = self._spawn()
-        for sent in waiting:
-            if sent.open:
-                self._resend(sent)
+        self.replaced -= 1  # counted when it was put off
+        self._startChild()
+        if self._respawnCall is None and not self._stopped:
+            waiting, self._waiting = self._waiting, []
+            for sent in waiting:
+                if sent.open:
+                    self._resend(sent)
 
 
 class ProcessQueue(TaskQueue):

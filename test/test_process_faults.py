@@ -453,3 +453,53 @@ def test_outputIsSplitWithoutJoiningAgain() -> None:
         (b"cd" + b"y" * (_LINE_BYTES - 2), True),
         (b"y" * 12, False),
     ]
+
+
+class FlakySpawns:
+    """The reactor, but the next C{failures} process starts fail as at EMFILE."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.delays: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+    def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(24, "Too many open files")
+        return reactor.spawnProcess(*args, **kwargs)
+
+    def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+        self.delays.append(delay)
+        return reactor.callLater(0, f, *a, **kw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_childThatCannotBeStartedIsRetriedAndCallsWait() -> None:
+    worker = ProcessWorker(respawnDelay=0.25, maxStartFailures=5)
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        assert await within(q.call(identity, 1)) == 1
+        flaky = worker.reactor = FlakySpawns(failures=2)
+        # Its child dies in a call; the next two starts fail; the third works.
+        assert isinstance(await failureOf(q.call(exitAtOnce)), WorkerCrashed)
+        assert await within(q.call(identity, 2)) == 2
+        assert flaky.delays == [0.25, 0.5] and q.workers() == [worker]
+    finally:
+        await within(q.shutdown(timeout=3))
+
+
+@pytest_twisted.ensureDeferred
+async def test_workerThatCannotStartChildrenResigns() -> None:
+    worker = ProcessWorker(respawnDelay=0.25, maxStartFailures=3)
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        assert await within(q.call(identity, 1)) == 1
+        worker.reactor = FlakySpawns(failures=10)
+        assert isinstance(await failureOf(q.call(exitAtOnce)), WorkerCrashed)
+        error = await failureOf(q.call(identity, 2))
+        assert isinstance(error, NoWorkers) and "Too many open files" in str(error)
+    finally:
+        await within(q.shutdown(timeout=3))
