@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -485,7 +486,7 @@ class _Child(ProcessProtocol):
     def kill(self) -> None:
         if self.pid is not None and not self.dead:
             try:
-                os.kill(self.pid, 9)
+                os.kill(self.pid, signal.SIGKILL)
             except (ProcessLookupError, ProcessExitedAlready):
                 pass
 
@@ -848,7 +849,11 @@ class ProcessWorker:
             # killed young: the next waits longer, and so many in a row mean
             # no child can start here.
             self._startFailures = 0 if child.cameUp else self._startFailures + 1
-            if self._tooManyStartFailures():
+            # Killed from outside (SIGKILL: an operator, the out-of-memory
+            # killer) says nothing of whether a child can start here: wait,
+            # but never give up for that.
+            killed = getattr(reason.value, "signal", None) == signal.SIGKILL
+            if self._tooManyStartFailures() and not killed:
                 self._resign(
                     f"{self._startFailures} processes in a row died before they "
                     f"could run a call; the last: {why}",
