@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -461,6 +462,13 @@ class FlakySpawns:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.delays: list[float] = []
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+
+    def whenDelayed(self, n: int) -> Deferred[None]:
+        """Fire once C{n} respawns have been put off."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append((n, d))
+        return d
 
     def __getattr__(self, name: str) -> Any:
         return getattr(reactor, name)
@@ -473,6 +481,10 @@ class FlakySpawns:
 
     def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
         self.delays.append(delay)
+        for n, d in list(self._waiters):
+            if len(self.delays) >= n:
+                self._waiters.remove((n, d))
+                reactor.callLater(0, d.callback, None)
         return reactor.callLater(0, f, *a, **kw)
 
 
@@ -501,5 +513,27 @@ async def test_workerThatCannotStartChildrenResigns() -> None:
         assert isinstance(await failureOf(q.call(exitAtOnce)), WorkerCrashed)
         error = await failureOf(q.call(identity, 2))
         assert isinstance(error, NoWorkers) and "Too many open files" in str(error)
+    finally:
+        await within(q.shutdown(timeout=3))
+
+
+@pytest_twisted.ensureDeferred
+async def test_childrenKilledYoungFromOutsideNeverMakeAWorkerResign(
+    tmp_path: Path,
+) -> None:
+    # Each child is SIGKILLed before it runs anything, six times in a row.
+    script = tmp_path / "killed-young"
+    script.write_text("#!/bin/sh\nkill -9 $$\n")
+    script.chmod(0o755)
+    worker = ProcessWorker(executable=str(script), maxStartFailures=2)
+    starts = FlakySpawns(failures=0)
+    worker.reactor = starts
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        d = q.call(identity, "at last")
+        await within(starts.whenDelayed(6))
+        assert q.workers() == [worker] and not d.called
+        worker._executable = sys.executable  # type: ignore[attr-defined]
+        assert await within(d) == "at last"
     finally:
         await within(q.shutdown(timeout=3))
