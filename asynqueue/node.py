@@ -39,6 +39,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from asynqueue.errors import UnpicklableError
+from asynqueue.guard import ConnectionGuard
 from asynqueue.iteration import isIterator
 from asynqueue.ring import RING_MINIMUM, ResultRing
 from asynqueue.startnote import StartNote
@@ -1161,6 +1162,21 @@ class NodeService(Service):
     A worker node as a Twisted service: a pool of processes and a listener.
 
     What C{twist asynqueue-node} and C{asynqueue-node} run.
+
+    Peers that connect and then do nothing cannot hold the node's
+    descriptors (see L{asynqueue.guard.ConnectionGuard}). A new connection
+    has C{handshakeTimeout} seconds (10) to authenticate, or it is dropped:
+    on a TLS node, to complete the handshake, which a client with a
+    certificate the node trusts does in milliseconds; on a plaintext node,
+    to send its first AMP box, which a L{RemoteWorker} does as soon as it
+    connects. An authenticated client may then stay idle as long as it
+    likes. At most C{maxUnauthenticated} connections (64) wait to
+    authenticate at once, and at most C{maxConnections} are open (256, or
+    half the descriptor limit if that is less, so that the cap comes before
+    the limit). At a cap, a new connection evicts the one that has waited
+    longest to authenticate, so idle peers cannot lock a real client out;
+    it is refused only when every open connection has authenticated.
+    C{clock} times the deadlines (the reactor if not given).
     """
 
     def __init__(
@@ -1173,6 +1189,10 @@ class NodeService(Service):
         insecurePlaintext: bool = False,
         reactor: Any = None,
         universe: str | None = None,
+        handshakeTimeout: float = 10.0,
+        maxUnauthenticated: int = 64,
+        maxConnections: int | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -1184,13 +1204,30 @@ class NodeService(Service):
         self.insecurePlaintext = insecurePlaintext
         self.pool: NodePool | None = None
         self.port: Any = None
+        self.guard: ConnectionGuard | None = None
         # Checked now, so that a bad option fails before anything starts.
         self.endpoint = nodeEndpoint(reactor, listen, ca, insecurePlaintext)
+        self.handshakeTimeout = handshakeTimeout
+        self.maxUnauthenticated = maxUnauthenticated
+        self.maxConnections = maxConnections
+        self.clock = clock if clock is not None else reactor
+        self._guarded(Factory())  # checks the numbers
+
+    def _guarded(self, factory: Factory) -> ConnectionGuard:
+        return ConnectionGuard(
+            factory,
+            proof="tls" if self.listen.partition(":")[0] == "ssl" else "box",
+            handshakeTimeout=self.handshakeTimeout,
+            maxUnauthenticated=self.maxUnauthenticated,
+            maxConnections=self.maxConnections,
+            clock=self.clock,
+        )
 
     def startService(self) -> Deferred[Any]:
         super().startService()
         self.pool = NodePool(self.processes, universe=self.universe)
-        d = self.endpoint.listen(NodeFactory(self.pool))
+        self.guard = self._guarded(NodeFactory(self.pool))
+        d = self.endpoint.listen(self.guard)
 
         def listening(port: Any) -> Any:
             self.port = port
@@ -1231,6 +1268,27 @@ class NodeOptions(usage.Options):
             None,
             "module.Class of a WireWorkerUniverse: run only its methods, no code.",
         ],
+        [
+            "handshake-timeout",
+            None,
+            "10",
+            "Seconds a new connection has to authenticate (complete TLS, or "
+            "send its first box in plaintext) before it is dropped.",
+        ],
+        [
+            "max-unauthenticated",
+            None,
+            "64",
+            "How many connections may wait to authenticate at once; at the cap "
+            "a new one evicts the oldest waiting.",
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "How many connections may be open at once "
+            "(default: 256, or half the descriptor limit if less).",
+        ],
     ]
     optFlags = [
         [
@@ -1242,8 +1300,24 @@ class NodeOptions(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if self["processes"] is not None:
-            self["processes"] = int(self["processes"])
+        for name in ("processes", "max-unauthenticated", "max-connections"):
+            if self[name] is not None:
+                self[name] = _positive(name, self[name], int)
+        self["handshake-timeout"] = _positive(
+            "handshake-timeout", self["handshake-timeout"], float
+        )
+
+
+def _positive(name: str, text: str, kind: type[int] | type[float]) -> Any:
+    """C{text} as a number over 0, or a one-line L{usage.UsageError}."""
+    what = "a whole number" if kind is int else "a number of seconds"
+    try:
+        value = kind(text)
+    except ValueError:
+        value = 0
+    if not value > 0 or value == float("inf"):
+        raise usage.UsageError(f"--{name} must be {what} over 0, not {text!r}")
+    return value
 
 
 def makeNodeService(options: NodeOptions) -> NodeService:
@@ -1254,6 +1328,9 @@ def makeNodeService(options: NodeOptions) -> NodeService:
         processes=options["processes"],
         insecurePlaintext=bool(options["insecure-plaintext"]),
         universe=options["universe"],
+        handshakeTimeout=options["handshake-timeout"],
+        maxUnauthenticated=options["max-unauthenticated"],
+        maxConnections=options["max-connections"],
     )
 
 
