@@ -38,6 +38,7 @@ from asynqueue.errors import (
     NoQualifiedWorker,
     NoWorkers,
     QueueRunError,
+    TaskNotStarted,
     TimeoutError,
     UnpicklableError,
     WorkerCrashed,
@@ -908,6 +909,13 @@ class TaskQueue:
                         f"{task.options.timeout} s"
                     )
                 )
+            elif result.check(TaskNotStarted):
+                if not task.deferred.called and self._state != _STOPPED:
+                    # It never ran: it uses up none of its attempts.
+                    task.record.attempts -= 1
+                    self._requeue(task)
+                    self._afterSlotFreed(slot)
+                    return
             elif (
                 result.check(WorkerCrashed)
                 and task.record.attempts <= task.options.retries

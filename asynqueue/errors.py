@@ -19,6 +19,7 @@ __all__ = [
     "ThreadError",
     "WorkerCrashed",
     "NodeLost",
+    "TaskNotStarted",
     "TimeoutError",
     "NoQualifiedWorker",
     "NoWorkers",
@@ -62,6 +63,16 @@ class NodeLost(WorkerCrashed):
 
     The task may have run there, so the queue runs it again elsewhere only
     as often as its C{retries} allow; with none it fails with this.
+    """
+
+
+class TaskNotStarted(WorkerError):
+    """
+    A worker gave a task back without starting it (a remote worker whose
+    connection was lost before the call was sent).
+
+    The queue runs such a task on a worker again without counting an
+    attempt; a caller sees this only if the queue is stopped by then.
     """
 
 

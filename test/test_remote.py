@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import pickle
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +16,25 @@ import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, succeed
+from twisted.internet.error import (
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionRefusedError,
+)
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from asynqueue import TaskQueue
 from asynqueue.certs import makeCluster
 from asynqueue.errors import NodeLost, UnpicklableError
 from asynqueue.node import NodeService, WireServer, nodeEndpoint
 from asynqueue.remote import RemoteWorker, WireWorker, clientEndpoint
-from asynqueue.wire import NodeInfo, WireWorkerUniverse
+from asynqueue.wire import NodeInfo, RunTasks, TaskResult, WireWorkerUniverse
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +140,7 @@ async def test_unknownClientsAreRefusedBeforeAnyByteIsRead(
     assert plain is not None
     assert not marker.exists()
     assert stranger.capacity == 0 and stranger._connection is None
-    stranger._service.stopService()
+    await stranger.stop()
     assert node.pool is not None
     assert sum(w.outstanding for w in node.pool.workers) == 0
 
@@ -296,8 +307,15 @@ def slowSquare(x: int) -> int:
     return x * x
 
 
+@pytest.mark.parametrize("retries", [0, 1])
 @pytest_twisted.ensureDeferred
-async def test_killedNodesTasksRunElsewhere(certs: Path) -> None:
+async def test_killedNodesTasksRunElsewhereOnlyAsRetriesAllow(
+    certs: Path, retries: int
+) -> None:
+    """
+    A call lost with its node may have run there: it runs again elsewhere
+    only if its retries allow; with none, it fails with NodeLost.
+    """
     nodes = [startNodeProcess(certs) for _ in range(2)]
     ports = [await p.listening for p, _ in nodes]
     workers = [
@@ -313,17 +331,27 @@ async def test_killedNodesTasksRunElsewhere(certs: Path) -> None:
         await w.whenConnected()
     q = TaskQueue(*workers, shutdownWithReactor=False)
     try:
-        ds = [q.call(slowSquare, i) for i in range(120)]
+        ds = [q.call(slowSquare, i, retries=retries) for i in range(120)]
         firstDone: Deferred[None] = Deferred()
         ds[5].addCallback(lambda r: (firstDone.callback(None), r)[1])
         await firstDone
         nodes[0][1].signalProcess(signal.SIGKILL)
         outcomes = await DeferredList(ds, consumeErrors=True)
-        assert [ok for ok, _ in outcomes] == [True] * 120
-        assert [value for _, value in outcomes] == [i * i for i in range(120)]
-        rerun = [r for r in q.records() if r.attempts > 1]
-        assert rerun, "no task was in flight on the killed node"
-        assert all(r.worker == "node1" for r in rerun)
+        if retries:
+            assert [ok for ok, _ in outcomes] == [True] * 120
+            assert [value for _, value in outcomes] == [i * i for i in range(120)]
+            rerun = [r for r in q.records() if r.attempts > 1]
+            assert rerun, "no task was in flight on the killed node"
+            assert all(r.worker == "node1" for r in rerun)
+        else:
+            lost = [v for ok, v in outcomes if not ok]
+            assert lost, "no task was in flight on the killed node"
+            assert all(f.check(NodeLost) for f in lost)
+            assert all(v == i * i for i, (ok, v) in enumerate(outcomes) if ok), (
+                "a call that succeeded gave a wrong result"
+            )
+            # At most once: no call ran a second time.
+            assert all(r.attempts == 1 for r in q.records())
         assert workers[0].capacity == 0
     finally:
         await q.shutdown()
@@ -333,22 +361,63 @@ async def test_killedNodesTasksRunElsewhere(certs: Path) -> None:
         assert p.ended.called
 
 
+def whenStarted(q: TaskQueue, count: int = 1) -> Deferred[None]:
+    """A Deferred that fires once C{count} tasks of C{q} have started."""
+    d: Deferred[None] = Deferred()
+    seen: list[object] = []
+
+    def observe(event: str, record: object) -> None:
+        if event == "started" and not d.called:
+            seen.append(record)
+            if len(seen) >= count:
+                d.callback(None)
+
+    q.observe(observe)
+    return d
+
+
+@pytest.mark.parametrize("retries", [0, 1])
 @pytest_twisted.ensureDeferred
-async def test_nodeLostFailsWhenNoRetryLeft(node: NodeService, certs: Path) -> None:
+async def test_sentCallLostWithTheConnectionRunsAgainOnlyAsRetriesAllow(
+    node: NodeService, certs: Path, retries: int
+) -> None:
     worker = workerFor(node, certs)
     await worker.whenConnected()
     q = TaskQueue(worker, shutdownWithReactor=False)
     try:
-        blocker = q.call(slowSquare, 3, retries=0)
-        # Drop the connection under the running task: it goes back to the queue
-        # once (the node may never have run it), then fails with NodeLost.
+        started = whenStarted(q)
+        d = q.call(slowSquare, 3, retries=retries)
+        await started
+        # Written to the connection: the node may have it, and run it.
         worker._connection.transport.abortConnection()  # type: ignore[union-attr]
-        await worker.whenConnected()
-        assert await blocker == 9
-        assert q.records()[0].attempts == 2
+        if retries:
+            assert await d == 9
+            assert q.records()[0].attempts == 2
+        else:
+            with pytest.raises(NodeLost, match="was lost"):
+                await d
+            assert q.records()[0].attempts == 1
     finally:
         await q.shutdown()
-    assert issubclass(NodeLost, Exception)
+
+
+@pytest_twisted.ensureDeferred
+async def test_callNeverSentIsHandedBackUncounted(
+    node: NodeService, certs: Path
+) -> None:
+    """A call still waiting to be written when the connection drops cannot
+    have run: it runs later (here, once reconnected) even with retries=0."""
+    worker = workerFor(node, certs)
+    await worker.whenConnected()
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        d = q.call(slowSquare, 3, retries=0)
+        assert worker._connection is not None and worker._connection.outgoing
+        worker._connection.transport.abortConnection()  # type: ignore[union-attr]
+        assert await d == 9
+        assert q.records()[0].attempts == 1
+    finally:
+        await q.shutdown()
 
 
 # ----------------------------------------------------------------------
@@ -403,33 +472,57 @@ async def test_universeNodeRunsOnlyItsMethods(certs: Path, tmp_path: Path) -> No
         await server.stopService()
 
 
-def sleepy(seconds: float) -> str:
+def sleepy(seconds: float, said: str | None = None) -> str:
+    """Sleep; first, if given a unix socket's path, say there that it began."""
+    import socket
     import time
 
+    if said is not None:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(said)
+            s.sendall(b"began")
     time.sleep(seconds)  # the workload: a task that would run far too long
     return "woke"
 
 
-@pytest_twisted.ensureDeferred
-async def test_remoteTimeoutEndsTheNodesChild(node: NodeService, certs: Path) -> None:
-    from twisted.internet.task import Clock
+def whenSaid(path: Path) -> tuple[Deferred[None], Any]:
+    """
+    Listen on a unix socket at C{path}: a Deferred that fires once a call
+    connects there (see L{sleepy}), and the listening endpoint's Deferred.
+    """
+    from twisted.internet import endpoints
 
+    said: Deferred[None] = Deferred()
+
+    class Listener(Protocol):
+        def connectionMade(self) -> None:
+            if not said.called:
+                said.callback(None)
+
+    listening = endpoints.UNIXServerEndpoint(reactor, str(path)).listen(
+        _factory(Listener)
+    )
+    return said, listening
+
+
+@pytest_twisted.ensureDeferred
+async def test_remoteTimeoutEndsTheNodesChild(
+    node: NodeService, certs: Path, tmp_path: Path
+) -> None:
     from asynqueue import TimeoutError
 
     worker = workerFor(node, certs)
     await worker.whenConnected()
     clock = Clock()
     q = TaskQueue(worker, clock=clock, shutdownWithReactor=False)
+    said, listening = whenSaid(tmp_path / "began.sock")
+    port = await listening
     try:
         before = await q.call(os.getpid)
-        started: Deferred[None] = Deferred()
-        q.observe(
-            lambda event, record: (
-                event == "started" and not started.called and started.callback(None)
-            )
-        )
-        d = q.call(sleepy, 60, timeout=5)
-        await started
+        d = q.call(sleepy, 60, str(tmp_path / "began.sock"), timeout=5)
+        # Running in the node's child, not only sent: a call the child has
+        # not begun is withdrawn, and the child is left alone.
+        await said
         clock.advance(5)
         with pytest.raises(TimeoutError):
             await d
@@ -439,6 +532,7 @@ async def test_remoteTimeoutEndsTheNodesChild(node: NodeService, certs: Path) ->
         assert node.pool is not None and node.pool.workers[0].replaced == 1
     finally:
         await q.shutdown()
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
@@ -531,3 +625,425 @@ async def test_clientDropsANodeThatSendsGarbage() -> None:
     finally:
         await worker.stop()
         await port.stopListening()
+
+
+# ----------------------------------------------------------------------
+# Reconnecting and the heartbeat, on a Clock, with nodes in memory
+
+
+class FakeNode(amp.AMP):
+    """A node in memory: answers NodeInfo (unless told not to), keeps task IDs."""
+
+    def __init__(self, answering: bool = True) -> None:
+        super().__init__()
+        self.answering = answering
+        self.infos = 0
+        self.taskIDs: list[int] = []
+
+    @NodeInfo.responder
+    def nodeInfo(self) -> Any:
+        self.infos += 1
+        if not self.answering:
+            return Deferred()
+        return {"pid": 1, "rss": 0, "capacity": 4, "done": 0, "processes": 1}
+
+    @RunTasks.responder
+    def runTasks(self, batch: bytes) -> dict[str, Any]:
+        self.taskIDs += [taskID for taskID, _ in pickle.loads(batch)]
+        return {}
+
+    def result(self, taskID: int, value: bytes) -> None:
+        self.callRemote(
+            TaskResult, taskID=taskID, status="b", payload=value, seconds=0.0
+        )
+
+
+class ClientEnd(StringTransport):
+    """The worker's end of an in-memory connection: its closing is reported."""
+
+    def __init__(self, clock: Clock, protocol: Any) -> None:
+        super().__init__()
+        self.clock = clock
+        self.protocol = protocol
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting:
+            # abortConnection sets disconnected, then calls this.
+            reason = ConnectionAborted() if self.disconnected else ConnectionDone()
+            super().loseConnection()
+            self.clock.callLater(0, self.protocol.connectionLost, Failure(reason))
+
+
+class FakeEndpoint:
+    """
+    Where a worker on a Clock connects: each attempt gets what C{nodes()}
+    gives, a L{FakeNode} to connect to or an exception to fail with. Bytes
+    move only when the test calls L{pump}; with C{dropAtOnce} the peer
+    closes each connection as soon as it is made.
+    """
+
+    def __init__(self, clock: Clock, nodes: Callable[[], Any]) -> None:
+        self.clock = clock
+        self.nodes = nodes
+        self.attempts = 0
+        self.dropAtOnce = False
+        self.links: list[tuple[Any, ClientEnd, FakeNode, StringTransport]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.attempts += 1
+        node = self.nodes()
+        if isinstance(node, Exception):
+            return fail(node)
+        protocol = factory.buildProtocol(None)
+        end = ClientEnd(self.clock, protocol)
+        nodeEnd = StringTransport()
+        node.makeConnection(nodeEnd)
+        protocol.makeConnection(end)
+        self.links.append((protocol, end, node, nodeEnd))
+        if self.dropAtOnce:
+            end.loseConnection()
+        return succeed(protocol)
+
+    def pump(self) -> None:
+        """Move what either end wrote to the other, until nothing moves."""
+        moved = True
+        while moved:
+            self.clock.advance(0)
+            moved = False
+            for protocol, end, node, nodeEnd in self.links:
+                if end.disconnecting:
+                    continue
+                for source, sink in ((end, node), (nodeEnd, protocol)):
+                    data = source.value()
+                    if data:
+                        source.clear()
+                        sink.dataReceived(data)
+                        moved = True
+
+
+def advance(
+    clock: Clock,
+    seconds: float,
+    step: float = 0.1,
+    pump: FakeEndpoint | None = None,
+) -> None:
+    """
+    Move C{clock} on in small steps, as time passes: timers set meanwhile
+    count from when they were set. With C{pump}, its bytes move each step.
+    """
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
+        if pump is not None:
+            pump.pump()
+
+
+@pytest.fixture
+def remoteEvents() -> Iterator[list[dict[str, Any]]]:
+    """What a remote worker (or a reconnecting service) logs during the test."""
+    events: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        namespace = event.get("log_namespace", "")
+        if event.get("log_failure") is not None or namespace.startswith(
+            ("asynqueue.remote", "twisted.application", "twisted.internet.protocol")
+        ):
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
+def texts(events: list[dict[str, Any]]) -> list[str]:
+    return [str(formatEvent(e)) for e in events]
+
+
+def onClock(
+    monkeypatch: pytest.MonkeyPatch,
+    clock: Clock,
+    nodes: Callable[[], Any],
+    dropAtOnce: bool = False,
+    **kw: Any,
+) -> tuple[RemoteWorker, FakeEndpoint]:
+    """A RemoteWorker on C{clock} whose attempts to connect C{nodes} answers."""
+    from asynqueue import remote
+
+    endpoint = FakeEndpoint(clock, nodes)
+    endpoint.dropAtOnce = dropAtOnce
+    monkeypatch.setattr(remote, "clientEndpoint", lambda *a, **k: endpoint)
+    worker = RemoteWorker(
+        "tcp:127.0.0.1:8789", insecurePlaintext=True, reactor=clock, **kw
+    )
+    return worker, endpoint
+
+
+def refused() -> Exception:
+    return ConnectionRefusedError("111: Connection refused")
+
+
+def test_unreachableNodeIsLoggedOncePerChangeWithoutTraceback(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock, remoteEvents: list[dict[str, Any]]
+) -> None:
+    answer: list[Callable[[], Any]] = [refused]
+    worker, endpoint = onClock(monkeypatch, clock, lambda: answer[0]())
+    advance(clock, 600, step=1)
+    # Backing off to 30 s between attempts: a few dozen in 10 minutes.
+    assert 10 < endpoint.attempts < 40
+    assert not [e for e in remoteEvents if e.get("log_failure") is not None]
+    said = texts(remoteEvents)
+    assert len(said) == 2, said
+    assert "nothing listens at 127.0.0.1:8789" in said[0]
+    assert "still unreachable" in said[1] and "every 30 s" in said[1]
+    # It comes back: one line. It is lost again: one line, and so on.
+    answer[0] = FakeNode
+    advance(clock, 35, step=1, pump=endpoint)
+    assert worker.capacity == 4
+    said = texts(remoteEvents)
+    assert len(said) == 3 and "Connected to node" in said[2], said
+    answer[0] = refused
+    endpoint.links[-1][1].loseConnection()
+    advance(clock, 600, step=1)
+    assert worker.capacity == 0
+    answer[0] = FakeNode
+    advance(clock, 35, step=1, pump=endpoint)
+    said = texts(remoteEvents)
+    assert len(said) == 7, said
+    assert "Lost the connection" in said[3]
+    assert "nothing listens" in said[4] and "still unreachable" in said[5]
+    assert "is back" in said[6]
+    assert not [e for e in remoteEvents if e.get("log_failure") is not None]
+    worker.crash()
+    clock.advance(0)
+    assert not clock.getDelayedCalls()
+
+
+def test_backOffStartsAfreshOnlyAfterTheNodeAnswered(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock, remoteEvents: list[dict[str, Any]]
+) -> None:
+    """A peer that takes each connection and drops it is not retried every
+    second: only a connection that worked starts the waits afresh."""
+    worker, endpoint = onClock(monkeypatch, clock, FakeNode, dropAtOnce=True)
+    advance(clock, 600, step=1)
+    assert 10 < endpoint.attempts < 40
+    said = texts(remoteEvents)
+    assert len(said) == 2, said
+    assert "closed the connection before saying what it is" in said[0]
+    # One that works, then drops: the next attempt comes at once.
+    endpoint.dropAtOnce = False
+    advance(clock, 35, step=1, pump=endpoint)
+    assert worker.capacity == 4
+    attempts = endpoint.attempts
+    endpoint.links[-1][1].loseConnection()
+    advance(clock, 1)
+    assert endpoint.attempts == attempts + 1
+    worker.crash()
+    clock.advance(0)
+    assert not clock.getDelayedCalls()
+
+
+def test_silentNodeIsDroppedAfterMissedHeartbeats(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock, remoteEvents: list[dict[str, Any]]
+) -> None:
+    nodes = [FakeNode()]
+    worker, endpoint = onClock(
+        monkeypatch,
+        clock,
+        lambda: nodes.pop(0) if nodes else refused(),
+        heartbeat=5.0,
+        missedHeartbeats=3,
+    )
+    endpoint.pump()
+    assert worker.capacity == 4
+    node = endpoint.links[0][2]
+    q = TaskQueue(worker, clock=clock, shutdownWithReactor=False)
+    ds = [q.call(square, i, retries=0) for i in range(10)]
+    endpoint.pump()
+    assert len(node.taskIDs) == 4
+    # A quiet node is pinged; while it answers, it stays.
+    for _ in range(100):
+        advance(clock, 0.5)
+        endpoint.pump()
+    assert node.infos >= 5 and worker.capacity == 4
+    # This process busy for 30 s (timers run late, once, before the bytes
+    # waiting meanwhile are read) is not the node's silence.
+    clock.advance(30)
+    endpoint.pump()
+    clock.advance(30)
+    endpoint.pump()
+    assert worker.capacity == 4
+    # Busy sending results but answering no ping, it stays too.
+    node.answering = False
+    for i in range(8):
+        advance(clock, 4)
+        node.result(node.taskIDs[i], b"%d" % (i * i))
+        endpoint.pump()
+    assert worker.capacity == 4
+    assert [d.called for d in ds] == [True] * 8 + [False] * 2
+    # Frozen: nothing moves. Silent for 3 heartbeats (noticed within 4),
+    # it is taken for lost: its calls in flight fail.
+    advance(clock, 14.9)
+    assert worker.capacity == 4 and not ds[8].called
+    advance(clock, 5.1)
+    assert worker.capacity == 0
+    failures: list[Failure] = []
+    for d in ds[8:]:
+        d.addErrback(failures.append)
+    assert len(failures) == 2
+    assert all(f.check(NodeLost) for f in failures)
+    assert "sent nothing" in str(failures[0].value)
+    said = texts(remoteEvents)
+    assert any("Lost the connection" in t and "sent nothing" in t for t in said)
+    q.shutdown()
+    advance(clock, 1)
+    assert not clock.getDelayedCalls()
+
+
+def test_nodeThatNeverSaysWhatItIsIsDroppedAfterTheHeartbeats(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock, remoteEvents: list[dict[str, Any]]
+) -> None:
+    """A peer that takes the connection and then says nothing (a frozen
+    node, a stuck handshake) does not hold the worker's attempt forever."""
+    worker, endpoint = onClock(
+        monkeypatch, clock, lambda: FakeNode(answering=False), heartbeat=1.0
+    )
+    endpoint.pump()
+    advance(clock, 2.9)
+    assert endpoint.attempts == 1
+    advance(clock, 1.1)
+    assert endpoint.links[0][1].disconnected
+    said = texts(remoteEvents)
+    assert len(said) == 1 and "sent nothing" in said[0], said
+    advance(clock, 1)
+    assert endpoint.attempts == 2
+    worker.crash()
+    advance(clock, 1)
+    assert not clock.getDelayedCalls()
+
+
+def test_heartbeatIsChecked() -> None:
+    with pytest.raises(ValueError, match="heartbeat"):
+        RemoteWorker("tcp:127.0.0.1:1", insecurePlaintext=True, heartbeat=-1)
+    with pytest.raises(ValueError, match="missedHeartbeats"):
+        RemoteWorker("tcp:127.0.0.1:1", insecurePlaintext=True, missedHeartbeats=0)
+
+
+# ----------------------------------------------------------------------
+# Real nodes: refusals said in plain words, a frozen node
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusedCertificateIsSaidOnceInPlainWords(
+    node: NodeService,
+    certs: Path,
+    remoteEvents: list[dict[str, Any]],
+    loggedErrors: list[dict[str, Any]],
+) -> None:
+    port = node.port.getHost().port
+    stranger = workerFor(node, certs, client="stranger")
+    distrustful = RemoteWorker(
+        f"tls:localhost:{port}",
+        certificate=str(certs / "app.pem"),
+        ca=str(certs / "other" / "ca.crt"),
+    )
+    try:
+        for worker in (stranger, distrustful):
+            await attempted(worker, 4)
+        said = texts(remoteEvents)
+        assert not [e for e in remoteEvents if e.get("log_failure") is not None]
+        assert len(said) == 2, said
+        assert any(f"node localhost:{port} refused our certificate" in t for t in said)
+        assert any(
+            f"we refused the certificate of node localhost:{port}" in t for t in said
+        )
+        assert all("\n" not in t for t in said)
+    finally:
+        await stranger.stop()
+        await distrustful.stop()
+    gc.collect()
+    assert loggedErrors == []
+
+
+def attempted(worker: RemoteWorker, count: int) -> Deferred[None]:
+    """
+    A Deferred that fires once C{count} of C{worker}'s attempts to connect
+    have failed (as the next begins); from now on it retries at once.
+    """
+    worker.retryDelay = 0.01
+    real = worker._endpoint
+    d: Deferred[None] = Deferred()
+    tries = [1]
+
+    class Counting:
+        def connect(self, factory: Any) -> Deferred[Any]:
+            tries[0] += 1
+            if tries[0] == count + 1:
+                d.callback(None)
+            return real.connect(factory)  # type: ignore[no-any-return]
+
+    worker._endpoint = Counting()
+    return d
+
+
+def stallOn(pid: int, x: int) -> int:
+    """Square C{x}; on the node whose main process is C{pid}, only after 20 s."""
+    import time
+
+    if os.getppid() == pid:
+        time.sleep(20)  # the workload: keeps the call in flight on that node
+    return x * x
+
+
+@pytest_twisted.ensureDeferred
+async def test_frozenNodesCallsGoElsewhereWithinTheHeartbeat(
+    node: NodeService, certs: Path, loggedErrors: list[dict[str, Any]]
+) -> None:
+    """
+    A node stopped with SIGSTOP keeps its connection open but says nothing:
+    after the missed heartbeats its calls in flight fail with NodeLost, and
+    run on another node if their retries allow.
+    """
+    frozen, transport = startNodeProcess(certs)
+    port = await frozen.listening
+    worker = RemoteWorker(
+        f"tls:localhost:{port}",
+        certificate=str(certs / "app.pem"),
+        ca=str(certs / "ca.crt"),
+        name="frozen",
+        heartbeat=0.5,
+        missedHeartbeats=3,
+    )
+    other = workerFor(node, certs)
+    await worker.whenConnected()
+    await other.whenConnected()
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    stopped = False
+    ds: list[Deferred[Any]] = []
+    # Fails the test, rather than hang it, if the node is never dropped.
+    guard = reactor.callLater(60, lambda: [d.cancel() for d in ds])
+    try:
+        started = whenStarted(q, 4)
+        ds += [q.call(stallOn, transport.pid, i, retries=0) for i in range(2)]
+        ds += [q.call(stallOn, transport.pid, i, retries=1) for i in range(2, 4)]
+        await started
+        await q.attachWorker(other)
+        transport.signalProcess(signal.SIGSTOP)
+        stopped = True
+        outcomes = await DeferredList(ds, consumeErrors=True)
+        lost = [v for ok, v in outcomes[:2] if not ok]
+        assert len(lost) == 2 and all(f.check(NodeLost) for f in lost)
+        assert "sent nothing" in str(lost[0].value)
+        assert [v for _, v in outcomes[2:]] == [4, 9]
+        records = q.records()
+        assert [r.worker for r in records[2:]] == [other.name] * 2
+        assert [r.attempts for r in records] == [1, 1, 2, 2]
+        assert worker.capacity == 0
+    finally:
+        if guard.active():
+            guard.cancel()
+        if stopped:
+            transport.signalProcess(signal.SIGCONT)
+        await q.shutdown()
+        transport.signalProcess(signal.SIGTERM)
+        await frozen.ended
+    gc.collect()
+    assert loggedErrors == []
