@@ -3,9 +3,12 @@ asynqueue: prioritized Deferred task queues for Twisted.
 
 Send calls to workers in the reactor, in threads, in child processes and
 on remote nodes; every call returns a Deferred (which can be awaited).
+
+The queue core and the vocabulary load with the package; the process,
+remote and node machinery, and the layers on top, only when first used.
 """
 
-from asynqueue.base import TaskQueue
+from asynqueue._lazy import lazyExports
 from asynqueue.errors import (
     AsynQueueError,
     LaneError,
@@ -18,18 +21,27 @@ from asynqueue.errors import (
     UnpicklableError,
     WorkerCrashed,
 )
-from asynqueue.feed import Feeder
 from asynqueue.interfaces import IIterationSource, IWorker
 from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
-from asynqueue.node import context
-from asynqueue.ordered import OrderedQueue
-from asynqueue.process import ProcessQueue, ProcessWorker
-from asynqueue.remote import RemoteWorker, WireWorker
+from asynqueue.queue.core import TaskQueue
 from asynqueue.settings import Settings
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
-from asynqueue.threads import ThreadQueue, ThreadWorker, deferToThread
 from asynqueue.util import DeferredLock, DeferredTracker
-from asynqueue.workers import AsyncWorker, MemoryWorker
+from asynqueue.workers.reactor import AsyncWorker, MemoryWorker
+
+_EXPORTS = {
+    "Feeder": "asynqueue.feed",
+    "OrderedQueue": "asynqueue.ordered",
+    "context": "asynqueue.node.child",
+    "ProcessQueue": "asynqueue.workers.process",
+    "ProcessWorker": "asynqueue.workers.process",
+    "RemoteWorker": "asynqueue.workers.remote",
+    "WireWorker": "asynqueue.workers.remote",
+    "ThreadQueue": "asynqueue.workers.threads",
+    "ThreadWorker": "asynqueue.workers.threads",
+    "deferToThread": "asynqueue.workers.threads",
+}
+__getattr__ = lazyExports(__name__, _EXPORTS)
 
 __all__ = [
     "AsyncWorker",

@@ -25,7 +25,7 @@ from asynqueue.iteration import Deferator
 from asynqueue.tasks import TaskOptions
 
 if TYPE_CHECKING:
-    from asynqueue.base import TaskQueue
+    from asynqueue.queue.core import TaskQueue
 
 __all__ = ["mapOver", "runChunk"]
 

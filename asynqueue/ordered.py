@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError
+from asynqueue.queue.core import TaskQueue
 
 __all__ = ["OrderedQueue"]
 

@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from asynqueue.tasks import TaskRecord
 
 if TYPE_CHECKING:
-    from asynqueue.base import TaskQueue
+    from asynqueue.queue.core import TaskQueue
 
 __all__ = [
     "ProgressBackend",

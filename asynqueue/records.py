@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from asynqueue.tasks import TaskRecord
 
 if TYPE_CHECKING:
-    from asynqueue.base import TaskQueue
+    from asynqueue.queue.core import TaskQueue
 
 __all__ = [
     "RECORD_FIELDS",

@@ -30,8 +30,8 @@ from twisted.internet.task import react
 
 import asynqueue
 from asynqueue import ProcessQueue, RemoteWorker, TaskQueue
-from asynqueue.certs import makeCluster
-from asynqueue.node import NodeService
+from asynqueue.node.certs import makeCluster
+from asynqueue.node.service import NodeService
 
 
 def trivial(x: int) -> int:

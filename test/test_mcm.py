@@ -21,8 +21,8 @@ import pytest
 import pytest_twisted
 
 from asynqueue import AsyncWorker, ProcessQueue, TaskQueue, ThreadWorker
-from asynqueue.certs import makeCluster
-from asynqueue.node import NodeService
+from asynqueue.node.certs import makeCluster
+from asynqueue.node.service import NodeService
 from asynqueue.progress import ProgressBar
 from mcmandelbrot import kernel, main, render
 from mcmandelbrot.view import BLOCK_PIXELS, DEFAULT_VIEW, View

@@ -30,8 +30,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from asynqueue import TaskQueue
-from asynqueue.certs import main as certsMain
-from asynqueue.node import NodeOptions, makeNodeService
+from asynqueue.node.certs import main as certsMain
+from asynqueue.node.service import NodeOptions, makeNodeService
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
 

@@ -13,20 +13,9 @@ from twisted.protocols import amp
 from twisted.test import iosim
 
 from asynqueue.errors import RemoteError, UnpicklableError
-from asynqueue.wire import (
-    BigBytes,
-    BoxReader,
-    NextItems,
-    RunTasks,
-    bigValue,
-    boxPieces,
-    decodeError,
-    dumpCall,
-    dumps,
-    encodeError,
-    loads,
-    writeBox,
-)
+from asynqueue.wire.commands import NextItems, RunTasks
+from asynqueue.wire.framing import BigBytes, BoxReader, bigValue, boxPieces, writeBox
+from asynqueue.wire.pickling import decodeError, dumpCall, dumps, encodeError, loads
 
 CHUNK = amp.MAX_VALUE_LENGTH
 SIZES = [0, 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7]

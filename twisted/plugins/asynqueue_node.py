@@ -16,12 +16,12 @@ class _NodeServiceMaker:
 
     @property
     def options(self) -> Any:
-        from asynqueue.node import NodeOptions
+        from asynqueue.node.service import NodeOptions
 
         return NodeOptions
 
     def makeService(self, options: Any) -> Any:
-        from asynqueue.node import makeNodeService
+        from asynqueue.node.service import makeNodeService
 
         return makeNodeService(options)
 

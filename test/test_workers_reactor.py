@@ -15,13 +15,13 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from asynqueue import AsyncWorker, IWorker, MemoryWorker, TimeoutError, WorkerCrashed
-from asynqueue.base import TaskQueue
 from asynqueue.errors import QueueRunError
 from asynqueue.interfaces import IReportingWorker
 from asynqueue.iteration import Deferator
+from asynqueue.queue.core import TaskQueue
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
-from asynqueue.threads import ThreadWorker
-from asynqueue.workers import WorkerBase, runReporting
+from asynqueue.workers.base import WorkerBase, runReporting
+from asynqueue.workers.threads import ThreadWorker
 from helpers import failureOf, result
 
 

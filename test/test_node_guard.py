@@ -27,11 +27,11 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from asynqueue.certs import makeCluster
-from asynqueue.guard import ConnectionGuard, GuardedProtocol, defaultMaxConnections
-from asynqueue.node import NodeOptions, NodeService, makeNodeService
-from asynqueue.remote import clientEndpoint
-from asynqueue.wire import NodeInfo
+from asynqueue.node.certs import makeCluster
+from asynqueue.node.guard import ConnectionGuard, GuardedProtocol, defaultMaxConnections
+from asynqueue.node.service import NodeOptions, NodeService, makeNodeService
+from asynqueue.wire.commands import NodeInfo
+from asynqueue.workers.connection import clientEndpoint
 
 # -- the guard over fake transports -------------------------------------------
 
@@ -108,7 +108,7 @@ def logged() -> Iterator[list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
 
     def observer(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "asynqueue.guard":
+        if event.get("log_namespace") == "asynqueue.node.guard":
             events.append(event)
 
     globalLogPublisher.addObserver(observer)

@@ -29,7 +29,7 @@ import mmap
 import os
 import struct
 
-from asynqueue.startnote import sharedMemory
+from asynqueue.wire.startnote import sharedMemory
 
 __all__ = ["ResultRing", "RING_SIZE", "RING_MINIMUM"]
 

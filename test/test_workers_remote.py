@@ -30,11 +30,13 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from asynqueue import TaskQueue
-from asynqueue.certs import makeCluster
 from asynqueue.errors import NodeLost, UnpicklableError
-from asynqueue.node import NodeService, WireServer, nodeEndpoint
-from asynqueue.remote import RemoteWorker, WireWorker, clientEndpoint
-from asynqueue.wire import NodeInfo, RunTasks, TaskResult, WireWorkerUniverse
+from asynqueue.node.certs import makeCluster
+from asynqueue.node.service import NodeService, WireServer, nodeEndpoint
+from asynqueue.wire.commands import NodeInfo, RunTasks, TaskResult
+from asynqueue.wire.universe import WireWorkerUniverse
+from asynqueue.workers.connection import clientEndpoint
+from asynqueue.workers.remote import RemoteWorker, WireWorker
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +237,7 @@ async def _sendGarbage(service: NodeService, garbage: bytes) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_oversizedBoxIsCutOff(plaintextNode: NodeService) -> None:
-    from asynqueue.node import NodeProtocol
+    from asynqueue.node.protocol import NodeProtocol
 
     old = NodeProtocol.maxBoxBytes
     NodeProtocol.maxBoxBytes = 200_000
@@ -247,7 +249,7 @@ async def test_oversizedBoxIsCutOff(plaintextNode: NodeService) -> None:
         client = await endpoint.connect(_factory(amp.AMP))
         from twisted.internet.error import ConnectionDone, ConnectionLost
 
-        from asynqueue.wire import RunTasks
+        from asynqueue.wire.commands import RunTasks
 
         client.callRemote(RunTasks, batch=b"x" * 1_000_000)
         with pytest.raises((ConnectionDone, ConnectionLost)):
@@ -440,7 +442,7 @@ class Words(WireWorkerUniverse):
 @pytest_twisted.ensureDeferred
 async def test_universeNodeRunsOnlyItsMethods(certs: Path, tmp_path: Path) -> None:
     server = WireServer(
-        "test_remote.Words",
+        "test_workers_remote.Words",
         listen=tlsListen(certs),
         ca=str(certs / "ca.crt"),
         processes=1,
@@ -557,7 +559,7 @@ async def test_batchesAreReadAsPlainDataOnly(
     from twisted.internet import endpoints
     from twisted.internet.error import ConnectionDone, ConnectionLost
 
-    from asynqueue.wire import RunTasks
+    from asynqueue.wire.commands import RunTasks
 
     marker = tmp_path / "smuggled"
     evil = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
@@ -745,7 +747,7 @@ def remoteEvents() -> Iterator[list[dict[str, Any]]]:
     def observer(event: dict[str, Any]) -> None:
         namespace = event.get("log_namespace", "")
         if event.get("log_failure") is not None or namespace.startswith(
-            ("asynqueue.remote", "twisted.application", "twisted.internet.protocol")
+            ("asynqueue.workers", "twisted.application", "twisted.internet.protocol")
         ):
             events.append(event)
 
@@ -766,7 +768,7 @@ def onClock(
     **kw: Any,
 ) -> tuple[RemoteWorker, FakeEndpoint]:
     """A RemoteWorker on C{clock} whose attempts to connect C{nodes} answers."""
-    from asynqueue import remote
+    from asynqueue.workers import remote
 
     endpoint = FakeEndpoint(clock, nodes)
     endpoint.dropAtOnce = dropAtOnce

@@ -938,9 +938,9 @@ async def test_parentExitsCleanlyOnSignal(signame: str) -> None:
 def test_newsOfAnEarlierRunDoesNotStartTheNextOne() -> None:
     # A dead child's late results must not date (or start the timer of) the
     # run of the same task that another worker has since been given.
-    from asynqueue.process import _Child, _Sent
     from asynqueue.tasks import Task, TaskOptions, TaskRecord
-    from asynqueue.wire import dumps
+    from asynqueue.wire.pickling import dumps
+    from asynqueue.workers.children import _Child, _Sent
 
     class Worker:
         name = "w"

@@ -24,8 +24,9 @@ from twisted.protocols import amp
 from twisted.test import iosim
 
 from asynqueue.errors import UnpicklableError
-from asynqueue.node import LocalRunner, NodeProtocol
-from asynqueue.wire import (
+from asynqueue.node.child import LocalRunner
+from asynqueue.node.protocol import NodeProtocol
+from asynqueue.wire.commands import (
     RESULT_DELAY,
     RESULT_WINDOW,
     NodeInfo,
@@ -33,11 +34,8 @@ from asynqueue.wire import (
     Stop,
     TaskResult,
     TaskResults,
-    decodeError,
-    dumpCall,
-    dumps,
-    loads,
 )
+from asynqueue.wire.pickling import decodeError, dumpCall, dumps, loads
 
 RAN: list[Any] = []
 PENDING: dict[str, Deferred[Any]] = {}

@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import gatherResults
 
-from asynqueue.ring import RING_MINIMUM, ResultRing
+from asynqueue.wire.ring import RING_MINIMUM, ResultRing
 
 
 @pytest.fixture

@@ -1,166 +1,22 @@
 """
-Workers: what runs the tasks a L{TaskQueue} hands out.
-
-L{AsyncWorker} runs calls in the reactor thread; L{MemoryWorker} runs them
-only when a test says so. L{ThreadWorker} (in L{asynqueue.threads}) runs
-them in a dedicated thread. Each provides L{IWorker}, the only thing the
-queue knows of them.
+Workers in the reactor: L{AsyncWorker} runs calls (and coroutines) in the
+reactor thread, and L{MemoryWorker} runs them only when a test says so.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from inspect import isawaitable
+from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from asynqueue.errors import QueueRunError, WorkerCrashed
-from asynqueue.interfaces import IIterationSource, IReportingWorker, IWorker
-from asynqueue.iteration import Deferator, LocalIterationSource, isIterator
+from asynqueue.interfaces import IReportingWorker, IWorker
 from asynqueue.tasks import Task
-
-__all__ = [
-    "AdaptiveBacklog",
-    "AsyncWorker",
-    "MemoryWorker",
-    "settle",
-    "WorkerBase",
-    "PLAIN_TYPES",
-    "runReporting",
-]
-
-_names = itertools.count(1)
-
-
-def settle(
-    result: object,
-    sourceFor: Callable[[Iterator[Any]], IIterationSource] = LocalIterationSource,
-) -> Deferred[Any]:
-    """
-    Turn what a task's function returned into a Deferred of its final result.
-
-    A Deferred is awaited and a coroutine (or other awaitable) is run in the
-    reactor; an iterator becomes a L{Deferator} whose items come from
-    C{sourceFor(iterator)}. An iterator that a Deferred or coroutine fires
-    with was made in the reactor, so it is iterated there.
-    """
-    if type(result) in PLAIN_TYPES:
-        return succeed(result)
-    if isinstance(result, Deferred):
-        return result.addCallback(_localDeferator)
-    if isawaitable(result):
-        return Deferred.fromCoroutine(_awaitIt(result)).addCallback(_localDeferator)
-    if isIterator(result):
-        return Deferator(sourceFor(result)).ready()  # type: ignore[arg-type]
-    return succeed(result)
-
-
-#: Result types that are never iterators, Deferreds or awaitables.
-PLAIN_TYPES = frozenset(
-    {
-        type(None),
-        bool,
-        int,
-        float,
-        complex,
-        str,
-        bytes,
-        bytearray,
-        list,
-        tuple,
-        dict,
-        set,
-    }
-)
-
-
-async def _awaitIt(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def _localDeferator(result: object) -> object:
-    if isIterator(result):
-        return Deferator.fromIterator(result)  # type: ignore[arg-type]
-    return result
-
-
-def runReporting(worker: Any, task: Task) -> Deferred[Any]:
-    """
-    C{IWorker.run} for an L{IReportingWorker}: start the task and return a
-    Deferred of what the worker reports. Cancelling it abandons the task.
-    """
-    # A run of its own: the same task may be run again meanwhile. It tells
-    # the task when it starts (so a queue's timer, if any, is the task's),
-    # and holds none of the queue's run state.
-    run = copy.copy(task)
-    run.slot = run.timeoutCall = run.handle = None
-    if task.onStart is not None:
-        run.onStart = lambda _, ago: task.markStarted(ago)
-    d: Deferred[Any] = Deferred(lambda _: worker.abandon(run))
-
-    def report(_: Task, outcome: object, attempt: int) -> None:
-        if not d.called:
-            if isinstance(outcome, Failure):
-                d.errback(outcome)
-            else:
-                d.callback(outcome)
-
-    run.onDone = report
-    worker.start(run)
-    return d
-
-
-class AdaptiveBacklog:
-    """
-    How many tasks to hand a worker that runs them one at a time.
-
-    One, plus as many more as take about C{seconds} to run by the moving
-    average of run times so far, between C{floor} and C{ceiling}: short tasks
-    go through in bulk, while a more urgent task that arrives later waits
-    about C{seconds} at most behind those already handed out.
-    """
-
-    def __init__(self, seconds: float, ceiling: int, floor: int = 1) -> None:
-        self.seconds = seconds
-        self.ceiling = ceiling
-        self.floor = floor
-        self.average = seconds
-
-    def ran(self, runTime: float) -> int:
-        """Note one task's run time; return the capacity to use now."""
-        average = self.average = 0.9 * self.average + 0.1 * runTime
-        backlog = self.seconds / average if average > 0 else self.ceiling
-        return max(self.floor, min(self.ceiling, 1 + int(backlog)))
-
-
-class WorkerBase:
-    """What every worker here shares: a name, its series and its resignator."""
-
-    def __init__(self, name: str | None, series: Iterable[Any], capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"a worker's capacity must be at least 1, not {capacity}")
-        self.name = name or f"{type(self).__name__}-{next(_names)}"
-        self.iQualified: list[Any] = list(series)
-        self.capacity = capacity
-        self._resignator: Callable[[Any], object] | None = None
-
-    def setResignator(self, callableObject: Callable[[Any], object]) -> None:
-        """Register what to call, with me, if I must resign."""
-        self._resignator = callableObject
-
-    def resign(self) -> None:
-        """Tell the queue I can no longer run tasks."""
-        if self._resignator is not None:
-            self._resignator(self)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name}>"
+from asynqueue.workers.base import PLAIN_TYPES, WorkerBase, runReporting, settle
 
 
 @implementer(IReportingWorker)

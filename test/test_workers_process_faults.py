@@ -414,15 +414,17 @@ def printWithoutNewlines(chunks: int, size: int) -> int:
 async def test_endlessLineIsLoggedInBoundedParts(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
-    from asynqueue.process import _LINE_BYTES
+    from asynqueue.workers.children import _LINE_BYTES
 
     logged: list[dict[str, Any]] = []
 
+    q = makeProcessQueue(1)
+    [worker] = q.workers()
+
     def observer(event: dict[str, Any]) -> None:
-        if isinstance(event.get("line"), str) and "worker" in event:
+        if isinstance(event.get("line"), str) and event.get("worker") == worker.name:
             logged.append(event)
 
-    q = makeProcessQueue(1)
     globalLogPublisher.addObserver(observer)
     try:
         total = await within(q.call(printWithoutNewlines, 400, 10_000))
@@ -438,7 +440,7 @@ async def test_endlessLineIsLoggedInBoundedParts(
 
 def test_outputIsSplitWithoutJoiningAgain() -> None:
     # Fed byte by byte, the kept start of a line never exceeds the limit.
-    from asynqueue.process import _LINE_BYTES, _Child
+    from asynqueue.workers.children import _LINE_BYTES, _Child
 
     class Worker:
         name = "w"

@@ -1,0 +1,440 @@
+"""
+The child runtime: what runs in a queue's child process. L{childMain}
+speaks L{NodeProtocol} over the pipes it was given, and L{LocalRunner}
+runs the calls one at a time, notes each start in shared memory, and
+sends results in batches never held longer than a millisecond; a task
+reaches its process's L{context} (what the initializer returned).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from inspect import isawaitable
+from time import perf_counter
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from asynqueue.errors import UnpicklableError
+from asynqueue.iteration import isIterator
+from asynqueue.node.protocol import NodeProtocol
+from asynqueue.wire.commands import (
+    BATCH_BYTES,
+    RESULT_DELAY,
+    RESULT_WINDOW,
+)
+from asynqueue.wire.pickling import dumps, encodeError, loads
+from asynqueue.wire.pipes import PipeReader, _BlockingPipeTransport
+from asynqueue.wire.ring import RING_MINIMUM, ResultRing
+from asynqueue.wire.startnote import StartNote
+
+_context: Any = None
+_setupError: BaseException | None = None
+
+
+def context() -> Any:
+    """
+    What the queue's C{initializer} returned, in this worker process.
+
+    A task reaches its process's context (a model, a connection, a cache)
+    through this; it is C{None} outside a worker or without an initializer.
+    """
+    return _context
+
+
+def _initialize(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> None:
+    """Run the queue's initializer in this process and keep what it returns."""
+    global _context, _setupError
+    try:
+        _context = initializer(*initargs)
+    except BaseException as e:
+        # No task may run without the context it was promised.
+        _setupError = e
+        raise
+
+
+def _checkSetup() -> None:
+    if _setupError is not None:
+        from asynqueue.errors import WorkerError
+
+        raise WorkerError(
+            f"this worker's initializer failed: {type(_setupError).__name__}: "
+            f"{_setupError}"
+        )
+
+
+class LocalRunner:
+    """
+    Runs a node's tasks in this process, one at a time, in the order sent.
+
+    Tasks run in short slices of reactor time, so that incoming boxes
+    (cancels, iterator pulls) are read between tasks. A task that returns a
+    Deferred or coroutine holds the line until it is done.
+
+    Results of short tasks travel together: never more than
+    L{RESULT_WINDOW} of them, and none held longer than about
+    L{RESULT_DELAY} seconds, even while a slow task runs (see
+    L{holdResultsAtMost}); after tasks slower than that, each goes before
+    the next task starts. Each task's ID is noted in shared memory
+    (L{StartNote}) as it starts, so the parent knows exactly which ran.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        send: Callable[..., object],
+        started: StartNote | None = None,
+        ring: ResultRing | None = None,
+    ) -> None:
+        self._started = started
+        #: The task about to start (a cancel read at that moment skips it).
+        self._starting = 0
+        # Taken to add or send results: another thread may send those held.
+        self._resultsLock = threading.Lock()
+        self._heldResults: threading.Event | None = None
+        self._ring = ring
+        self._reactor = reactor
+        self._send = send
+        self._backlog: deque[tuple[int, bytes]] = deque()
+        self._cancelled: set[int] = set()
+        self._iterators: dict[int, Iterator[Any]] = {}
+        self._iteratorIDs = itertools.count(1)
+        self._scheduled: Any = None
+        self._waiting = False
+        self._stopWaiters: list[Deferred[None]] = []
+        self.capacity = 1
+        self._unsent: list[tuple[int, str, bytes, float]] = []
+        self._unsentSince = 0.0
+        self._averageRunTime = RESULT_DELAY
+        self._lastRunTime = 0.0
+        self._slicing = False
+        #: Reads input that came while a task ran (set by the child's main).
+        self.readInput: Callable[[], object] | None = None
+        #: True while the protocol reads boxes; it calls inputRead after.
+        self.reading = False
+        self.done = 0
+
+    def add(self, tasks: list[tuple[int, bytes]]) -> None:
+        self._backlog.extend(tasks)
+        # Not at once: the rest of what was read (a cancel, say) comes first,
+        # and then inputRead starts them (or, failing that, the reactor).
+        if not self._slicing and not self.reading:
+            self._schedule()
+
+    def inputRead(self) -> None:
+        """All that was read is in: start the tasks now, not a reactor turn later."""
+        if self._slicing:
+            return
+        scheduled = self._scheduled
+        if scheduled is not None:
+            scheduled.cancel()
+            self._scheduled = None
+        if self._backlog and not self._waiting:
+            self._runSome()
+        else:
+            self._schedule()
+
+    def cancel(self, taskID: int) -> None:
+        if taskID == self._starting or any(t[0] == taskID for t in self._backlog):
+            self._cancelled.add(taskID)
+
+    def holdResultsAtMost(self, seconds: float = RESULT_DELAY) -> None:
+        """
+        Never hold a result back for batching much longer than C{seconds}.
+
+        A task cannot be interrupted to send the results held before it,
+        so a thread of the runner's own sends them once they are that old
+        (a slow task after fast ones would otherwise hold them, and the
+        parent's note of which task runs, for as long as it runs).
+        """
+        if self._heldResults is None:
+            self._heldResults = threading.Event()
+            threading.Thread(
+                target=self._sendHeldResults,
+                args=(self._heldResults, seconds),
+                name="asynqueue-held-results",
+                daemon=True,
+            ).start()
+
+    def _sendHeldResults(self, held: threading.Event, seconds: float) -> None:
+        """The held-results thread: wait for results to be held, send them when due."""
+        while True:
+            held.wait()
+            held.clear()
+            while True:
+                with self._resultsLock:
+                    if not self._unsent:
+                        break
+                    wait = self._unsentSince + seconds - perf_counter()
+                    if wait <= 0:
+                        batch, self._unsent = self._unsent, []
+                        self._send(batch)
+                        break
+                time.sleep(wait)
+
+    def _schedule(self) -> None:
+        if self._scheduled is None and not self._waiting and self._backlog:
+            self._scheduled = self._reactor.callLater(0, self._runSome)
+        elif not self._backlog and not self._waiting and self._stopWaiters:
+            waiters, self._stopWaiters = self._stopWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _runSome(self) -> None:
+        self._scheduled = None
+        try:
+            self._runSlice()
+        except BaseException:
+            # The node's own machinery failed (not a task): a node that cannot
+            # report results must end, so that its parent sees a crash.
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(70)
+
+    def _runSlice(self) -> None:
+        self._slicing = True
+        deadline = perf_counter() + 0.005
+        try:
+            while self._runTasks(deadline) > 1 and perf_counter() < deadline:
+                # Busy: more calls may have come while these ran. Their
+                # results then travel with these, in fewer, larger boxes.
+                if (
+                    self.readInput is None
+                    or self._waiting
+                    or len(self._unsent) >= RESULT_WINDOW - 1
+                ):
+                    break
+                self.readInput()
+                if not self._backlog:
+                    break
+        finally:
+            self._slicing = False
+        self.flush()
+        self._schedule()
+
+    def _runTasks(self, deadline: float) -> int:
+        ran = 0
+        while self._backlog and not self._waiting:
+            if self._lastRunTime > RESULT_DELAY and self.readInput is not None:
+                # After a long task, read what came meanwhile (a cancel of
+                # the next task, say) before starting another.
+                self._lastRunTime = 0.0
+                self.readInput()
+                if not self._backlog:
+                    break
+            now = perf_counter()
+            taskID, call = self._backlog.popleft()
+            if taskID in self._cancelled:
+                self._cancelled.discard(taskID)
+                continue
+            unsent = self._unsent
+            if unsent and (
+                len(unsent) >= RESULT_WINDOW - 1
+                or now - self._unsentSince > RESULT_DELAY
+                # Batching pays only for short tasks; after slower ones,
+                # results go before the next task can hold them up.
+                or self._averageRunTime > RESULT_DELAY / 10
+            ):
+                self.flush()
+            started = self._started
+            # Noted before the call: if this process dies in it, the parent
+            # knows it started (and that nothing after it did).
+            if started is not None and started.noteStarted(taskID):
+                # The parent sent a cancel: it may be this call's.
+                if self.readInput is not None:
+                    self._starting = taskID
+                    self.readInput()
+                    self._starting = 0
+                if taskID in self._cancelled:
+                    self._cancelled.discard(taskID)
+                    continue
+            self._runOne(taskID, call)
+            ran += 1
+            if perf_counter() > deadline:
+                break
+        return ran
+
+    def flush(self) -> None:
+        """Send the results not sent yet."""
+        if self._unsent:
+            with self._resultsLock:
+                batch, self._unsent = self._unsent, []
+                if batch:
+                    self._send(batch)
+
+    def _runOne(self, taskID: int, call: bytes) -> None:
+        began = perf_counter()
+        try:
+            _checkSetup()
+            f, args, kwargs = loads(call)
+            result = f(*args, **kwargs)
+        except BaseException as e:
+            self._reply(taskID, "e", encodeError(e), began)
+            return
+        if isinstance(result, Deferred) or isawaitable(result):
+            self._waiting = True
+            d = (
+                result
+                if isinstance(result, Deferred)
+                else Deferred.fromCoroutine(_await(result))
+            )
+
+            def settled(outcome: object) -> None:
+                self._waiting = False
+                if isinstance(outcome, Failure):
+                    error = outcome.value or Exception(outcome.getErrorMessage())
+                    self._reply(taskID, "e", encodeError(error), began)
+                else:
+                    self._deliver(taskID, outcome, began)
+                self.flush()
+                self._schedule()
+
+            d.addBoth(settled)
+            return
+        self._deliver(taskID, result, began)
+
+    def _deliver(self, taskID: int, result: object, began: float) -> None:
+        if isIterator(result):
+            iteratorID = next(self._iteratorIDs)
+            self._iterators[iteratorID] = result  # type: ignore[assignment]
+            self._reply(taskID, "i", dumps(iteratorID), began)
+            return
+        if type(result) is bytes and len(result) > BATCH_BYTES:
+            # Large bytes go through the memory shared with the parent, or
+            # else through the pipe as they are: no pickle, no copy.
+            ring = self._ring
+            reference = (
+                ring.put(result)
+                if ring is not None and len(result) >= RING_MINIMUM
+                else None
+            )
+            if reference is not None:
+                self._reply(taskID, "m", reference, began)
+            else:
+                self._reply(taskID, "b", result, began)
+            return
+        try:
+            payload = dumps(result)
+        except Exception as e:
+            error = UnpicklableError(
+                f"the result ({type(result).__qualname__}) cannot be pickled: "
+                f"{type(e).__name__}: {e}"
+            )
+            self._reply(taskID, "e", encodeError(error), began)
+            return
+        self._reply(taskID, "r", payload, began)
+
+    def _reply(self, taskID: int, status: str, payload: bytes, began: float) -> None:
+        self.done += 1
+        now = perf_counter()
+        with self._resultsLock:
+            held = not self._unsent
+            if held:
+                self._unsentSince = now
+            self._unsent.append((taskID, status, payload, now - began))
+        if held and self._heldResults is not None:
+            self._heldResults.set()
+        self._lastRunTime = now - began
+        self._averageRunTime = 0.9 * self._averageRunTime + 0.1 * self._lastRunTime
+        if len(payload) > BATCH_BYTES:
+            self.flush()
+
+    def nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
+        answer = self._nextItems(iteratorID, maxItems)
+        try:
+            answer["items"] = dumps(answer["items"])
+        except Exception as e:
+            self._iterators.pop(iteratorID, None)
+            error = UnpicklableError(
+                f"an item of the iterator cannot be pickled: {type(e).__name__}: {e}"
+            )
+            return {"items": dumps([]), "exhausted": True, "error": encodeError(error)}
+        return answer
+
+    def _nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
+        iterator = self._iterators.get(iteratorID)
+        items: list[Any] = []
+        if iterator is None:
+            return {"items": items, "exhausted": True, "error": None}
+        try:
+            for item in iterator:
+                items.append(item)
+                if len(items) >= maxItems:
+                    return {"items": items, "exhausted": False, "error": None}
+        except BaseException as e:
+            del self._iterators[iteratorID]
+            return {"items": items, "exhausted": True, "error": encodeError(e)}
+        del self._iterators[iteratorID]
+        return {"items": items, "exhausted": True, "error": None}
+
+    def closeIterator(self, iteratorID: int) -> None:
+        iterator = self._iterators.pop(iteratorID, None)
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+    def whenIdle(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._stopWaiters.append(d)
+        self._schedule()
+        return d
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _dieWithParent() -> None:
+    """On Linux, have the kernel kill this child if its parent dies."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def childMain(
+    readFD: int = 3, writeFD: int = 4, startedFD: int = 5, ringFD: int = 6
+) -> None:
+    """
+    Be a child worker node: AMP in on C{readFD}, out on C{writeFD}, the ID
+    of each call noted in the shared memory of C{startedFD} as it starts,
+    and large results put in the L{ResultRing} of C{ringFD}.
+    """
+    import signal
+
+    # Ctrl-C reaches the whole process group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _dieWithParent()
+    from twisted.internet import reactor
+
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    started = StartNote(startedFD)
+    os.close(startedFD)
+    try:
+        ring: ResultRing | None = ResultRing.attach(ringFD)
+    except (OSError, ValueError):
+        ring = None
+    protocol = NodeProtocol(
+        lambda send: LocalRunner(reactor, send, started, ring), onStop=stop
+    )
+    protocol.makeConnection(_BlockingPipeTransport(writeFD))
+    reader = PipeReader(readFD, protocol, reactor)
+    protocol.runner.readInput = reader.readNow
+    protocol.runner.holdResultsAtMost(RESULT_DELAY)
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]

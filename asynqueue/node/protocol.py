@@ -1,0 +1,213 @@
+"""
+L{NodeProtocol}: the node's side of the wire, the same for a queue's child
+process and for a network node. It takes tasks and cancels straight off
+the wire, sends results, serves iterators, and cuts off a peer that sends
+garbage, an unknown command or a box over its size cap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from asynqueue.wire.commands import (
+    BATCH_BYTES,
+    CancelTask,
+    CloseIterator,
+    NextItems,
+    NodeInfo,
+    RunTasks,
+    Stop,
+)
+from asynqueue.wire.framing import BoxReader, bigValue, writeBox
+from asynqueue.wire.pickling import dumps, loadsPlain
+from asynqueue.wire.pipes import _CONNECTION_DONE
+
+log = Logger()
+
+
+class NodeProtocol(amp.AMP):
+    """
+    The node's side of the wire: takes tasks, sends results, serves iterators.
+
+    C{onStop} is called once the node has answered L{Stop} or lost its
+    connection.
+    """
+
+    #: A peer sending a box larger than this (bytes) is cut off.
+    maxBoxBytes = 1 << 30
+
+    def __init__(
+        self,
+        makeRunner: Callable[[Callable[..., object]], Any],
+        onStop: Callable[[], object] | None = None,
+    ) -> None:
+        super().__init__()
+        self.runner = makeRunner(self._sendResults)
+        self._onStop = onStop
+        # AMP caps each value, not a box: a box of endless keys is cut off.
+        self._reader = BoxReader(self._boxReceived, self._abort, self.maxBoxBytes)
+        self._inputRead = getattr(self.runner, "inputRead", None)
+
+    def dataReceived(self, data: bytes) -> None:
+        inputRead = self._inputRead
+        if inputRead is None:
+            self._reader.feed(data)
+            return
+        runner = self.runner
+        runner.reading = True
+        try:
+            self._reader.feed(data)
+        finally:
+            runner.reading = False
+        # Every box of this read is in: tasks may start now.
+        inputRead()
+
+    def _boxReceived(self, box: dict[bytes, Any]) -> None:
+        # Tasks and cancels, the frequent boxes, go straight to the runner.
+        command = box.get(b"_command")
+        if command == b"RunTasks" and b"_ask" not in box:
+            self.runTasks(bigValue(box, b"batch") or b"")
+        elif command == b"CancelTask" and b"_ask" not in box:
+            try:
+                taskID = int(bytes(box[b"taskID"]))
+            except (KeyError, ValueError):
+                self._abort("a malformed CancelTask")
+                return
+            self.runner.cancel(taskID)
+        else:
+            self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
+
+    def ampBoxReceived(self, box: Any) -> None:
+        command = box.get(b"_command")
+        if command is not None and command not in _NODE_COMMANDS:
+            self._abort(f"an unknown command {command[:40]!r}")
+            return
+        super().ampBoxReceived(box)
+
+    def _abort(self, why: str) -> None:
+        """A peer that sends garbage loses its connection, and only that."""
+        self._reader.stop()
+        log.warn("Dropping {peer}: it sent {why}", peer=self.transport, why=why)
+        transport = self.transport
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", transport.loseConnection)
+            abort()
+
+    def dispatchCommand(self, box: Any) -> Any:
+        try:
+            return super().dispatchCommand(box)
+        except Exception as e:
+            self._abort(f"a box that failed: {e!r}")
+            raise
+
+    def sendBox(self, box: Any) -> None:
+        # A big value's chunks go out as they are, without a joined copy.
+        transport = self.transport
+        if transport is None:
+            super().sendBox(box)
+            return
+        for key, value in box.items():
+            if len(key) > amp.MAX_KEY_LENGTH or len(value) > amp.MAX_VALUE_LENGTH:
+                raise amp.TooLong(False, True, value, key)
+        writeBox(transport, sorted(box.items()))
+
+    def _sendResults(self, batch: list[tuple[int, str, bytes, float]]) -> None:
+        transport = self.transport
+        if transport is None or getattr(transport, "disconnecting", False):
+            return
+        if len(batch) == 1 and len(batch[0][2]) > BATCH_BYTES:
+            # Alone, a large result travels without being pickled twice.
+            taskID, status, payload, seconds = batch[0]
+            pairs: list[tuple[bytes, Any]] = [
+                (b"_command", b"TaskResult"),
+                (b"payload", payload),
+                (b"seconds", repr(float(seconds)).encode()),
+                (b"status", status.encode()),
+                (b"taskID", b"%d" % taskID),
+            ]
+        else:
+            pairs = [(b"_command", b"TaskResults"), (b"batch", dumps(batch))]
+        writeBox(transport, pairs)
+
+    @RunTasks.responder
+    def runTasks(self, batch: bytes | memoryview) -> dict[str, Any]:
+        # Only IDs and pickled calls: read as plain data, so nothing in the
+        # batch itself runs here (the calls run in the children, if anywhere).
+        try:
+            tasks = loadsPlain(batch)
+        except Exception as e:
+            self._abort(f"a batch that is not plain data ({e})")
+            return {}
+        self.runner.add(tasks)
+        return {}
+
+    @NextItems.responder
+    def nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
+        return self.runner.nextItems(iteratorID, maxItems)
+
+    @CloseIterator.responder
+    def closeIterator(self, iteratorID: int) -> dict[str, Any]:
+        self.runner.closeIterator(iteratorID)
+        return {}
+
+    @CancelTask.responder
+    def cancelTask(self, taskID: int) -> dict[str, Any]:
+        self.runner.cancel(taskID)
+        return {}
+
+    @Stop.responder
+    def stop(self) -> Deferred[dict[str, Any]]:
+        def stopped(_: object) -> dict[str, Any]:
+            if self._onStop is not None:
+                self._reactor().callLater(0, self._onStop)
+            return {}
+
+        return self.runner.whenIdle().addCallback(stopped)
+
+    def _reactor(self) -> Any:
+        from twisted.internet import reactor
+
+        return reactor
+
+    @NodeInfo.responder
+    def nodeInfo(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "rss": _rss(),
+            "capacity": self.runner.capacity,
+            "done": self.runner.done,
+            "processes": getattr(self.runner, "processes", 1),
+        }
+
+    def connectionLost(self, reason: Failure = _CONNECTION_DONE) -> None:
+        super().connectionLost(reason)
+        lost = getattr(self.runner, "connectionLost", None)
+        if lost is not None:
+            lost()
+        if self._onStop is not None:
+            self._onStop()
+            self._onStop = None
+
+
+_NODE_COMMANDS = frozenset(
+    c.commandName
+    for c in (RunTasks, NextItems, CloseIterator, CancelTask, Stop, NodeInfo)
+)
+
+
+def _rss() -> int:
+    """This process's resident memory in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

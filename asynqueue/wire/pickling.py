@@ -1,0 +1,160 @@
+"""
+Pickling for the wire: calls (cloudpickle where plain pickle would name
+C{__main__}), values, a plain-data-only unpickler for what must run no
+code, and errors encoded with their type, message and traceback text.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from asynqueue.errors import RemoteError, UnpicklableError
+from asynqueue.wire.framing import Value
+
+PROTOCOL = 5
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise UnpicklableError(f"only plain data may travel here, not {module}.{name}")
+
+
+def loadsPlain(data: bytes | memoryview) -> Any:
+    """Unpickle data that may hold no class or function at all (so no code)."""
+    import io
+
+    return _PlainUnpickler(io.BytesIO(data)).load()
+
+
+def dumps(value: object) -> bytes:
+    """Pickle a value (an argument, result or item) with protocol 5."""
+    try:
+        return pickle.dumps(value, PROTOCOL)
+    except Exception:
+        # Values made at a prompt or in a closure need cloudpickle.
+        return cloudpickle.dumps(value, PROTOCOL)
+
+
+loads: Callable[[bytes | memoryview], Any] = pickle.loads
+
+
+def dumpCall(
+    f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bytes:
+    """
+    Pickle a call; raise L{UnpicklableError} naming what cannot be pickled.
+    """
+    call = (f, args, kwargs)
+    try:
+        data = pickle.dumps(call, PROTOCOL)
+        # What plain pickle refers to by name in __main__ (a function typed
+        # at a prompt, a script's class) does not exist in the worker:
+        # cloudpickle sends such things by value.
+        if b"__main__" not in data:
+            return data
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(call, PROTOCOL)
+    except Exception as e:
+        try:
+            why = _culprit(f, args, kwargs, e)
+        except Exception:
+            # Naming the culprit must never be what fails the call.
+            why = f"the call cannot be pickled: {describeError(e)}"
+        raise UnpicklableError(why) from e
+
+
+def pickledCall(task: Any) -> bytes:
+    """
+    A task's call, pickled: as the queue pickled it when it was queued, or
+    now; raise L{UnpicklableError} naming what cannot be pickled.
+    """
+    if task.pickled is not None:
+        return task.pickled
+    return dumpCall(task.f, task.args, task.kwargs)
+
+
+def _culprit(
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    error: Exception,
+) -> str:
+    parts: list[tuple[str, object]] = [("the callable", f)]
+    parts += [(f"argument {i}", a) for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for what, obj in parts:
+        try:
+            cloudpickle.dumps(obj, PROTOCOL)
+        except Exception as e:
+            return f"{what} ({_short(obj)}) cannot be pickled: {describeError(e)}"
+    return f"the call cannot be pickled: {describeError(error)}"
+
+
+def _short(obj: object) -> str:
+    """A short repr of C{obj}, or its type's name if its repr fails (or recurses)."""
+    try:
+        text = repr(obj)
+    except Exception:
+        return f"a {type(obj).__qualname__} whose repr() failed"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describeError(error: BaseException) -> str:
+    """C{Type: message} on one line, even for an exception whose C{str()} fails."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "(its str() failed)"
+    name = type(error).__name__
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{name}: {first}" if first else name
+
+
+def encodeError(error: BaseException) -> bytes:
+    """
+    Encode an exception for the trip back: the exception itself if it
+    pickles (and unpickles), and always its type name, message and
+    traceback text.
+    """
+    try:
+        text = "".join(traceback.format_exception(error))
+    except Exception:
+        text = f"{type(error).__qualname__} (its traceback could not be formatted)\n"
+    try:
+        message = str(error)
+    except Exception:
+        message = f"<{type(error).__qualname__} whose str() failed>"
+    try:
+        pickled: bytes | None = dumps(error)
+        loads(pickled)  # type: ignore[arg-type]
+    except Exception:
+        pickled = None
+    return dumps((pickled, type(error).__qualname__, message, text))
+
+
+def decodeError(payload: Value, where: str) -> BaseException:
+    """
+    The exception an encoded error stands for, with the remote traceback as a note.
+
+    If the original exception cannot be rebuilt here, a L{RemoteError}
+    carrying its type name, message and traceback stands in for it.
+    """
+    pickled, typeName, message, text = loadsPlain(payload)
+    error: BaseException | None = None
+    if pickled is not None:
+        try:
+            error = loads(pickled)
+        except Exception:
+            error = None
+    if not isinstance(error, BaseException):
+        error = RemoteError(typeName, message, text)
+    error.add_note(f"Traceback from {where}:\n{text.rstrip()}")
+    error.remoteTraceback = text  # type: ignore[attr-defined]
+    return error

@@ -1,0 +1,192 @@
+"""
+Pipes in the reactor: L{PipeReader} (every read into one reused buffer)
+and L{PipeWriter} (writes at once when nothing waits), the parent's ends
+of a child's pipes; and the child's blocking way back to its parent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Any
+
+from twisted.internet import abstract
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.python.failure import Failure
+
+_READ_SIZE = 1 << 20
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+_CONNECTION_DONE = Failure(CONNECTION_DONE)
+
+
+def _views(pieces: list[Any]) -> list[memoryview]:
+    return [memoryview(piece).cast("B") for piece in pieces if len(piece)]
+
+
+def _advance(views: list[memoryview], written: int) -> None:
+    """Drop from C{views} the C{written} bytes at their front."""
+    done = 0
+    while done < len(views) and written >= len(views[done]):
+        written -= len(views[done])
+        done += 1
+    del views[:done]
+    if written:
+        views[0] = views[0][written:]
+
+
+class _Pipe(abstract.FileDescriptor):
+    """One end of a pipe, non-blocking, in the reactor; closed when lost."""
+
+    def __init__(self, fd: int, reactor: Any = None) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def getPeer(self) -> str:
+        return f"pipe {self.fd}"
+
+    def getHost(self) -> str:
+        return f"pid {os.getpid()}"
+
+    def close(self) -> None:
+        """Let go of the pipe now, whatever is still waiting to be written."""
+        self.connectionLost(_CONNECTION_DONE)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # Once only: a second close could hit a descriptor reused since.
+        if self.fd < 0:
+            return
+        super().connectionLost(reason)
+        fd, self.fd = self.fd, -1
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class PipeReader(_Pipe):
+    """
+    Reads a pipe in large pieces and feeds a protocol.
+
+    Every read lands in the same buffer, so a stream of large values costs
+    no fresh memory per read (in a virtual machine, touching new pages
+    costs more than copying them); the protocol gets a C{memoryview} of
+    what was read, valid only until it returns (L{BoxReader} keeps copies
+    of what it needs beyond that).
+    """
+
+    def __init__(self, fd: int, protocol: Any, reactor: Any = None) -> None:
+        super().__init__(fd, reactor)
+        self.protocol = protocol
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self.startReading()
+
+    def readNow(self) -> None:
+        """Read what has come, if anything, without waiting for the reactor."""
+        # At the end of input, the reactor's own next read sees it too.
+        self.doRead()
+
+    def doRead(self) -> object:
+        try:
+            size = os.readv(self.fd, (self._buffer,))
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                return None
+            return CONNECTION_LOST
+        if not size:
+            return CONNECTION_DONE
+        self.protocol.dataReceived(self._view[:size])
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.fd >= 0:
+            super().connectionLost(reason)
+            self.protocol.connectionLost(reason)
+
+
+class PipeWriter(_Pipe):
+    """Writes to a pipe without blocking, buffering what does not fit yet."""
+
+    def __init__(self, fd: int, reactor: Any = None) -> None:
+        super().__init__(fd, reactor)
+        self.connected = 1
+
+    def write(self, data: bytes) -> None:
+        # With nothing waiting, write now: a reactor turn later is latency.
+        if not self.dataBuffer and not self._tempDataBuffer and not self.disconnecting:
+            try:
+                written = os.write(self.fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                written = 0
+            if written == len(data):
+                return
+            data = data[written:]
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        # As write: at once if nothing waits, and without joining the pieces.
+        if self.dataBuffer or self._tempDataBuffer or self.disconnecting:
+            super().writeSequence(data)
+            return
+        views = _views(data)
+        try:
+            written = os.writev(self.fd, views[:_IOV_MAX])
+        except OSError:
+            written = 0
+        _advance(views, written)
+        if views:
+            super().write(b"".join(views))
+
+    def writeSomeData(self, data: bytes) -> int | BaseException:
+        try:
+            return os.write(self.fd, data)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                return 0
+            return CONNECTION_LOST
+
+
+class _BlockingPipeTransport:
+    """
+    A child's way back to its parent: every write is in the pipe when it returns.
+
+    So a result is in the pipe before the next task starts, and survives
+    the child's death.
+    """
+
+    disconnecting = False
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        # Results held back may be sent from another thread (see
+        # LocalRunner.holdResultsAtMost): one write at a time, whole.
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        with self._lock:
+            while view:
+                view = view[os.write(self.fd, view) :]
+
+    def writeSequence(self, data: list[Any]) -> None:
+        """Write the pieces with as few calls as the system allows, joining none."""
+        views = _views(data)
+        with self._lock:
+            while views:
+                _advance(views, os.writev(self.fd, views[:_IOV_MAX]))
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def getPeer(self) -> str:
+        return "parent"
+
+    def getHost(self) -> str:
+        return f"pid {os.getpid()}"

@@ -1,0 +1,469 @@
+"""
+The parent's side of one child process of a L{ProcessWorker}: the
+conversation over its pipes, what is in flight there, its output, and the
+shared note of which call it started, which says after a crash exactly
+which calls may have run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from asynqueue.tasks import Task
+from asynqueue.wire.commands import BATCH_BYTES, Stop
+from asynqueue.wire.framing import BoxReader, bigValue, writeBox
+from asynqueue.wire.pickling import dumps, loads
+from asynqueue.wire.pipes import PipeReader, PipeWriter
+from asynqueue.wire.results import deliverResult, reportResult
+from asynqueue.wire.ring import ResultRing
+from asynqueue.wire.startnote import StartNote
+
+if TYPE_CHECKING:
+    from asynqueue.workers.process import ProcessWorker
+
+_CHILD_MAIN = "from asynqueue.node.child import childMain; childMain()"
+
+
+def _pipe() -> tuple[int, int]:
+    """A pipe, as large as the system allows up to 1 MiB (big values move faster)."""
+    read, write = os.pipe()
+    try:
+        import fcntl
+
+        fcntl.fcntl(write, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass
+    return read, write
+
+
+#: A child's output line longer than this (bytes) is logged in parts.
+_LINE_BYTES = 1 << 16
+
+#: Calls at most this big travel together in one box.
+
+
+@dataclass(eq=False, slots=True)
+class _Sent:
+    """
+    A call handed to a child and not yet answered: a task (whose outcome
+    is reported to it), or a call with a Deferred (a replayed update, a
+    node's pickled call).
+    """
+
+    taskID: int
+    call: bytes
+    task: Task | None
+    deferred: Deferred[Any] | None
+    started: bool = False
+    raw: bool = False
+    attempt: int = 0
+    settled: bool = False
+
+    @property
+    def open(self) -> bool:
+        """Whether nobody has been told the outcome yet."""
+        if self.deferred is not None:
+            return not self.deferred.called
+        return not self.settled
+
+    def fail(self, error: BaseException) -> None:
+        """End the call with C{error}, unless it has ended already."""
+        if self.deferred is not None:
+            if not self.deferred.called:
+                self.deferred.errback(error)
+        elif not self.settled and self.task is not None:
+            self.settled = True
+            self.task.finished(Failure(error), self.attempt)
+
+
+class _ParentAMP(amp.AMP):
+    """
+    The parent's side of the wire to one child.
+
+    Results, by far the most frequent boxes, are read straight off the
+    wire (L{BoxReader}); every other box goes through AMP as usual.
+    """
+
+    def __init__(self, child: _Child) -> None:
+        super().__init__()
+        self.child = child
+        self._reader = BoxReader(self._boxReceived, self._malformed)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def _boxReceived(self, box: dict[bytes, Any]) -> None:
+        command = box.get(b"_command")
+        if command == b"TaskResults":
+            self.child.resultsReceived(loads(bigValue(box, b"batch") or b""))
+        elif command == b"TaskResult":
+            self.child.resultReceived(
+                int(bytes(box[b"taskID"])),
+                bytes(box[b"status"]).decode(),
+                # Its own bytes: a raw result may be kept past this read.
+                bytes(bigValue(box, b"payload") or b""),
+                float(bytes(box[b"seconds"])),
+            )
+        else:
+            self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
+
+    def _malformed(self, why: str) -> None:
+        # The child is ours: garbage from it means it is broken. Replace it.
+        self.child.log.error(
+            "{worker}'s child sent {why}; killing it", worker=self.child.where, why=why
+        )
+        self.child.kill()
+
+    def sendCommand(self, command: bytes, **values: bytes) -> None:
+        """Send a command that wants no answer, without AMP's machinery."""
+        if self.transport is not None:
+            writeBox(self.transport, [(b"_command", command), *_pairs(values)])
+
+
+def _pairs(values: dict[str, bytes]) -> list[tuple[bytes, bytes]]:
+    return [(key.encode(), value) for key, value in values.items()]
+
+
+class _Child(ProcessProtocol):
+    """One child process of a L{ProcessWorker} and the conversation with it."""
+
+    log = Logger()
+
+    def __init__(self, worker: ProcessWorker) -> None:
+        self.worker = worker
+        self.amp = _ParentAMP(self)
+        self.inFlight: OrderedDict[int, _Sent] = OrderedDict()
+        self.outgoing: list[tuple[int, bytes]] = []
+        self.flushCall: Any = None
+        self.pid: int | None = None
+        self.sent = 0
+        self.done = 0
+        self.openIterators = 0
+        self.stopping = False
+        self.dead = False
+        self.ended: Deferred[None] = Deferred()
+        self._waitingFor = {"process", "pipe"}
+        self._lines: dict[int, list[bytes]] = {}
+        self._lineBytes: dict[int, int] = {}
+        self._idleWaiters: list[Deferred[None]] = []
+        self.keepForIterators = True
+        #: The ID of its last set-up call (initializer, kept updates), or 0.
+        self.setupThrough = 0
+        #: Whether it ever answered a call.
+        self.answered = False
+
+    @property
+    def cameUp(self) -> bool:
+        """Whether it ever got as far as running a call or answering one."""
+        return self.answered or self.lastStarted() > self.setupThrough
+
+    @property
+    def where(self) -> str:
+        """Where this child's results come from, for tracebacks."""
+        return f"{self.worker.name} (pid {self.pid})"
+
+    def iteratorClosed(self) -> None:
+        """One of the iterators this child holds for the parent is done."""
+        self.openIterators -= 1
+        self._checkIdle()
+
+    def start(self, reactor: Any, executable: str, env: dict[str, str]) -> None:
+        toChildRead, toChildWrite = _pipe()
+        fromChildRead, fromChildWrite = _pipe()
+        parentEnds = (toChildWrite, fromChildRead)
+        try:
+            self.note, startedFD = StartNote.create()
+        except BaseException:
+            for fd in (*parentEnds, toChildRead, fromChildWrite):
+                os.close(fd)
+            raise
+        try:
+            self.ring = ResultRing.create()
+        except BaseException:
+            for fd in (*parentEnds, toChildRead, fromChildWrite, startedFD):
+                os.close(fd)
+            self.note.close()
+            raise
+        try:
+            transport = reactor.spawnProcess(
+                self,
+                executable,
+                [executable, "-c", _CHILD_MAIN],
+                env=env,
+                childFDs={
+                    0: "w",
+                    1: "r",
+                    2: "r",
+                    3: toChildRead,
+                    4: fromChildWrite,
+                    5: startedFD,
+                    6: self.ring.fd,
+                },
+            )
+        except BaseException:
+            for fd in parentEnds:
+                os.close(fd)
+            self.ring.close()
+            self.note.close()
+            raise
+        finally:
+            os.close(toChildRead)
+            os.close(fromChildWrite)
+            os.close(startedFD)
+            self.ring.closeDescriptor()
+        self.pid = transport.pid
+        transport.closeStdin()
+        self.writer = PipeWriter(toChildWrite, reactor)
+        self.amp.makeConnection(self.writer)
+        PipeReader(fromChildRead, _PipeEnd(self), reactor)
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, sent: _Sent) -> None:
+        self.inFlight[sent.taskID] = sent
+        self.sent += 1
+        if len(sent.call) > BATCH_BYTES:
+            self.flush()
+            self.amp.sendCommand(b"RunTasks", batch=dumps([(sent.taskID, sent.call)]))
+        else:
+            self.outgoing.append((sent.taskID, sent.call))
+            if len(self.inFlight) == 1:
+                # An idle child gets its call at once; others collect a
+                # reactor turn's worth of calls into one box.
+                self.flush()
+            elif self.flushCall is None:
+                self.flushCall = self.worker.reactor.callLater(0, self.flush)
+        self._markRunning()
+
+    def flush(self) -> None:
+        if self.flushCall is not None:
+            if self.flushCall.active():
+                self.flushCall.cancel()
+            self.flushCall = None
+        if self.outgoing and not self.dead:
+            batch, self.outgoing = self.outgoing, []
+            self.amp.sendCommand(b"RunTasks", batch=dumps(batch))
+
+    def _markRunning(self) -> None:
+        """The oldest unanswered call is the one the child is running."""
+        for sent in self.inFlight.values():
+            if not sent.started:
+                sent.started = True
+                task = sent.task
+                if task is not None and sent.attempt == task.runs:
+                    task.markStarted()
+            return
+
+    def lastStarted(self) -> int:
+        """The ID of the last call the child started, from the memory we share."""
+        return self.note.lastStarted()
+
+    def unanswered(self, margin: int = 0) -> tuple[list[_Sent], list[_Sent]]:
+        """
+        The unanswered calls the child may have run, and those it never started.
+
+        The child notes in shared memory the ID of each call as it starts it
+        (IDs grow in the order sent): the calls up to that one ran (their
+        results may have been lost with the child) or were running; the
+        others never started. C{margin} counts that many more as possibly
+        started, for a child that may still be running.
+        """
+        last = self.lastStarted() + margin
+        maybeRan = [s for s in self.inFlight.values() if s.taskID <= last]
+        neverRan = [s for s in self.inFlight.values() if s.taskID > last]
+        return maybeRan, neverRan
+
+    def cancel(self, taskID: int) -> bool:
+        """
+        Withdraw a call; return True if it was running (the child must die).
+        """
+        sent = self.inFlight.pop(taskID, None)
+        if sent is None:
+            return False
+        if any(t == taskID for t, _ in self.outgoing):
+            # Not even sent yet.
+            self.outgoing = [(t, c) for t, c in self.outgoing if t != taskID]
+        else:
+            # The note says exactly what the child started, whatever has
+            # come back of its results so far.
+            last = self.lastStarted()
+            if last == taskID:
+                return True
+            if last < taskID:
+                self.amp.sendCommand(b"CancelTask", taskID=b"%d" % taskID)
+                if self.note.noteCancelSent() >= taskID:
+                    # It started before it could see the cancel.
+                    return True
+            # Otherwise it has run already; its result is ignored.
+        self._checkIdle()
+        return False
+
+    # -- receiving ---------------------------------------------------------
+
+    def resultReceived(
+        self, taskID: int, status: str, payload: bytes | memoryview, seconds: float
+    ) -> None:
+        """One result from the child."""
+        self.resultsReceived([(taskID, status, payload, seconds)])
+
+    def resultsReceived(
+        self, batch: list[tuple[int, str, bytes | memoryview, float]]
+    ) -> None:
+        """Results from the child, in the order its tasks ran."""
+        inFlight, worker = self.inFlight, self.worker
+        self.done += len(batch)
+        self.answered = True
+        for taskID, status, payload, seconds in batch:
+            sent = inFlight.pop(taskID, None)
+            if sent is not None:
+                # Answered: the call will not be sent again.
+                sent.call = b""
+            if status == "m":
+                # A large result, waiting in the memory we share.
+                if sent is None or not sent.open:
+                    self.ring.release(payload)
+                    continue
+                status, payload = "b", self.ring.take(payload)
+            if sent is None:
+                continue
+            task = sent.task
+            if task is not None or sent.raw:
+                worker.ran(seconds)
+            if sent.deferred is None:
+                if sent.settled or task is None:
+                    continue
+                sent.settled = True
+                if not sent.started and sent.attempt == task.runs:
+                    # It ran and ended between two reads: it began this long ago.
+                    sent.started = True
+                    task.markStarted(ago=seconds)
+                reportResult(task, sent.attempt, status, payload, self)
+            elif sent.deferred.called:
+                continue
+            elif sent.raw:
+                sent.deferred.callback((status, payload, seconds, self))
+            else:
+                deliverResult(sent.deferred, status, payload, self)
+        # The oldest call still unanswered is the one the child runs now.
+        self._markRunning()
+        self._checkIdle()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """
+        A task's print or a warning: pass whole lines on to the log.
+
+        The start of a line is kept in pieces until its end comes (joining
+        it again on every read would cost time quadratic in its length),
+        and a line longer than L{_LINE_BYTES} is logged in parts.
+        """
+        pieces = self._lines.setdefault(childFD, [])
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            pieces.append(data[start:end])
+            self._logLine(b"".join(pieces))
+            pieces.clear()
+            self._lineBytes[childFD] = 0
+            start = end + 1
+        if start < len(data):
+            pieces.append(data[start:])
+            kept = self._lineBytes.get(childFD, 0) + len(data) - start
+            if kept >= _LINE_BYTES:
+                self._logLine(b"".join(pieces), part=True)
+                pieces.clear()
+                kept = 0
+            self._lineBytes[childFD] = kept
+
+    def _logLine(self, line: bytes, part: bool = False) -> None:
+        self.log.info(
+            "[{worker} pid {pid}] {line}",
+            worker=self.worker.name,
+            pid=self.pid,
+            line=line.decode("utf-8", "replace"),
+            part=part,
+        )
+
+    def processEnded(self, reason: Failure) -> None:
+        self._gone("process", reason)
+
+    def pipeClosed(self, reason: Failure) -> None:
+        self.amp.connectionLost(reason)
+        self._gone("pipe", reason)
+
+    def _gone(self, what: str, reason: Failure) -> None:
+        # Results may still be in the pipe when the process has ended, so
+        # the child is only over once both have happened.
+        self._waitingFor.discard(what)
+        if what == "process":
+            self.exitReason = reason
+        if not self._waitingFor:
+            self.dead = True
+            try:
+                self.worker.childEnded(self, self.exitReason)
+            finally:
+                # Every descriptor and mapping the child was given goes now.
+                self.ring.close()
+                self.note.close()
+                self.writer.close()
+                self.ended.callback(None)
+
+    # -- ending --------------------------------------------------------------
+
+    def _checkIdle(self) -> None:
+        busy = self.inFlight or (self.openIterators and self.keepForIterators)
+        if not busy and self._idleWaiters:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def retire(self, waitForIterators: bool = True) -> Deferred[None]:
+        """
+        Let the child finish its calls, then ask it to end.
+
+        With C{waitForIterators}, iterators it holds for the parent must be
+        done first too (a child replaced after C{maxTasksPerWorker}); at
+        shutdown they are not waited for, and end with the child.
+        """
+        self.stopping = True
+        self.keepForIterators = waitForIterators
+        idle: Deferred[None] = Deferred()
+        self._idleWaiters.append(idle)
+        self._checkIdle()
+
+        def askToStop(_: object) -> Deferred[Any]:
+            self.flush()
+            if not self.dead:
+                self.amp.callRemote(Stop).addErrback(lambda _: None)
+            return self.ended
+
+        return idle.addCallback(askToStop)
+
+    def kill(self) -> None:
+        if self.pid is not None and not self.dead:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, ProcessExitedAlready):
+                pass
+
+
+class _PipeEnd:
+    """Feeds the child's result pipe to its AMP, and tells when it closes."""
+
+    def __init__(self, child: _Child) -> None:
+        self.child = child
+
+    def dataReceived(self, data: bytes) -> None:
+        self.child.amp.dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.child.pipeClosed(reason)
