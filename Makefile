@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup demo test test-default test-asyncio check lint typecheck docs bench bench-process clean
+.PHONY: all setup demo test test-default test-asyncio check lint typecheck docs bench bench-process soak clean
 
 all: test
 
@@ -38,6 +38,11 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_threads.py
+
+# Before a release: kills, timeouts, lost nodes and hostile clients, counted
+# (up to ~15 minutes on 2 cores; SOAK_ARGS=--quick for a one-minute smoke run).
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 # The process benchmark races ampoule (the `bench` extra) and AsynQueue 0.9.9,
 # which the script installs into a virtualenv of its own ($(AQ099_VENV)).

@@ -888,53 +888,6 @@ async def test_shutdownLeavesNoChildAndNoZombie(
         assertNoProcess(pid)
 
 
-PARENT_SCRIPT = """
-import os, signal, sys
-from twisted.internet import defer, reactor
-from asynqueue import ProcessQueue
-
-q = ProcessQueue(2)
-pids = []
-
-def up(result):
-    pids.extend(result)
-    print("children", *pids, flush=True)
-    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
-
-q.call(pow, 2, 10).addCallback(lambda r: q.update(os.getpid)).addCallback(up)
-reactor.run()
-
-def state(pid):
-    try:
-        got = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return "gone"
-    return "running" if got == (0, 0) else "zombie"
-
-print("after", *[state(pid) for pid in pids], "running", q.isRunning(), flush=True)
-"""
-
-
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
-@pytest_twisted.ensureDeferred
-async def test_parentExitsCleanlyOnSignal(signame: str) -> None:
-    from twisted.internet.utils import getProcessOutputAndValue
-
-    out, err, code = await within(
-        getProcessOutputAndValue(
-            sys.executable, ["-c", PARENT_SCRIPT, signame], env=os.environ, path="."
-        ),
-        30,
-    )
-    assert code == 0, err.decode()
-    lines = out.decode().split("\n")
-    children = [int(p) for p in lines[0].split()[1:]]
-    assert len(children) == 2 and lines[0].startswith("children")
-    assert lines[1] == "after gone gone running False", err.decode()
-    for pid in children:
-        assertNoProcess(pid)
-
-
 def test_newsOfAnEarlierRunDoesNotStartTheNextOne() -> None:
     # A dead child's late results must not date (or start the timer of) the
     # run of the same task that another worker has since been given.
