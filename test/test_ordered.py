@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 
 from asynqueue import (
@@ -626,23 +627,56 @@ async def test_threadQueueManyWithBackPressure(threadQueue: ThreadQueue) -> None
     assert got == expected
 
 
+def waitForGo(path: str) -> str:
+    """In a child: block until the test says go on the unix socket at C{path}."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.recv(2)
+    return "slow"
+
+
+class GoSignal(Protocol):
+    """The test's side of L{waitForGo}: says go once L{release} was called."""
+
+    def __init__(self, gate: Deferred[None]) -> None:
+        self.gate = gate
+
+    def connectionMade(self) -> None:
+        self.gate.addCallback(lambda _: self.transport.write(b"go"))  # type: ignore[union-attr]
+
+
 @pytest_twisted.ensureDeferred
-async def test_processQueue() -> None:
-    processes = ProcessQueue(2, shutdownWithReactor=False)
+async def test_processQueue(tmp_path: Path) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    # One call at a time per child, so that the second runs beside the first.
+    processes = ProcessQueue(2, capacity=1, shutdownWithReactor=False)
+    # The first call is held until the second has ended, so its result
+    # comes out first only because the ordering adapter waits for it.
+    gate: Deferred[None] = Deferred()
+    path = str(tmp_path / "go")
+    port = reactor.listenUNIX(path, Factory.forProtocol(lambda: GoSignal(gate)))
+
+    def released(event: str, record: Any) -> None:
+        if event == "ended" and record.function == "pow" and not gate.called:
+            gate.callback(None)
+
+    processes.observe(released)
 
     async def body() -> None:
         oq = OrderedQueue(processes)
         assert oq.bufferSize == 20
-        # Builtins and lambdas only: a function of this module would travel
-        # by reference, and a child finds this module only if it inherits
-        # the test's sys.path.
-        await oq.put(lambda: __import__("time").sleep(0.2) or "slow")
+        await oq.put(waitForGo, path)
         await oq.put(pow, 2, 10)
         await oq.put(BatchDone(2))
         await oq.put(lambda: 1 // 0)
         await oq.put(lambda x: x * 3, "ab")
         oq.stop()
         assert await oq.get() == "slow"
+        assert gate.called, "the held call ended before the one after it"
         assert await oq.get() == 1024
         assert await oq.get() == BatchDone(2)
         with pytest.raises(ZeroDivisionError):
@@ -658,3 +692,4 @@ async def test_processQueue() -> None:
         await within(Deferred.fromCoroutine(body()))
     finally:
         await processes.shutdown(timeout=5)
+        await port.stopListening()
