@@ -362,7 +362,7 @@ def settingsForQueue(queueKeywords: dict[str, Any], **explicit: Any) -> Settings
     there and picks the environment prefix); C{explicit} are the
     constructor's own arguments (workers, capacity, ...).
     """
-    given = queueKeywords.pop("settings", None)
+    given: Settings | None = queueKeywords.pop("settings", None)
     timeout = queueKeywords.pop("timeout", None)
     shutdownTimeout = queueKeywords.pop("shutdownTimeout", None)
     if given is not None:
