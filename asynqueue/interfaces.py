@@ -1,17 +1,42 @@
 """
 The contracts between the queue, its workers and iteration sources.
 
-The queue sees a worker only through L{IWorker}: how many tasks it may hand
-it at once, how to run one, and how to stop it gently or at once. It knows
-nothing of threads, processes or networks; a worker knows nothing of
-priorities, series or lanes.
+The queue sees a worker only through these interfaces: L{IWorker} (how many
+tasks it may hand it at once, how to run one, and how to stop it gently or
+at once) and, where a worker declares them with C{@implementer}, its
+optional abilities: L{IReportingWorker} (the fast path),
+L{ICapacityReporting}, L{IDescribedWorker}, L{ICallPickling},
+L{IStopPreparing} and L{IResignationExplaining}. The queue tests each
+ability with C{providedBy}; a worker that declares none of them works, it
+is just not asked. The queue knows nothing of threads, processes or
+networks; a worker knows nothing of priorities, series or lanes.
+
+The fields of L{asynqueue.tasks.Task} a worker may read and write are
+listed there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from zope.interface import Attribute, Interface
 
-__all__ = ["IWorker", "IReportingWorker", "IIterationSource"]
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from asynqueue.tasks import Task
+
+__all__ = [
+    "IWorker",
+    "IReportingWorker",
+    "ICapacityReporting",
+    "IDescribedWorker",
+    "ICallPickling",
+    "IStopPreparing",
+    "IResignationExplaining",
+    "IIterationSource",
+]
 
 
 class IWorker(Interface):
@@ -35,10 +60,10 @@ class IWorker(Interface):
         "while I can take none (a remote node not connected). Tasks beyond what I "
         "can run at the same moment wait in my own backlog. The queue reads it "
         "again whenever I finish a task; a worker whose capacity changes by "
-        "itself also offers setCapacityObserver(callable) to say so."
+        "itself also provides ICapacityReporting to say so."
     )
 
-    def setResignator(callableObject):  # type: ignore[no-untyped-def]
+    def setResignator(callableObject: Callable[[Any], object]) -> None:
         """
         Register C{callableObject(worker)} to be called if I must resign.
 
@@ -47,7 +72,7 @@ class IWorker(Interface):
         tasks it had not finished elsewhere.
         """
 
-    def run(task):  # type: ignore[no-untyped-def]
+    def run(task: Task) -> Deferred[Any]:
         """
         Run C{task} and return a Deferred firing with its result.
 
@@ -57,13 +82,13 @@ class IWorker(Interface):
         the task, which I do as far as I can (see each worker's docs).
         """
 
-    def stop():  # type: ignore[no-untyped-def]
+    def stop() -> Deferred[None]:
         """
         Stop after the tasks I accepted are done; return a Deferred that fires
         when I have stopped and released everything I hold.
         """
 
-    def crash():  # type: ignore[no-untyped-def]
+    def crash() -> list[Task]:
         """
         Stop at once and return the list of tasks I accepted but did not finish.
 
@@ -84,7 +109,7 @@ class IReportingWorker(IWorker):
     begun, which it must never report afterwards.
     """
 
-    def start(task):  # type: ignore[no-untyped-def]
+    def start(task: Task) -> None:
         """
         Take C{task} and run it; return nothing.
 
@@ -94,7 +119,7 @@ class IReportingWorker(IWorker):
         A worker that cannot take the task reports the failure at once.
         """
 
-    def abandon(task):  # type: ignore[no-untyped-def]
+    def abandon(task: Task) -> None:
         """
         Give up a task taken with L{start} (it was cancelled or timed out),
         as far as the worker can: withdraw it if it has not begun, or stop
@@ -105,6 +130,66 @@ class IReportingWorker(IWorker):
         """
 
 
+class ICapacityReporting(IWorker):
+    """A worker whose capacity changes by itself (a remote node (dis)connects)."""
+
+    def setCapacityObserver(callableObject: Callable[[], object]) -> None:
+        """
+        Register C{callableObject()} to be called whenever my C{capacity}
+        changes other than by finishing a task; the queue then reads it again.
+        """
+
+
+class IDescribedWorker(IWorker):
+    """A worker with more to say in L{TaskQueue.stats} than the queue knows."""
+
+    def info() -> dict[str, Any]:
+        """
+        Return what C{stats()["workers"][name]} shows of me besides the
+        queue's own counts (a process worker: its child's pid, ...).
+        """
+
+
+class ICallPickling(IWorker):
+    """
+    A worker that sends calls pickled (to a child process, to a node).
+
+    A queue whose workers all provide this pickles each call when it is
+    submitted, with L{prepareCall} of one of them, so that a call that
+    cannot travel fails at once; the bytes go in C{task.pickled}, which the
+    worker sends instead of pickling the call again. Every worker providing
+    this must accept what any other's L{prepareCall} made (the workers here
+    all use L{asynqueue.wire.pickling.dumpCall}).
+    """
+
+    def prepareCall(
+        f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes:
+        """
+        Pickle the call C{f(*args, **kwargs)} as I send it; raise
+        L{asynqueue.errors.UnpicklableError} naming what cannot be pickled.
+        """
+
+
+class IStopPreparing(IWorker):
+    """A worker that replaces what a cancel ends (a killed child process)."""
+
+    def prepareToStop() -> None:
+        """
+        Replace nothing from now on: I am about to be stopped. The queue
+        calls this before it cancels every task on a hurried shutdown.
+        """
+
+
+class IResignationExplaining(IWorker):
+    """A worker that says why it resigned, for the queue's log and errors."""
+
+    resignedBecause = Attribute(
+        "Why I resigned, in a few plain words (None while I work); read when "
+        "I call my resignator."
+    )
+
+
 class IIterationSource(Interface):
     """
     Where a L{Deferator} pulls the items of an iterator from.
@@ -113,7 +198,7 @@ class IIterationSource(Interface):
     child process or a remote node); a source fetches its items in batches.
     """
 
-    def fetch(maxItems):  # type: ignore[no-untyped-def]
+    def fetch(maxItems: int) -> Deferred[tuple[list[Any], bool]]:
         """
         Return a Deferred firing with C{(items, exhausted)}.
 
@@ -122,5 +207,8 @@ class IIterationSource(Interface):
         iterator's own exception if it raised one.
         """
 
-    def close():  # type: ignore[no-untyped-def]
-        """Close the iterator where it lives; no more fetches follow."""
+    def close() -> object:
+        """
+        Close the iterator where it lives; no more fetches follow. A source
+        that closes it far away may return a Deferred of that.
+        """

@@ -161,10 +161,31 @@ class Task:
     A worker runs C{task.f(*task.args, **task.kwargs)} and calls
     L{markStarted} when the call begins. A worker that reports outcomes
     itself (L{asynqueue.interfaces.IReportingWorker}) then calls
-    L{finished}. Everything else here belongs to the queue.
+    L{finished}.
 
-    @ivar pickled: The call, pickled when it was queued (for a queue whose
-        workers all pickle calls), or C{None}.
+    B{The worker contract.} Besides the interfaces of
+    L{asynqueue.interfaces}, these are all a worker may use of a task:
+
+      - read: C{f}, C{args}, C{kwargs}, C{options} (C{options.timeout},
+        C{options.consumer}, ...), C{record} (its C{id} and C{name} for
+        logs), C{deferred} (to see whether the caller gave up), C{attempt}
+        (the workers here read it as C{runs}, the same number), C{pickled}
+        and C{update};
+      - call: L{markStarted}, L{finished} (a reporting worker);
+      - write: C{handle}, the worker's own, which the queue clears when the
+        run ends.
+
+    B{The queue's own state.} C{onStart}, C{onDone}, C{slot},
+    C{workerDeferred}, C{timeoutCall}, C{timedOut}, C{cancelled} and
+    C{runs} belong to the queue (L{asynqueue.queue}); a worker must not
+    write them (but L{asynqueue.workers.base.runReporting} clears them on
+    the copy of a task it runs outside a queue). They live here, not in a
+    side object of the queue's, because the hot path then makes one object
+    per call, not two.
+
+    @ivar pickled: The call as an L{asynqueue.interfaces.ICallPickling}
+        worker's C{prepareCall} pickled it when it was queued (for a queue
+        whose workers all pickle calls), or C{None}.
     @ivar update: C{"kept"} or C{"ephemeral"} for a L{TaskQueue.update}
         call, else C{None}.
     @ivar handle: Whatever the worker running the task keeps for it.
@@ -176,15 +197,18 @@ class Task:
     options: TaskOptions
     record: TaskRecord
     deferred: Deferred[Any]
+    # -- the queue's own state (see above) --
     onStart: Callable[[Task, float], None] | None = None
     onDone: Callable[[Task, object, int], None] | None = None
     workerDeferred: Deferred[Any] | None = None
     timeoutCall: IDelayedCall | None = None
     timedOut: bool = False
     cancelled: bool = False
+    # -- the worker contract (see above) --
     pickled: bytes | None = None
     update: str | None = None
     handle: Any = None
+    # -- the queue's own state again --
     slot: Any = None
     runs: int = 0
 

@@ -485,7 +485,7 @@ class CheckingWorker(MemoryWorker):
     def run(self, task: Any) -> Deferred[Any]:
         key = (task.priority, task.record.id)
         for series in [None, *self.iQualified]:
-            for other in self.queue._pending.get(series, []):
+            for other in self.queue._pending.lines.get(series, []):
                 if not other.cancelled:
                     otherKey = (other.priority, other.record.id)
                     assert key <= otherKey, f"{task} went ahead of more urgent {other}"

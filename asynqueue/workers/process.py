@@ -25,7 +25,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from asynqueue.errors import QueueRunError, UnpicklableError, WorkerCrashed, WorkerError
-from asynqueue.interfaces import IReportingWorker
+from asynqueue.interfaces import (
+    ICallPickling,
+    IDescribedWorker,
+    IReportingWorker,
+    IResignationExplaining,
+    IStopPreparing,
+)
 from asynqueue.node.child import _initialize
 from asynqueue.queue.core import TaskQueue
 from asynqueue.settings import settingsForQueue
@@ -44,7 +50,13 @@ _MAX_RESPAWN_DELAY = 2.0
 ProcessIterationSource = WireIterationSource
 
 
-@implementer(IReportingWorker)
+@implementer(
+    IReportingWorker,
+    ICallPickling,
+    IDescribedWorker,
+    IStopPreparing,
+    IResignationExplaining,
+)
 class ProcessWorker:
     """
     Runs calls in a child Python process.
@@ -65,8 +77,6 @@ class ProcessWorker:
 
     log = Logger()
     _ids = itertools.count(1)
-    #: Calls travel pickled, so a queue of such workers pickles them at once.
-    picklesCalls = True
 
     def __init__(
         self,
@@ -150,6 +160,12 @@ class ProcessWorker:
     def setResignator(self, callableObject: Callable[[Any], object]) -> None:
         """Register what to call, with me, if I must resign."""
         self._resignator = callableObject
+
+    def prepareCall(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes:
+        """Pickle a call as I send it (L{ICallPickling})."""
+        return dumpCall(f, args, kwargs)
 
     def run(self, task: Task) -> Deferred[Any]:
         """Pickle the call now, send it to my child; a Deferred of its result."""

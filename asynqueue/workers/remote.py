@@ -20,16 +20,21 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer, implementer_only
 
 from asynqueue.errors import (
     QueueRunError,
     UnpicklableError,
 )
-from asynqueue.interfaces import IReportingWorker
+from asynqueue.interfaces import (
+    ICallPickling,
+    ICapacityReporting,
+    IDescribedWorker,
+    IReportingWorker,
+)
 from asynqueue.tasks import Task
 from asynqueue.wire.commands import Stop
-from asynqueue.wire.pickling import PROTOCOL, loadsPlain, pickledCall
+from asynqueue.wire.pickling import PROTOCOL, dumpCall, loadsPlain, pickledCall
 from asynqueue.wire.universe import WireWorkerUniverse
 from asynqueue.workers.base import runReporting
 from asynqueue.workers.connection import (
@@ -40,7 +45,7 @@ from asynqueue.workers.connection import (
 )
 
 
-@implementer(IReportingWorker)
+@implementer(IReportingWorker, ICallPickling, ICapacityReporting, IDescribedWorker)
 class RemoteWorker:
     """
     Runs calls on a remote worker node.
@@ -73,8 +78,6 @@ class RemoteWorker:
 
     log = Logger()
     _ids = itertools.count(1)
-    #: Calls travel pickled, so a queue of such workers pickles them at once.
-    picklesCalls = True
     #: Seconds to wait before reconnecting, at first.
     retryDelay = 0.2
     #: The longest wait between two attempts to connect, in seconds.
@@ -148,6 +151,12 @@ class RemoteWorker:
     def setCapacityObserver(self, callableObject: Callable[[], object]) -> None:
         """Register what to call when my capacity changes (on (dis)connection)."""
         self._capacityObserver = callableObject
+
+    def prepareCall(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes:
+        """Pickle a call as I send it (L{ICallPickling})."""
+        return dumpCall(f, args, kwargs)
 
     def whenConnected(self) -> Deferred[RemoteWorker]:
         """A Deferred that fires with me once I am connected and know my capacity."""
@@ -371,6 +380,9 @@ class RemoteWorker:
         return {"node": self.description, "connected": self._connection is not None}
 
 
+# A universe's calls are names and plain data, pickled by the worker as it
+# sends them: not ICallPickling.
+@implementer_only(IReportingWorker, ICapacityReporting, IDescribedWorker)
 class WireWorker(RemoteWorker):
     """
     AsynQueue's worker for a node serving a L{WireWorkerUniverse}.
@@ -382,9 +394,6 @@ class WireWorker(RemoteWorker):
     (AsynQueue passed the universe instance first; it is accepted and
     ignored, since the node has its own.)
     """
-
-    # A universe's calls are names and plain data, pickled by the worker.
-    picklesCalls = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args and isinstance(args[0], WireWorkerUniverse):

@@ -1,0 +1,451 @@
+"""
+The running side of a L{TaskQueue}: making tasks, dispatching them to
+workers with free slots, starting them, their timeouts, how a run ends
+(retries, a crashed worker's tasks, a task never started), lanes moving
+along, cancelling, and firing each task's Deferred.
+
+L{_Running} is the lowest layer of the queue's class: it holds the state
+every other layer reads, and the hot path (dispatch, start, end) in as few
+calls as it can.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from asynqueue.errors import (
+    LaneError,
+    NoQualifiedWorker,
+    TaskNotStarted,
+    TimeoutError,
+    WorkerCrashed,
+)
+from asynqueue.queue.pending import PendingStore
+from asynqueue.tasks import Task, TaskOptions, TaskRecord, nameFor
+
+if TYPE_CHECKING:
+    from asynqueue.interfaces import IWorker
+    from asynqueue.queue.slots import _WorkerSlot
+
+_RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
+#: What a finished task's keywords become (never changed).
+_NO_KEYWORDS: dict[str, Any] = {}
+
+
+class _Running:
+    """
+    Dispatch, start and end tasks; the state of the queue they share.
+
+    The attributes are set by L{TaskQueue.__init__}.
+    """
+
+    log = Logger()
+
+    name: str
+    _clock: IReactorTime
+    _state: str
+    _stopOnLaneError: bool
+    _pending: PendingStore
+    _slots: dict[IWorker, _WorkerSlot]
+    _slotList: list[_WorkerSlot]
+    _running: set[Task]
+    _seq: itertools.count[int]
+    _records: deque[TaskRecord]
+    _observers: list[Callable[[str, TaskRecord], object]]
+    _done: int
+    _failed: int
+    _cancelled: int
+    _dispatching: bool
+    _dispatchAgain: bool
+    _idleWaiters: list[Deferred[None]]
+    _canceller: Callable[[Deferred[Any]], None]
+    _onStart: Callable[[Task, float], None]
+    _onDone: Callable[[Task, object, int], None]
+
+    # ------------------------------------------------------------------
+    # Making tasks
+
+    def _newTask(
+        self,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
+        recorded: bool = True,
+    ) -> Task:
+        """A new task; an unrecorded one (an update) has no ID, record or canceller."""
+        qualname = getattr(f, "__qualname__", None) or type(f).__qualname__
+        record = TaskRecord(
+            next(self._seq) if recorded else -1,
+            nameFor(f, options),
+            qualname,
+            options._priority,  # type: ignore[attr-defined]
+            options.series,
+            options.lane,
+            self._clock.seconds(),
+        )
+        if not recorded:
+            return Task(f, args, kwargs, options, record, Deferred())
+        self._records.append(record)
+        if self._observers:
+            self._tell("submitted", record)
+        d: Deferred[Any] = Deferred(self._canceller)
+        task = Task(f, args, kwargs, options, record, d)
+        d.task = task  # type: ignore[attr-defined]
+        task.onStart = self._onStart
+        return task
+
+    def _tell(self, event: str, record: TaskRecord) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event, record)
+            except Exception:
+                self.log.failure("Observer {observer} failed", observer=observer)
+
+    def _cancelDeferred(self, d: Deferred[Any]) -> None:
+        """The canceller of every task's Deferred."""
+        self._cancelTask(d.task)  # type: ignore[attr-defined]
+
+    def _requeue(self, task: Task) -> None:
+        """Put a task that never started (or may be retried) back in line."""
+        self._running.discard(task)
+        task.record.state = "pending"
+        task.record.worker = None
+        task.record.started = None
+        task.workerDeferred = None
+        task.slot = None
+        task.handle = None
+        if task.series is not None and not self._qualifiedFor(task.series):
+            self._finish(
+                task, Failure(NoQualifiedWorker(f"no worker for {task.series!r}"))
+            )
+            return
+        self._pending.push(task)
+
+    def _stopsOnLaneError(self, task: Task) -> bool:
+        option = task.options.stopOnLaneError
+        return self._stopOnLaneError if option is None else option
+
+    def _qualifiedFor(self, series: Hashable) -> bool:
+        return any(
+            series in slot.worker.iQualified
+            for slot in self._slots.values()
+            if not slot.leaving
+        )
+
+    # ------------------------------------------------------------------
+    # Dispatch and start
+
+    def _dispatch(self) -> None:
+        """Hand pending tasks to workers with free slots, most urgent first."""
+        if self._dispatching:
+            self._dispatchAgain = True
+            return
+        self._dispatching = True
+        pending = self._pending
+        try:
+            again = True
+            while again:
+                self._dispatchAgain = False
+                again = False
+                if not pending.count:
+                    break
+                # One task per free worker per pass spreads the load.
+                for slot in self._slotList:
+                    if slot.free > 0:
+                        task = pending.popFor(slot.worker)
+                        if task is not None:
+                            self._start(slot, task)
+                            again = True
+                again = again or self._dispatchAgain
+        finally:
+            self._dispatching = False
+
+    def _start(self, slot: _WorkerSlot, task: Task) -> None:
+        slot.outstanding.add(task)
+        slot.free -= 1
+        self._running.add(task)
+        record = task.record
+        record.state = "running"
+        record.worker = slot.worker.name
+        record.attempts += 1
+        task.runs += 1
+        task.slot = slot
+        if slot.reporting:
+            # The fast path: the worker calls task.finished, no Deferred.
+            task.onDone = self._onDone
+            try:
+                slot.worker.start(task)  # type: ignore[attr-defined]
+            except Exception:
+                self._taskDone(task, Failure(), task.runs)
+            return
+        try:
+            d = slot.worker.run(task)
+        except Exception:
+            d = fail()
+        task.workerDeferred = d
+        d.addBoth(self._ran, task, slot, d)
+
+    def _taskStarted(self, task: Task, ago: float) -> None:
+        if task.slot is None:
+            # News of a run that has ended already (cancelled, timed out).
+            return
+        task.record.started = self._clock.seconds() - ago
+        timeout = task.options.timeout
+        if timeout is not None:
+            task.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
+        # Observers come last: what they do may depend on the timer being set.
+        if self._observers:
+            self._tell("started", task.record)
+
+    # ------------------------------------------------------------------
+    # Timeouts and cancelling
+
+    def _timeOut(self, task: Task) -> None:
+        task.timeoutCall = None
+        if task.slot is not None:
+            task.timedOut = True
+            self._abandon(task)
+
+    def _cancelTimeout(self, task: Task) -> None:
+        if task.timeoutCall is not None:
+            if task.timeoutCall.active():
+                task.timeoutCall.cancel()
+            task.timeoutCall = None
+
+    def _abandon(self, task: Task) -> None:
+        """Give up a running task (cancelled, or timed out)."""
+        wd = task.workerDeferred
+        if wd is not None:
+            wd.cancel()
+            return
+        slot = task.slot
+        if slot is None or not slot.reporting:
+            # Not started yet, or still inside a plain worker's run(): there
+            # is nothing to cancel yet.
+            return
+        attempt = task.runs
+        try:
+            slot.worker.abandon(task)
+        except Exception:
+            self.log.failure(
+                "Worker {worker} failed to abandon {task}",
+                worker=slot.worker.name,
+                task=task.record.name,
+            )
+        finally:
+            # Whether or not the worker reported it: it ends as a cancelled
+            # Deferred would.
+            self._taskDone(task, Failure(CancelledError()), attempt)
+
+    def _cancelTask(self, task: Task) -> None:
+        """The canceller of a task's Deferred."""
+        task.cancelled = True
+        state = task.record.state
+        if state == "pending":
+            self._pending.cancelled(task)
+            self._finish(task, Failure(CancelledError()))
+            self._checkIdle()
+        elif state == "running":
+            self._abandon(task)
+
+    # ------------------------------------------------------------------
+    # How a run ends
+
+    def _ran(
+        self, result: object, task: Task, slot: _WorkerSlot, d: Deferred[Any]
+    ) -> None:
+        """A worker's Deferred for a task fired."""
+        if task.workerDeferred is not d:
+            # A worker fired a task it had handed back (crash); it was rerun.
+            return
+        task.workerDeferred = None
+        task.slot = None
+        self._ended(task, slot, result)
+
+    def _taskDone(self, task: Task, result: object, attempt: int) -> None:
+        """A reporting worker says how run C{attempt} of a task ended."""
+        slot = task.slot
+        if slot is None or attempt != task.runs:
+            # Ended already (cancelled, timed out), or an earlier run's news.
+            return
+        task.slot = None
+        self._ended(task, slot, result)
+
+    def _ended(self, task: Task, slot: _WorkerSlot, result: object) -> None:
+        """A task's run on a worker ended with C{result} (a Failure if it failed)."""
+        # What the worker kept for the run (it may refer back to the task,
+        # and hold the pickled call) goes now, not when the collector comes.
+        task.handle = None
+        if task.timeoutCall is not None:
+            self._cancelTimeout(task)
+        outstanding = slot.outstanding
+        if task in outstanding:
+            outstanding.discard(task)
+            if slot.ready and not slot.leaving:
+                # Read afresh: a worker's capacity may change as it runs.
+                slot.free = int(slot.worker.capacity) - len(outstanding)
+        self._running.discard(task)
+        if isinstance(result, Failure):
+            if task.timedOut and result.check(CancelledError):
+                result = Failure(
+                    TimeoutError(
+                        f"task {task.record.name!r} ran longer than its timeout of "
+                        f"{task.options.timeout} s"
+                    )
+                )
+            elif result.check(TaskNotStarted):
+                if not task.deferred.called and self._state != _STOPPED:
+                    # It never ran: it uses up none of its attempts.
+                    task.record.attempts -= 1
+                    self._requeue(task)
+                    self._afterSlotFreed(slot)
+                    return
+            elif (
+                result.check(WorkerCrashed)
+                and task.record.attempts <= task.options.retries
+            ):
+                if not task.deferred.called and self._state != _STOPPED:
+                    self.log.warn(
+                        "Retrying {task} after its worker {worker} crashed",
+                        task=task.record.name,
+                        worker=slot.worker.name,
+                    )
+                    self._requeue(task)
+                    self._afterSlotFreed(slot)
+                    return
+            slot.failed += 1
+        else:
+            slot.done += 1
+        self._finish(task, result)
+        self._afterSlotFreed(slot)
+
+    def _afterSlotFreed(self, slot: _WorkerSlot) -> None:
+        if slot.idleWaiters and not slot.outstanding:
+            waiters, slot.idleWaiters = slot.idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+        if self._pending.count:
+            self._dispatch()
+        if self._idleWaiters:
+            self._checkIdle()
+
+    def _finish(self, task: Task, result: object) -> None:
+        """Record how a task ended, move its lane along, fire its Deferred."""
+        record = task.record
+        record.ended = self._clock.seconds()
+        failed = isinstance(result, Failure)
+        if failed:
+            result = cast(Failure, result)
+            if task.timedOut and result.check(TimeoutError):
+                record.state = "timedOut"
+            elif result.check(CancelledError) or task.cancelled:
+                record.state = "cancelled"
+            else:
+                record.state = "failed"
+            record.outcome = result.type.__name__ if result.type else "Failure"
+            if record.state == "cancelled":
+                self._cancelled += 1
+            else:
+                self._failed += 1
+        else:
+            record.state = "done"
+            record.outcome = "result"
+            self._done += 1
+        if self._observers:
+            self._tell("ended", record)
+        options = task.options
+        if options.lane is not None:
+            self._advanceLane(task, result)
+        # The task and its Deferred refer to each other: let the arguments
+        # go now rather than whenever the cyclic collector comes by.
+        task.args, task.kwargs = (), _NO_KEYWORDS
+        task.pickled = None
+        d = task.deferred
+        if d.called:
+            return
+        if failed:
+            d.errback(cast(Failure, result))
+            return
+        if options.consumer is not None:
+            from asynqueue.iteration import Deferator, IterationProducer
+
+            if isinstance(result, Deferator):
+                IterationProducer(result, options.consumer).run().chainDeferred(d)
+                return
+        d.callback(result)
+
+    # ------------------------------------------------------------------
+    # Lanes
+
+    def _advanceLane(self, task: Task, result: object) -> None:
+        lanes = self._pending.lanes
+        lane = lanes.get(task.lane)
+        if lane is None:
+            return
+        if lane.front is task:
+            lane.front = None
+        elif task in lane.waiting:
+            lane.waiting.remove(task)
+            return
+        else:
+            return
+        if (
+            isinstance(result, Failure)
+            and not task.cancelled
+            and not result.check(LaneError)
+            and self._stopsOnLaneError(task)
+        ):
+            lane.failure = result
+            while lane.waiting:
+                waiting = lane.waiting.popleft()
+                if self._stopsOnLaneError(waiting):
+                    self._finish(waiting, Failure(LaneError(task.lane, result.value)))
+                else:
+                    lane.waiting.appendleft(waiting)
+                    break
+        if lane.waiting:
+            lane.front = lane.waiting.popleft()
+            self._pending.push(lane.front)
+            self._dispatch()
+        elif lane.failure is None:
+            del lanes[task.lane]
+
+    def clearLaneError(self, lane: Hashable) -> None:
+        """Let a lane stopped by a failure (C{stopOnLaneError}) take tasks again."""
+        lanes = self._pending.lanes
+        state = lanes.get(lane)
+        if state is not None:
+            state.failure = None
+            if state.front is None and not state.waiting:
+                del lanes[lane]
+
+    # ------------------------------------------------------------------
+    # Idleness, and failing what waits
+
+    def _whenAllDone(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._idleWaiters.append(d)
+        self._checkIdle()
+        return d
+
+    def _checkIdle(self) -> None:
+        if self._idleWaiters and not (self._pending.size() or self._running):
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _failPending(self, error: Exception) -> None:
+        """Fail every task that is waiting for a worker with C{error}."""
+        for task in self._pending.takeAll():
+            if not task.deferred.called:
+                self._finish(task, Failure(error))
+        self._checkIdle()

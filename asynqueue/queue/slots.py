@@ -1,0 +1,249 @@
+"""
+Worker slots: the queue's bookkeeping for each attached worker, and
+attaching, qualifying, detaching and losing workers.
+
+The queue sees a worker only through the interfaces of
+L{asynqueue.interfaces}: L{IWorker} always, and the optional abilities
+(L{ICapacityReporting}, L{ICallPickling}, L{IResignationExplaining}, ...)
+where the worker declares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.python.failure import Failure
+
+from asynqueue.errors import (
+    ImplementationError,
+    NoQualifiedWorker,
+    NoWorkers,
+    QueueRunError,
+    WorkerCrashed,
+)
+from asynqueue.interfaces import (
+    ICallPickling,
+    ICapacityReporting,
+    IReportingWorker,
+    IResignationExplaining,
+    IWorker,
+)
+from asynqueue.queue.running import _RUNNING, _Running
+from asynqueue.tasks import Task, TaskOptions
+
+__all__ = ["_WorkerSlot"]
+
+
+@dataclass(eq=False, slots=True)
+class _WorkerSlot:
+    """
+    The queue's bookkeeping for one attached worker.
+
+    C{free} is how many more tasks it may take now: 0 until it is ready
+    and once it is leaving.
+    """
+
+    worker: IWorker
+    outstanding: set[Task] = field(default_factory=set)
+    reporting: bool = False
+    ready: bool = False
+    leaving: bool = False
+    free: int = 0
+    done: int = 0
+    failed: int = 0
+    idleWaiters: list[Deferred[None]] = field(default_factory=list)
+
+    def countFree(self) -> None:
+        """Work out C{free} afresh (after readiness, leaving or capacity changed)."""
+        if self.ready and not self.leaving:
+            self.free = int(self.worker.capacity) - len(self.outstanding)
+        else:
+            self.free = 0
+
+    def release(self, task: Task) -> None:
+        """The worker is done with a task."""
+        if task in self.outstanding:
+            self.outstanding.discard(task)
+            if self.ready and not self.leaving:
+                # Read afresh: a worker's capacity may change as it runs.
+                self.free = int(self.worker.capacity) - len(self.outstanding)
+
+
+class _Workers(_Running):
+    """Attach, qualify, detach and lose workers."""
+
+    _updates: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+    #: The worker whose C{prepareCall} pickles each call at submission, when
+    #: every attached worker pickles calls; else C{None}.
+    _callPickler: ICallPickling | None
+    #: Why every worker is gone, once the last one resigned.
+    _noWorkers: str | None
+
+    def attachWorker(self, worker: IWorker) -> Deferred[None]:
+        """
+        Attach a worker; return a Deferred that fires when it takes tasks.
+
+        It takes tasks once it has run the kept L{update} calls.
+        """
+        if not IWorker.providedBy(worker):
+            raise ImplementationError(f"{worker!r} does not provide IWorker")
+        if self._state != _RUNNING:
+            raise QueueRunError(f"{self.name} is shut down")
+        if worker in self._slots:
+            return succeed(None)
+        slot = _WorkerSlot(worker, reporting=IReportingWorker.providedBy(worker))
+        self._noWorkers = None
+        self._slots[worker] = slot
+        self._slotList = list(self._slots.values())
+        self._notePickling()
+        worker.setResignator(self._workerResigned)
+        if ICapacityReporting.providedBy(worker):
+            worker.setCapacityObserver(lambda: self._capacityChanged(slot))
+        ds = [self._runUpdate(slot, f, a, kw, False) for f, a, kw in self._updates]
+
+        def ready(_: object) -> None:
+            slot.ready = True
+            slot.countFree()
+            self._dispatch()
+
+        return DeferredList(ds, consumeErrors=True).addCallback(ready)
+
+    def detachWorker(
+        self, worker: IWorker, reassign: bool = True, crash: bool = False
+    ) -> Deferred[None]:
+        """
+        Detach a worker; return a Deferred that fires when it has stopped.
+
+        The worker takes no more tasks. Without C{crash} it finishes what it
+        accepted and is stopped. With C{crash=True} it is stopped at once: the
+        tasks it accepted but had not started go back to the queue (or fail
+        with L{WorkerCrashed} if C{reassign} is false); those it was running
+        fail with L{WorkerCrashed} unless they have C{retries} left.
+        """
+        slot = self._slots.get(worker)
+        if slot is None:
+            return succeed(None)
+        slot.leaving = True
+        slot.countFree()
+        if crash:
+            for task in worker.crash():
+                slot.release(task)
+                self._running.discard(task)
+                self._cancelTimeout(task)
+                task.record.attempts -= 1
+                if reassign:
+                    self._requeue(task)
+                else:
+                    self._finish(task, Failure(WorkerCrashed(f"{worker.name} crashed")))
+            self._forget(slot)
+            self._failOrphans()
+            self._dispatch()
+            return succeed(None)
+        d: Deferred[None] = self._whenIdle(slot).addCallback(lambda _: worker.stop())
+
+        def gone(result: object) -> object:
+            self._forget(slot)
+            self._failOrphans()
+            self._dispatch()
+            return None
+
+        return d.addBoth(gone)
+
+    def qualifyWorker(self, worker: IWorker, series: Hashable) -> None:
+        """Let C{worker} run tasks of C{series}, as well as those of no series."""
+        if series not in worker.iQualified:
+            worker.iQualified.append(series)
+        self._dispatch()
+
+    def _runUpdate(
+        self,
+        slot: _WorkerSlot,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ephemeral: bool,
+    ) -> Deferred[Any]:
+        options = TaskOptions(doNext=True)
+        task = self._newTask(f, args, kwargs, options, recorded=False)
+        task.onStart = None
+        # A worker that replaces its process (or node) replays kept updates.
+        task.update = "ephemeral" if ephemeral else "kept"
+        try:
+            return slot.worker.run(task)
+        except Exception:
+            return fail()
+
+    def _notePickling(self) -> None:
+        """Pickle calls at submission if, and only if, every worker pickles them."""
+        workers = list(self._slots)
+        if workers and all(ICallPickling.providedBy(w) for w in workers):
+            self._callPickler = cast(ICallPickling, workers[0])
+        else:
+            self._callPickler = None
+
+    def _capacityChanged(self, slot: _WorkerSlot) -> None:
+        """A worker's capacity changed by itself (a remote node (dis)connected)."""
+        slot.countFree()
+        self._dispatch()
+
+    def _workerResigned(self, worker: IWorker) -> None:
+        """
+        A worker said it can no longer run tasks: crash-detach it.
+
+        If it was the last, no pending task or new call can run: they fail
+        with L{NoWorkers} (until a worker is attached again) rather than
+        wait on a queue that can no longer run them.
+        """
+        if worker not in self._slots:
+            return
+        why = None
+        if IResignationExplaining.providedBy(worker):
+            why = worker.resignedBecause
+        why = why or "it resigned"
+        self.log.warn("Worker {worker} resigned: {why}", worker=worker.name, why=why)
+        self.detachWorker(worker, reassign=True, crash=True)
+        if not self._slots and self._state == _RUNNING:
+            self._noWorkers = (
+                f"{self.name} has no worker left: the last, {worker.name}, "
+                f"resigned ({why})"
+            )
+            self._failPending(NoWorkers(self._noWorkers))
+
+    def _forget(self, slot: _WorkerSlot) -> None:
+        self._slots.pop(slot.worker, None)
+        self._slotList = list(self._slots.values())
+        self._notePickling()
+        for task in list(slot.outstanding):
+            # A crashed worker fails its running tasks itself; whatever it
+            # left unfired must not strand its caller.
+            lost = Failure(WorkerCrashed(f"{slot.worker.name} left without finishing"))
+            wd = task.workerDeferred
+            if wd is not None and not wd.called:
+                wd.errback(lost)
+            elif wd is None and task.slot is slot:
+                self._taskDone(task, lost, task.runs)
+
+    def _failOrphans(self) -> None:
+        """Fail pending tasks whose series no worker is qualified for any more."""
+        for series in list(self._pending.lines):
+            if series is None or self._qualifiedFor(series):
+                continue
+            for task in self._pending.takeSeries(series):
+                self._finish(
+                    task,
+                    Failure(
+                        NoQualifiedWorker(
+                            f"the last worker qualified for series {series!r} left"
+                        )
+                    ),
+                )
+        self._checkIdle()
+
+    def _whenIdle(self, slot: _WorkerSlot) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        slot.idleWaiters.append(d)
+        self._afterSlotFreed(slot)
+        return d
