@@ -9,11 +9,36 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import StringTransport
 from twisted.protocols import amp
 from twisted.test import iosim
 
 from asynqueue.errors import RemoteError, UnpicklableError
-from asynqueue.wire.commands import NextItems, RunTasks
+from asynqueue.wire.commands import (
+    CANCEL_TASK,
+    COMMAND,
+    RUN_TASKS,
+    TASK_RESULT,
+    TASK_RESULTS,
+    CancelTask,
+    CloseIterator,
+    NextItems,
+    NodeInfo,
+    RunTasks,
+    Status,
+    Stop,
+    TaskResult,
+    TaskResults,
+    cancelTaskBox,
+    readBatch,
+    readCancelTask,
+    readTaskResult,
+    runTasksBox,
+    taskResultBox,
+    taskResultsBox,
+)
 from asynqueue.wire.framing import BigBytes, BoxReader, bigValue, boxPieces, writeBox
 from asynqueue.wire.pickling import decodeError, dumpCall, dumps, encodeError, loads
 
@@ -582,3 +607,187 @@ def test_writeBoxWithoutWriteSequenceJoins() -> None:
     assert len(transport.written) == 1
     [box] = amp.parseString(transport.written[0])
     assert bigValue(box, b"payload") == value
+
+
+# ----------------------------------------------------------------------
+# The fast path and AMP agree on every command
+
+
+class Captured(amp.AMP):
+    """AMP, parsing with Twisted's own parser, keeping the boxes it reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.boxes: list[amp.AmpBox] = []
+        self.makeConnection(StringTransport())
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        self.boxes.append(box)
+
+
+def ampParses(data: bytes) -> amp.AmpBox:
+    """The one box Twisted's AMP parser reads from C{data}, fed in pieces."""
+    parser = Captured()
+    for at in range(0, len(data), 7919):
+        parser.dataReceived(data[at : at + 7919])
+    [box] = parser.boxes
+    return box
+
+
+def boxReaderParses(data: bytes) -> dict[bytes, Any]:
+    """The one box L{BoxReader} reads from C{data}, fed in pieces."""
+    boxes = readBoxes(inChunks(data, 7919))
+    [box] = boxes
+    return box
+
+
+def nodeWrites(box: amp.AmpBox) -> bytes:
+    """What L{NodeProtocol} writes for a box AMP hands it (its answers, say)."""
+    from asynqueue.node.protocol import NodeProtocol
+
+    node = NodeProtocol(lambda send: None)
+    transport = StringTransport()
+    node.makeConnection(transport)
+    node.sendBox(box)
+    return transport.value()
+
+
+bigOrSmall = st.one_of(
+    st.binary(max_size=200),
+    st.integers(min_value=CHUNK - 2, max_value=3 * CHUNK + 9).map(payload),
+)
+taskIDs = st.integers(min_value=-(2**70), max_value=2**70)
+statuses = st.sampled_from([s.value for s in Status])
+seconds = st.floats(allow_nan=False)
+
+#: Each command's arguments and (if it has one) its answer.
+EXAMPLES: dict[type[amp.Command], tuple[Any, Any]] = {
+    RunTasks: (st.fixed_dictionaries({"batch": bigOrSmall}), None),
+    TaskResult: (
+        st.fixed_dictionaries(
+            {
+                "taskID": taskIDs,
+                "status": statuses,
+                "payload": bigOrSmall,
+                "seconds": seconds,
+            }
+        ),
+        None,
+    ),
+    TaskResults: (st.fixed_dictionaries({"batch": bigOrSmall}), None),
+    NextItems: (
+        st.fixed_dictionaries({"iteratorID": taskIDs, "maxItems": taskIDs}),
+        st.fixed_dictionaries(
+            {
+                "items": bigOrSmall,
+                "exhausted": st.booleans(),
+                "error": st.none() | bigOrSmall,
+            }
+        ),
+    ),
+    CloseIterator: (st.fixed_dictionaries({"iteratorID": taskIDs}), None),
+    CancelTask: (st.fixed_dictionaries({"taskID": taskIDs}), None),
+    Stop: (st.just({}), st.just({})),
+    NodeInfo: (
+        st.just({}),
+        st.fixed_dictionaries(
+            {
+                "pid": taskIDs,
+                "rss": taskIDs,
+                "capacity": taskIDs,
+                "done": taskIDs,
+                "processes": st.none() | taskIDs,
+            }
+        ),
+    ),
+}
+
+#: The boxes the busy path writes by hand, and how it reads them.
+HAND_WRITTEN: dict[type[amp.Command], Any] = {
+    RunTasks: lambda o: runTasksBox(o["batch"]),
+    TaskResults: lambda o: taskResultsBox(o["batch"]),
+    CancelTask: lambda o: cancelTaskBox(o["taskID"]),
+    TaskResult: lambda o: taskResultBox(
+        o["taskID"], o["status"], o["payload"], o["seconds"]
+    ),
+}
+HAND_READ: dict[type[amp.Command], Any] = {
+    RunTasks: lambda box: {"batch": bytes(readBatch(box))},
+    TaskResults: lambda box: {"batch": bytes(readBatch(box))},
+    CancelTask: lambda box: {"taskID": readCancelTask(box)},
+    TaskResult: lambda box: dict(
+        zip(
+            ["taskID", "status", "payload", "seconds"], readTaskResult(box), strict=True
+        )
+    ),
+}
+
+
+def test_everyCommandHasExamples() -> None:
+    from asynqueue.wire.commands import NODE_COMMANDS, PARENT_COMMANDS
+
+    assert set(EXAMPLES) == set(NODE_COMMANDS) | set(PARENT_COMMANDS)
+    assert {RUN_TASKS, TASK_RESULT, TASK_RESULTS, CANCEL_TASK} == {
+        c.commandName for c in HAND_WRITTEN
+    }
+
+
+def fastWrites(command: type[amp.Command], objects: dict[str, Any]) -> bytes:
+    """The bytes the fast path writes for C{command} with C{objects}."""
+    if command in HAND_WRITTEN:
+        transport = StringTransport()
+        writeBox(transport, HAND_WRITTEN[command](objects))
+        return transport.value()
+    box = command.makeArguments(objects, None)
+    box[amp.COMMAND] = command.commandName
+    return nodeWrites(box)
+
+
+def fastReads(command: type[amp.Command], data: bytes) -> dict[str, Any]:
+    """What the fast path reads from C{data}, a box of C{command}."""
+    box = boxReaderParses(data)
+    assert box.get(COMMAND) == command.commandName
+    if command in HAND_READ:
+        return HAND_READ[command](box)  # type: ignore[no-any-return]
+    return command.parseArguments(
+        amp.AmpBox((k, bytes(v)) for k, v in box.items() if k != COMMAND), None
+    )
+
+
+@pytest.mark.parametrize("command", list(EXAMPLES), ids=lambda c: c.__name__)
+def test_fastEncoderAndAMPAgree(command: type[amp.Command]) -> None:
+    """
+    A box the fast path writes, AMP's parser reads to the same values; a box
+    AMP writes, the fast path (L{BoxReader} and its readers) reads the same.
+    """
+
+    @settings(max_examples=40, deadline=None)
+    @given(data=st.data())
+    def check(data: Any) -> None:
+        agree(command, data)
+
+    check()
+
+
+def agree(command: type[amp.Command], data: Any) -> None:
+    arguments, answer = EXAMPLES[command]
+    objects = data.draw(arguments)
+
+    # Fast path out, AMP in.
+    box = ampParses(fastWrites(command, objects))
+    assert box.pop(amp.COMMAND) == command.commandName
+    assert command.parseArguments(box, None) == objects
+
+    # AMP out, fast path in.
+    ampBox = command.makeArguments(objects, None)
+    ampBox[amp.COMMAND] = command.commandName
+    assert fastReads(command, ampBox.serialize()) == objects
+
+    if answer is not None:
+        # An answer: the node writes it (its sendBox), AMP reads it.
+        values = data.draw(answer)
+        response = amp._objectsToStrings(values, command.response, amp.AmpBox(), None)
+        response[amp.ANSWER] = b"1"
+        parsed = ampParses(nodeWrites(response))
+        assert parsed.pop(amp.ANSWER) == b"1"
+        assert command.parseResponse(parsed, None) == values

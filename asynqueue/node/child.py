@@ -30,11 +30,16 @@ from asynqueue.wire.commands import (
     BATCH_BYTES,
     RESULT_DELAY,
     RESULT_WINDOW,
+    Status,
 )
 from asynqueue.wire.pickling import dumps, encodeError, loads
 from asynqueue.wire.pipes import PipeReader, _BlockingPipeTransport
 from asynqueue.wire.ring import RING_MINIMUM, ResultRing
 from asynqueue.wire.startnote import StartNote
+
+# Plain letters (not members): results travel in batches read as plain data.
+_RESULT, _BYTES, _ERROR = Status.RESULT.value, Status.BYTES.value, Status.ERROR.value
+_ITERATOR, _RING = Status.ITERATOR.value, Status.RING.value
 
 _context: Any = None
 _setupError: BaseException | None = None
@@ -279,7 +284,7 @@ class LocalRunner:
             f, args, kwargs = loads(call)
             result = f(*args, **kwargs)
         except BaseException as e:
-            self._reply(taskID, "e", encodeError(e), began)
+            self._reply(taskID, _ERROR, encodeError(e), began)
             return
         if isinstance(result, Deferred) or isawaitable(result):
             self._waiting = True
@@ -293,7 +298,7 @@ class LocalRunner:
                 self._waiting = False
                 if isinstance(outcome, Failure):
                     error = outcome.value or Exception(outcome.getErrorMessage())
-                    self._reply(taskID, "e", encodeError(error), began)
+                    self._reply(taskID, _ERROR, encodeError(error), began)
                 else:
                     self._deliver(taskID, outcome, began)
                 self.flush()
@@ -307,7 +312,7 @@ class LocalRunner:
         if isIterator(result):
             iteratorID = next(self._iteratorIDs)
             self._iterators[iteratorID] = result  # type: ignore[assignment]
-            self._reply(taskID, "i", dumps(iteratorID), began)
+            self._reply(taskID, _ITERATOR, dumps(iteratorID), began)
             return
         if type(result) is bytes and len(result) > BATCH_BYTES:
             # Large bytes go through the memory shared with the parent, or
@@ -319,9 +324,9 @@ class LocalRunner:
                 else None
             )
             if reference is not None:
-                self._reply(taskID, "m", reference, began)
+                self._reply(taskID, _RING, reference, began)
             else:
-                self._reply(taskID, "b", result, began)
+                self._reply(taskID, _BYTES, result, began)
             return
         try:
             payload = dumps(result)
@@ -330,9 +335,9 @@ class LocalRunner:
                 f"the result ({type(result).__qualname__}) cannot be pickled: "
                 f"{type(e).__name__}: {e}"
             )
-            self._reply(taskID, "e", encodeError(error), began)
+            self._reply(taskID, _ERROR, encodeError(error), began)
             return
-        self._reply(taskID, "r", payload, began)
+        self._reply(taskID, _RESULT, payload, began)
 
     def _reply(self, taskID: int, status: str, payload: bytes, began: float) -> None:
         self.done += 1

@@ -17,9 +17,12 @@ from twisted.python.failure import Failure
 from asynqueue.wire.commands import (
     CloseIterator,
     NextItems,
+    Status,
 )
 from asynqueue.wire.pickling import dumps, encodeError, loadsPlain
 from asynqueue.wire.universe import WireWorkerUniverse, callUniverse, makeUniverse
+
+_ERROR = Status.ERROR.value
 
 # ----------------------------------------------------------------------
 # The network node: the same protocol, tasks run on a pool of children
@@ -142,7 +145,7 @@ class PoolRunner:
             try:
                 call = self._pool.admit(call)
             except Exception as e:
-                self._reply((taskID, "e", encodeError(e), 0.0))
+                self._reply((taskID, _ERROR, encodeError(e), 0.0))
                 continue
             d = self._pool.runPickled(call)
             self._running[taskID] = d
@@ -156,12 +159,12 @@ class PoolRunner:
             if result.check(CancelledError):
                 return
             error = result.value or Exception(result.getErrorMessage())
-            self._reply((taskID, "e", encodeError(error), perf_counter() - began))
+            self._reply((taskID, _ERROR, encodeError(error), perf_counter() - began))
         else:
             status, payload, seconds, child = cast(
                 tuple[str, bytes, float, Any], result
             )
-            if status == "i":
+            if status == Status.ITERATOR:
                 iteratorID = next(self._iteratorIDs)
                 self._iterators[iteratorID] = (child, loadsPlain(payload))
                 payload = dumps(iteratorID)

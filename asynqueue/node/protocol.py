@@ -17,15 +17,24 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from asynqueue.wire.commands import (
+    ASK,
     BATCH_BYTES,
+    CANCEL_TASK,
+    COMMAND,
+    NODE_COMMANDS,
+    RUN_TASKS,
     CancelTask,
     CloseIterator,
     NextItems,
     NodeInfo,
     RunTasks,
     Stop,
+    readBatch,
+    readCancelTask,
+    taskResultBox,
+    taskResultsBox,
 )
-from asynqueue.wire.framing import BoxReader, bigValue, writeBox
+from asynqueue.wire.framing import BoxReader, writeBox
 from asynqueue.wire.pickling import dumps, loadsPlain
 from asynqueue.wire.pipes import _CONNECTION_DONE
 
@@ -71,12 +80,12 @@ class NodeProtocol(amp.AMP):
 
     def _boxReceived(self, box: dict[bytes, Any]) -> None:
         # Tasks and cancels, the frequent boxes, go straight to the runner.
-        command = box.get(b"_command")
-        if command == b"RunTasks" and b"_ask" not in box:
-            self.runTasks(bigValue(box, b"batch") or b"")
-        elif command == b"CancelTask" and b"_ask" not in box:
+        command = box.get(COMMAND)
+        if command == RUN_TASKS and ASK not in box:
+            self.runTasks(readBatch(box))
+        elif command == CANCEL_TASK and ASK not in box:
             try:
-                taskID = int(bytes(box[b"taskID"]))
+                taskID = readCancelTask(box)
             except (KeyError, ValueError):
                 self._abort("a malformed CancelTask")
                 return
@@ -85,7 +94,7 @@ class NodeProtocol(amp.AMP):
             self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
 
     def ampBoxReceived(self, box: Any) -> None:
-        command = box.get(b"_command")
+        command = box.get(COMMAND)
         if command is not None and command not in _NODE_COMMANDS:
             self._abort(f"an unknown command {command[:40]!r}")
             return
@@ -124,17 +133,9 @@ class NodeProtocol(amp.AMP):
             return
         if len(batch) == 1 and len(batch[0][2]) > BATCH_BYTES:
             # Alone, a large result travels without being pickled twice.
-            taskID, status, payload, seconds = batch[0]
-            pairs: list[tuple[bytes, Any]] = [
-                (b"_command", b"TaskResult"),
-                (b"payload", payload),
-                (b"seconds", repr(float(seconds)).encode()),
-                (b"status", status.encode()),
-                (b"taskID", b"%d" % taskID),
-            ]
+            writeBox(transport, taskResultBox(*batch[0]))
         else:
-            pairs = [(b"_command", b"TaskResults"), (b"batch", dumps(batch))]
-        writeBox(transport, pairs)
+            writeBox(transport, taskResultsBox(dumps(batch)))
 
     @RunTasks.responder
     def runTasks(self, batch: bytes | memoryview) -> dict[str, Any]:
@@ -196,10 +197,7 @@ class NodeProtocol(amp.AMP):
             self._onStop = None
 
 
-_NODE_COMMANDS = frozenset(
-    c.commandName
-    for c in (RunTasks, NextItems, CloseIterator, CancelTask, Stop, NodeInfo)
-)
+_NODE_COMMANDS = frozenset(c.commandName for c in NODE_COMMANDS)
 
 
 def _rss() -> int:

@@ -13,12 +13,15 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from asynqueue.errors import UnpicklableError, WorkerCrashed
+from asynqueue.errors import UnpicklableError, WorkerCrashed, WorkerError
 from asynqueue.interfaces import IIterationSource
 from asynqueue.iteration import Deferator
-from asynqueue.wire.commands import CloseIterator, NextItems
+from asynqueue.wire.commands import CloseIterator, NextItems, Status
 from asynqueue.wire.framing import Value
 from asynqueue.wire.pickling import decodeError, loads, loadsPlain
+
+_RESULT, _BYTES, _ERROR = Status.RESULT, Status.BYTES, Status.ERROR
+_ITERATOR = Status.ITERATOR
 
 
 class Peer(Protocol):
@@ -43,15 +46,19 @@ def decodeResult(status: str, payload: Value, peer: Peer) -> Any:
     with a L{Deferator} once the first items are in (so that a plain
     C{for d in deferator} loop, AsynQueue's way, can start at once).
     """
-    if status == "b":
+    if status == _BYTES:
         return bytes(payload)
-    if status == "r":
+    if status == _RESULT:
         try:
             return loads(payload)
         except Exception as e:
             return Failure(UnpicklableError(f"the result cannot be unpickled: {e!r}"))
-    if status == "e":
+    if status == _ERROR:
         return Failure(decodeError(payload, peer.where))
+    if status != _ITERATOR:
+        return Failure(
+            WorkerError(f"{peer.where} sent a result of unknown status {status!r}")
+        )
     peer.openIterators += 1
     source = WireIterationSource(peer, loadsPlain(payload))
     return Deferator(source).ready()
@@ -73,7 +80,7 @@ def reportResult(
 ) -> None:
     """Report a result that came over the wire to its task (run C{attempt})."""
     outcome = decodeResult(status, payload, peer)
-    if status == "i":
+    if status == _ITERATOR:
         # A Deferred of the Deferator (never a plain result: those unpickle).
         outcome.addBoth(task.finished, attempt)
     else:

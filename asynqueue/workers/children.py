@@ -21,8 +21,20 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from asynqueue.tasks import Task
-from asynqueue.wire.commands import BATCH_BYTES, Stop
-from asynqueue.wire.framing import BoxReader, bigValue, writeBox
+from asynqueue.wire.commands import (
+    BATCH_BYTES,
+    COMMAND,
+    TASK_RESULT,
+    TASK_RESULTS,
+    Pairs,
+    Status,
+    Stop,
+    cancelTaskBox,
+    readBatch,
+    readTaskResult,
+    runTasksBox,
+)
+from asynqueue.wire.framing import BoxReader, writeBox
 from asynqueue.wire.pickling import dumps, loads
 from asynqueue.wire.pipes import PipeReader, PipeWriter
 from asynqueue.wire.results import deliverResult, reportResult
@@ -31,6 +43,8 @@ from asynqueue.wire.startnote import StartNote
 
 if TYPE_CHECKING:
     from asynqueue.workers.process import ProcessWorker
+
+_RING, _BYTES = Status.RING, Status.BYTES.value
 
 _CHILD_MAIN = "from asynqueue.node.child import childMain; childMain()"
 
@@ -49,8 +63,6 @@ def _pipe() -> tuple[int, int]:
 
 #: A child's output line longer than this (bytes) is logged in parts.
 _LINE_BYTES = 1 << 16
-
-#: Calls at most this big travel together in one box.
 
 
 @dataclass(eq=False, slots=True)
@@ -104,17 +116,11 @@ class _ParentAMP(amp.AMP):
         self._reader.feed(data)
 
     def _boxReceived(self, box: dict[bytes, Any]) -> None:
-        command = box.get(b"_command")
-        if command == b"TaskResults":
-            self.child.resultsReceived(loads(bigValue(box, b"batch") or b""))
-        elif command == b"TaskResult":
-            self.child.resultReceived(
-                int(bytes(box[b"taskID"])),
-                bytes(box[b"status"]).decode(),
-                # Its own bytes: a raw result may be kept past this read.
-                bytes(bigValue(box, b"payload") or b""),
-                float(bytes(box[b"seconds"])),
-            )
+        command = box.get(COMMAND)
+        if command == TASK_RESULTS:
+            self.child.resultsReceived(loads(readBatch(box)))
+        elif command == TASK_RESULT:
+            self.child.resultReceived(*readTaskResult(box))
         else:
             self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
 
@@ -125,14 +131,10 @@ class _ParentAMP(amp.AMP):
         )
         self.child.kill()
 
-    def sendCommand(self, command: bytes, **values: bytes) -> None:
-        """Send a command that wants no answer, without AMP's machinery."""
+    def sendPairs(self, pairs: Pairs) -> None:
+        """Send a box that wants no answer, without AMP's machinery."""
         if self.transport is not None:
-            writeBox(self.transport, [(b"_command", command), *_pairs(values)])
-
-
-def _pairs(values: dict[str, bytes]) -> list[tuple[bytes, bytes]]:
-    return [(key.encode(), value) for key, value in values.items()]
+            writeBox(self.transport, pairs)
 
 
 class _Child(ProcessProtocol):
@@ -235,7 +237,7 @@ class _Child(ProcessProtocol):
         self.sent += 1
         if len(sent.call) > BATCH_BYTES:
             self.flush()
-            self.amp.sendCommand(b"RunTasks", batch=dumps([(sent.taskID, sent.call)]))
+            self.amp.sendPairs(runTasksBox(dumps([(sent.taskID, sent.call)])))
         else:
             self.outgoing.append((sent.taskID, sent.call))
             if len(self.inFlight) == 1:
@@ -253,7 +255,7 @@ class _Child(ProcessProtocol):
             self.flushCall = None
         if self.outgoing and not self.dead:
             batch, self.outgoing = self.outgoing, []
-            self.amp.sendCommand(b"RunTasks", batch=dumps(batch))
+            self.amp.sendPairs(runTasksBox(dumps(batch)))
 
     def _markRunning(self) -> None:
         """The oldest unanswered call is the one the child is running."""
@@ -301,7 +303,7 @@ class _Child(ProcessProtocol):
             if last == taskID:
                 return True
             if last < taskID:
-                self.amp.sendCommand(b"CancelTask", taskID=b"%d" % taskID)
+                self.amp.sendPairs(cancelTaskBox(taskID))
                 if self.note.noteCancelSent() >= taskID:
                     # It started before it could see the cancel.
                     return True
@@ -329,12 +331,12 @@ class _Child(ProcessProtocol):
             if sent is not None:
                 # Answered: the call will not be sent again.
                 sent.call = b""
-            if status == "m":
+            if status == _RING:
                 # A large result, waiting in the memory we share.
                 if sent is None or not sent.open:
                     self.ring.release(payload)
                     continue
-                status, payload = "b", self.ring.take(payload)
+                status, payload = _BYTES, self.ring.take(payload)
             if sent is None:
                 continue
             task = sent.task

@@ -20,8 +20,18 @@ from asynqueue.errors import (
     TaskNotStarted,
 )
 from asynqueue.tasks import Task
-from asynqueue.wire.commands import NodeInfo
-from asynqueue.wire.framing import BoxReader, bigValue, writeBox
+from asynqueue.wire.commands import (
+    ASK,
+    COMMAND,
+    TASK_RESULT,
+    TASK_RESULTS,
+    NodeInfo,
+    cancelTaskBox,
+    readBatch,
+    readTaskResult,
+    runTasksBox,
+)
+from asynqueue.wire.framing import BoxReader, writeBox
 from asynqueue.wire.pickling import dumps, loadsPlain
 from asynqueue.wire.results import reportResult
 
@@ -252,21 +262,18 @@ class _NodeConnection(amp.AMP):
         self._pinging = False
 
     def _boxReceived(self, box: dict[bytes, Any]) -> None:
-        command = box.get(b"_command")
-        if command == b"TaskResults" and b"_ask" not in box:
+        command = box.get(COMMAND)
+        if command == TASK_RESULTS and ASK not in box:
             # Framing from the node is read as plain data only.
-            for taskID, status, payload, _ in loadsPlain(
-                bigValue(box, b"batch") or b""
-            ):
+            for taskID, status, payload, _ in loadsPlain(readBatch(box)):
                 self._received(taskID, status, payload)
-        elif command == b"TaskResult" and b"_ask" not in box:
+        elif command == TASK_RESULT and ASK not in box:
             try:
-                taskID = int(bytes(box[b"taskID"]))
-                status = bytes(box[b"status"]).decode()
+                taskID, status, payload, _ = readTaskResult(box)
             except (KeyError, ValueError):
                 self._malformed("a malformed TaskResult")
                 return
-            self._received(taskID, status, bytes(bigValue(box, b"payload") or b""))
+            self._received(taskID, status, payload)
         else:
             self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
 
@@ -296,7 +303,7 @@ class _NodeConnection(amp.AMP):
             and not getattr(transport, "disconnecting", False)
         ):
             batch, self.outgoing = self.outgoing, []
-            writeBox(transport, [(b"_command", b"RunTasks"), (b"batch", dumps(batch))])
+            writeBox(transport, runTasksBox(dumps(batch)))
             # The node starts what it is sent at once (up to the capacity it
             # gave), so a task's timeout runs from here.
             for taskID, _ in batch:
@@ -308,10 +315,7 @@ class _NodeConnection(amp.AMP):
         if self.inFlight.pop(taskID, None) is not None and not self.dead:
             self.outgoing = [(t, c) for t, c in self.outgoing if t != taskID]
             if self.transport is not None:
-                writeBox(
-                    self.transport,
-                    [(b"_command", b"CancelTask"), (b"taskID", b"%d" % taskID)],
-                )
+                writeBox(self.transport, cancelTaskBox(taskID))
 
     def takeUnsent(self) -> list[tuple[Task, int]]:
         """Withdraw the calls not yet written to the node; they are mine again."""
