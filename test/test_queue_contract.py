@@ -254,3 +254,22 @@ def test_processWorkerPreparesCallsAsTheWireSendsThem() -> None:
             assert "argument 0" in str(e)
         else:
             raise AssertionError("a lock was pickled")
+
+
+def test_theQueueImportsNoWorkerKindAndNothingOfTheWire() -> None:
+    import ast
+    from pathlib import Path
+
+    import asynqueue.queue
+
+    for path in Path(asynqueue.queue.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                assert not name.startswith(
+                    ("asynqueue.wire", "asynqueue.workers", "asynqueue.node")
+                ), f"{path.name} imports {name}"

@@ -38,8 +38,9 @@ from asynqueue.errors import (
 )
 from asynqueue.interfaces import IDescribedWorker, IWorker
 from asynqueue.queue.pending import PendingStore
-from asynqueue.queue.running import _RUNNING
+from asynqueue.queue.running import _RUNNING, _Running
 from asynqueue.queue.shutdown import _Shutdown
+from asynqueue.queue.slots import _Workers
 from asynqueue.settings import Settings
 from asynqueue.tasks import _DEFAULT_OPTIONS, OPTION_NAMES, TaskOptions, TaskRecord
 
@@ -130,6 +131,14 @@ class TaskQueue(_Shutdown):
             )
         for worker in workers:
             self.attachWorker(worker)
+
+    # The public methods the lower layers define, named here too so that the
+    # class shows its whole face (and the API reference lists them).
+    attachWorker = _Workers.attachWorker
+    detachWorker = _Workers.detachWorker
+    qualifyWorker = _Workers.qualifyWorker
+    clearLaneError = _Running.clearLaneError
+    shutdown = _Shutdown.shutdown
 
     # ------------------------------------------------------------------
     # Submitting calls
