@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from asynqueue.settings import Settings
 from asynqueue.tasks import TaskOptions, TaskRecord
+from asynqueue.util import deferredFromAwaitable
 
 __all__ = ["FeedableQueue", "Feeder", "FeederStats", "feed"]
 
@@ -425,7 +426,7 @@ class Feeder:
         if isinstance(answer, Deferred):
             d: Deferred[Any] = answer
         elif inspect.isawaitable(answer):
-            d = Deferred.fromCoroutine(_awaitIt(answer))
+            d = deferredFromAwaitable(answer)
         else:
             d = succeed(answer)
         return d.addCallback(self._takeAnswer, desired)
@@ -645,10 +646,6 @@ class _Catch:
             self.caught, self.result = True, result
 
 
-async def _awaitIt(awaitable: Any) -> Any:
-    return await awaitable
-
-
 def _isExhaustion(failure: Failure) -> bool:
     """StopIteration or StopAsyncIteration, raised or turned into RuntimeError."""
     if failure.check(StopIteration, StopAsyncIteration):
@@ -671,7 +668,7 @@ def _close(source: Iterator[Any] | AsyncIterator[Any]) -> None:
     aclose = getattr(source, "aclose", None)
     if aclose is not None:
         try:
-            d = Deferred.fromCoroutine(_awaitIt(aclose()))
+            d = deferredFromAwaitable(aclose())
         except Exception:
             return
         d.addErrback(lambda _: None)

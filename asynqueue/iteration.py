@@ -45,6 +45,36 @@ T = TypeVar("T")
 
 _log = Logger()
 
+
+def takeItems(
+    iterator: Iterator[T], maxItems: int
+) -> tuple[list[T], bool, BaseException | None]:
+    """
+    Take up to C{maxItems} next items: C{(items, exhausted, error)}.
+
+    C{exhausted} says the iterator ended, by running out or by raising
+    C{error}; the items it gave before the error are in C{items}. Every
+    iteration source reads its iterator through this, with one policy: any
+    exception, C{BaseException} included, is the iterator's error. The
+    items are the rest of a task's result, and a task's C{SystemExit} or
+    C{KeyboardInterrupt} is its outcome, as each worker treats it when the
+    call itself raises: it reaches the caller, and never ends the thread,
+    child process or reactor that happened to run it.
+    """
+    items: list[T] = []
+    if maxItems < 1:
+        return items, False, None
+    append = items.append
+    try:
+        for item in iterator:
+            append(item)
+            if len(items) >= maxItems:
+                return items, False, None
+    except BaseException as e:
+        return items, True, e
+    return items, True, None
+
+
 # Iterable but never streamed: their items are all there already, and a
 # subclass that grew a __next__ would still be a container first.
 _CONTAINERS = (
@@ -96,23 +126,21 @@ class LocalIterationSource(Generic[T]):
     def fetch(self, maxItems: int) -> Deferred[tuple[list[T], bool]]:
         """Take up to C{maxItems} next items now."""
         if self._error is not None:
-            error, self._error = self._error, None
-            return fail(error)
+            failure, self._error = self._error, None
+            return fail(failure)
         iterator = self._iterator
-        items: list[T] = []
         if iterator is None:
-            return succeed((items, True))
-        try:
-            while len(items) < maxItems:
-                items.append(next(iterator))
-        except StopIteration:
+            return succeed(([], True))
+        items, exhausted, error = takeItems(iterator, maxItems)
+        if exhausted:
             self._iterator = None
-        except Exception:
-            self._iterator = None
+        if error is not None:
             if not items:
-                return fail()
-            self._error = Failure()
-        return succeed((items, self._iterator is None and self._error is None))
+                return fail(error)
+            # The items before the error go first; the error comes next.
+            self._error = Failure(error)
+            return succeed((items, False))
+        return succeed((items, exhausted))
 
     def close(self) -> None:
         """Close the iterator (if it has a C{close}); fetches then find it exhausted."""

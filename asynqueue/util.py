@@ -494,3 +494,15 @@ def callableName(f: object) -> str:
     if callable(f):
         return f"{_readable(type(f).__qualname__)}.__call__"
     return repr(f)
+
+
+def deferredFromAwaitable(awaitable: Any) -> Deferred[Any]:
+    """
+    A Deferred of what any awaitable (a coroutine, a Future, an object with
+    C{__await__}) gives; L{Deferred.fromCoroutine} takes coroutines only.
+    """
+    return Deferred.fromCoroutine(_awaitIt(awaitable))
+
+
+async def _awaitIt(awaitable: Any) -> Any:
+    return await awaitable

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
-from time import perf_counter
 from typing import Any
 
 import pytest
@@ -184,32 +182,43 @@ def test_atMostAWindowOfTasksRunUnreported() -> None:
     assert VIOLATIONS == []
 
 
-def stamp() -> float:
-    return perf_counter()
+#: Set once the result of the task before L{waitForTheResultBefore} is sent.
+RESULT_BEFORE_SENT = threading.Event()
 
 
-def busy(seconds: float) -> float:
-    time.sleep(seconds)  # the task's workload
-    return seconds
+def waitForTheResultBefore() -> bool:
+    """A task that ends only once the result before it is sent (or 30 s passed)."""
+    return RESULT_BEFORE_SENT.wait(30)
 
 
-def test_resultIsNotHeldBackByTheNextTask() -> None:
-    """No result waits (much) more than RESULT_DELAY, however long the next task."""
+@pytest.mark.parametrize("fastTasksBefore", [0, 2 * RESULT_WINDOW])
+def test_resultIsNotHeldBackByTheNextTask(fastTasksBefore: int) -> None:
+    """
+    No result waits for the end of the task after it, however long that runs:
+    the task after it here ends only once that result is sent. After many
+    fast tasks, when results are batched, the runner's own thread sends it.
+    """
+    RESULT_BEFORE_SENT.clear()
     clock = Clock()
-    sentAt: list[tuple[float, list[Any]]] = []
-    runner = LocalRunner(clock, lambda batch: sentAt.append((perf_counter(), batch)))
-    runner.add([(1, dumpCall(stamp, (), {})), (2, dumpCall(busy, (0.2,), {}))])
+    last = fastTasksBefore + 1
+
+    sent: dict[int, Any] = {}
+
+    def send(batch: list[Any]) -> None:
+        for taskID, _, payload, _ in batch:
+            sent[taskID] = loads(payload)
+        if last in sent:
+            RESULT_BEFORE_SENT.set()
+
+    runner = LocalRunner(clock, send)
+    runner.holdResultsAtMost(RESULT_DELAY)
+    runner.add([(i, dumpCall(record, (i,), {})) for i in range(1, last + 1)])
+    runner.add([(last + 1, dumpCall(waitForTheResultBefore, (), {}))])
     while clock.getDelayedCalls():
         clock.advance(0)
-    [waited] = [
-        at - loads(payload)
-        for at, batch in sentAt
-        for taskID, _, payload, _ in batch
-        if taskID == 1
-    ]
-    assert waited < max(RESULT_DELAY, 0.05), (
-        f"the first result waited {waited:.3f} s for the task after it"
-    )
+    runner.flush()
+    assert sent[last + 1] is True, "the result before the task waited for it"
+    assert RAN == list(range(1, last + 1))
 
 
 def test_errorIsReportedAndNextTaskRuns(r: Runner) -> None:
@@ -233,9 +242,9 @@ def test_unpicklableResultIsReportedAsError(r: Runner) -> None:
 
 def test_cancelQueuedTaskNeverRuns(r: Runner) -> None:
     """A cancel read between two slices of tasks withdraws a task not yet run."""
-    r.add((1, busy, (0.02,)), (2, record, (2,)), (3, record, (3,)))
-    # The first task outlasted its slice: the others wait for a reactor turn,
-    # in which the node reads its incoming cancels.
+    r.add((1, str, ("first",)), (2, record, (2,)), (3, record, (3,)))
+    # Added, the tasks wait for a reactor turn, in which the node reads its
+    # incoming cancels.
     r.runner.cancel(2)
     r.runner.cancel(99)  # unknown: ignored
     r.drain()

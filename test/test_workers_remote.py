@@ -305,14 +305,28 @@ def startNodeProcess(certs: Path) -> tuple[_NodeProcess, Any]:
 def slowSquare(x: int) -> int:
     import time
 
-    time.sleep(0.01)  # the workload: keeps tasks in flight when the node dies
+    time.sleep(0.01)  # the workload
+    return x * x
+
+
+def waitForGate(gate: str) -> None:
+    """Return once the file C{gate} exists: a barrier the test opens."""
+    import time
+
+    while not os.path.exists(gate):
+        time.sleep(0.001)
+
+
+def gatedSquare(x: int, gate: str) -> int:
+    """Square C{x} once the test opens C{gate}."""
+    waitForGate(gate)
     return x * x
 
 
 @pytest.mark.parametrize("retries", [0, 1])
 @pytest_twisted.ensureDeferred
 async def test_killedNodesTasksRunElsewhereOnlyAsRetriesAllow(
-    certs: Path, retries: int
+    certs: Path, tmp_path: Path, retries: int
 ) -> None:
     """
     A call lost with its node may have run there: it runs again elsewhere
@@ -333,11 +347,14 @@ async def test_killedNodesTasksRunElsewhereOnlyAsRetriesAllow(
         await w.whenConnected()
     q = TaskQueue(*workers, shutdownWithReactor=False)
     try:
-        ds = [q.call(slowSquare, i, retries=retries) for i in range(120)]
-        firstDone: Deferred[None] = Deferred()
-        ds[5].addCallback(lambda r: (firstDone.callback(None), r)[1])
-        await firstDone
+        gate = tmp_path / "gate"
+        # More calls started than one node takes: both have some in flight,
+        # and none can end before the node dies (the gate is shut).
+        started = whenStarted(q, max(w.capacity for w in workers) + 1)
+        ds = [q.call(gatedSquare, i, str(gate), retries=retries) for i in range(120)]
+        await started
         nodes[0][1].signalProcess(signal.SIGKILL)
+        gate.touch()
         outcomes = await DeferredList(ds, consumeErrors=True)
         if retries:
             assert [ok for ok, _ in outcomes] == [True] * 120
@@ -986,18 +1003,19 @@ def attempted(worker: RemoteWorker, count: int) -> Deferred[None]:
     return d
 
 
-def stallOn(pid: int, x: int) -> int:
-    """Square C{x}; on the node whose main process is C{pid}, only after 20 s."""
-    import time
-
+def stallOn(pid: int, x: int, gate: str) -> int:
+    """Square C{x}; on the node whose main process is C{pid}, once C{gate} opens."""
     if os.getppid() == pid:
-        time.sleep(20)  # the workload: keeps the call in flight on that node
+        waitForGate(gate)  # keeps the call in flight on that node
     return x * x
 
 
 @pytest_twisted.ensureDeferred
 async def test_frozenNodesCallsGoElsewhereWithinTheHeartbeat(
-    node: NodeService, certs: Path, loggedErrors: list[dict[str, Any]]
+    node: NodeService,
+    certs: Path,
+    tmp_path: Path,
+    loggedErrors: list[dict[str, Any]],
 ) -> None:
     """
     A node stopped with SIGSTOP keeps its connection open but says nothing:
@@ -1024,8 +1042,9 @@ async def test_frozenNodesCallsGoElsewhereWithinTheHeartbeat(
     guard = reactor.callLater(60, lambda: [d.cancel() for d in ds])
     try:
         started = whenStarted(q, 4)
-        ds += [q.call(stallOn, transport.pid, i, retries=0) for i in range(2)]
-        ds += [q.call(stallOn, transport.pid, i, retries=1) for i in range(2, 4)]
+        gate = str(tmp_path / "gate")
+        ds += [q.call(stallOn, transport.pid, i, gate, retries=0) for i in range(2)]
+        ds += [q.call(stallOn, transport.pid, i, gate, retries=1) for i in range(2, 4)]
         await started
         await q.attachWorker(other)
         transport.signalProcess(signal.SIGSTOP)
@@ -1042,6 +1061,7 @@ async def test_frozenNodesCallsGoElsewhereWithinTheHeartbeat(
     finally:
         if guard.active():
             guard.cancel()
+        (tmp_path / "gate").touch()
         if stopped:
             transport.signalProcess(signal.SIGCONT)
         await q.shutdown()

@@ -24,8 +24,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from asynqueue.errors import UnpicklableError
-from asynqueue.iteration import isIterator
+from asynqueue.iteration import isIterator, takeItems
 from asynqueue.node.protocol import NodeProtocol
+from asynqueue.util import deferredFromAwaitable
 from asynqueue.wire.commands import (
     BATCH_BYTES,
     RESULT_DELAY,
@@ -291,7 +292,7 @@ class LocalRunner:
             d = (
                 result
                 if isinstance(result, Deferred)
-                else Deferred.fromCoroutine(_await(result))
+                else deferredFromAwaitable(result)
             )
 
             def settled(outcome: object) -> None:
@@ -368,19 +369,16 @@ class LocalRunner:
 
     def _nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
         iterator = self._iterators.get(iteratorID)
-        items: list[Any] = []
         if iterator is None:
-            return {"items": items, "exhausted": True, "error": None}
-        try:
-            for item in iterator:
-                items.append(item)
-                if len(items) >= maxItems:
-                    return {"items": items, "exhausted": False, "error": None}
-        except BaseException as e:
+            return {"items": [], "exhausted": True, "error": None}
+        items, exhausted, error = takeItems(iterator, maxItems)
+        if exhausted:
             del self._iterators[iteratorID]
-            return {"items": items, "exhausted": True, "error": encodeError(e)}
-        del self._iterators[iteratorID]
-        return {"items": items, "exhausted": True, "error": None}
+        return {
+            "items": items,
+            "exhausted": exhausted,
+            "error": None if error is None else encodeError(error),
+        }
 
     def closeIterator(self, iteratorID: int) -> None:
         iterator = self._iterators.pop(iteratorID, None)
@@ -393,10 +391,6 @@ class LocalRunner:
         self._stopWaiters.append(d)
         self._schedule()
         return d
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
 
 
 def _dieWithParent() -> None:

@@ -21,6 +21,7 @@ from twisted.python import usage
 from asynqueue.node.guard import ConnectionGuard
 from asynqueue.node.pool import NodePool, PoolRunner
 from asynqueue.node.protocol import NodeProtocol
+from asynqueue.wire.endpoints import LOOPBACK
 
 log = Logger()
 
@@ -43,9 +44,6 @@ class NodeFactory(Factory):
         )
         protocol.factory = self
         return protocol
-
-
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def nodeEndpoint(
@@ -98,7 +96,7 @@ def nodeEndpoint(
         )
     if kind == "tcp":
         interface = options.get("interface", "127.0.0.1")
-        if interface not in _LOOPBACK:
+        if interface not in LOOPBACK:
             raise ValueError(
                 f"a plaintext node listens on loopback only, not {interface}"
             )

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from asynqueue.interfaces import IIterationSource
 from asynqueue.iteration import Deferator, LocalIterationSource, isIterator
 from asynqueue.tasks import Task
+from asynqueue.util import deferredFromAwaitable
 
 _names = itertools.count(1)
 
@@ -39,7 +40,7 @@ def settle(
     if isinstance(result, Deferred):
         return result.addCallback(_localDeferator)
     if isawaitable(result):
-        return Deferred.fromCoroutine(_awaitIt(result)).addCallback(_localDeferator)
+        return deferredFromAwaitable(result).addCallback(_localDeferator)
     if isIterator(result):
         return Deferator(sourceFor(result)).ready()  # type: ignore[arg-type]
     return succeed(result)
@@ -62,10 +63,6 @@ PLAIN_TYPES = frozenset(
         set,
     }
 )
-
-
-async def _awaitIt(awaitable: Any) -> Any:
-    return await awaitable
 
 
 def _localDeferator(result: object) -> object:

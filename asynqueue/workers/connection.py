@@ -31,14 +31,13 @@ from asynqueue.wire.commands import (
     readTaskResult,
     runTasksBox,
 )
+from asynqueue.wire.endpoints import LOOPBACK
 from asynqueue.wire.framing import BoxReader, writeBox
 from asynqueue.wire.pickling import dumps, loadsPlain
 from asynqueue.wire.results import reportResult
 
 if TYPE_CHECKING:
     from asynqueue.workers.remote import RemoteWorker
-
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def clientEndpoint(
@@ -67,7 +66,7 @@ def clientEndpoint(
     if not host or not port.isdigit():
         raise ValueError(f"give a node as tls:HOST:PORT, not {description!r}")
     if kind == "tcp":
-        if not insecurePlaintext or host not in _LOOPBACK:
+        if not insecurePlaintext or host not in LOOPBACK:
             raise ValueError(
                 "plaintext reaches only a node on loopback, and only with "
                 "insecurePlaintext=True; use tls:HOST:PORT"

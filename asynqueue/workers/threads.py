@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from asynqueue.errors import QueueRunError, ThreadError, WorkerCrashed
 from asynqueue.interfaces import IIterationSource, IReportingWorker
+from asynqueue.iteration import takeItems
 from asynqueue.queue.core import TaskQueue
 from asynqueue.settings import settingsForQueue
 from asynqueue.tasks import Task
@@ -320,19 +321,14 @@ class ThreadIterationSource:
         iterator = self._iterator
 
         def take() -> tuple[list[Any], bool]:
-            items = []
-            try:
-                for item in iterator:
-                    items.append(item)
-                    if len(items) >= maxItems:
-                        return items, False
-            except BaseException:
+            items, exhausted, error = takeItems(iterator, maxItems)
+            if error is not None:
                 if not items:
-                    raise
+                    raise error
                 # The items before the error go first; the error comes next.
-                self._error = Failure()
+                self._error = Failure(error)
                 return items, False
-            return items, True
+            return items, exhausted
 
         if self._error is not None:
             return fail(self._error)
