@@ -1,7 +1,8 @@
 """
 What travels between a queue and the processes or nodes that run its
 calls: framing, the commands and statuses, pickling and errors, results,
-the result ring and start note, and pipes.
+the result ring and start note, pipes, and the parent's side of the
+conversation with a node (L{NodeClient}).
 
 The names of AsynQueue's C{asynqueue.wire} (C{WireWorker}, C{WireServer},
 C{WireWorkerUniverse}) and of this package's first layout are here too.
@@ -15,6 +16,9 @@ _EXPORTS = {
     "boxPieces": "asynqueue.wire.framing",
     "bigValue": "asynqueue.wire.framing",
     "writeBox": "asynqueue.wire.framing",
+    "NodeClient": "asynqueue.wire.client",
+    "Status": "asynqueue.wire.commands",
+    "LOOPBACK": "asynqueue.wire.endpoints",
     "RunTasks": "asynqueue.wire.commands",
     "TaskResult": "asynqueue.wire.commands",
     "TaskResults": "asynqueue.wire.commands",

@@ -17,25 +17,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from asynqueue.tasks import Task
-from asynqueue.wire.commands import (
-    BATCH_BYTES,
-    COMMAND,
-    TASK_RESULT,
-    TASK_RESULTS,
-    Pairs,
-    Status,
-    Stop,
-    cancelTaskBox,
-    readBatch,
-    readTaskResult,
-    runTasksBox,
-)
-from asynqueue.wire.framing import BoxReader, writeBox
-from asynqueue.wire.pickling import dumps, loads
+from asynqueue.wire.client import NodeClient, Result
+from asynqueue.wire.commands import BATCH_BYTES, Status, Stop
 from asynqueue.wire.pipes import PipeReader, PipeWriter
 from asynqueue.wire.results import deliverResult, reportResult
 from asynqueue.wire.ring import ResultRing
@@ -99,42 +85,22 @@ class _Sent:
             self.task.finished(Failure(error), self.attempt)
 
 
-class _ParentAMP(amp.AMP):
-    """
-    The parent's side of the wire to one child.
-
-    Results, by far the most frequent boxes, are read straight off the
-    wire (L{BoxReader}); every other box goes through AMP as usual.
-    """
+class _ParentAMP(NodeClient):
+    """The parent's side of the wire to one child (see L{NodeClient})."""
 
     def __init__(self, child: _Child) -> None:
         super().__init__()
         self.child = child
-        self._reader = BoxReader(self._boxReceived, self._malformed)
 
-    def dataReceived(self, data: bytes) -> None:
-        self._reader.feed(data)
+    def resultsReceived(self, batch: list[Result]) -> None:
+        self.child.resultsReceived(batch)
 
-    def _boxReceived(self, box: dict[bytes, Any]) -> None:
-        command = box.get(COMMAND)
-        if command == TASK_RESULTS:
-            self.child.resultsReceived(loads(readBatch(box)))
-        elif command == TASK_RESULT:
-            self.child.resultReceived(*readTaskResult(box))
-        else:
-            self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
-
-    def _malformed(self, why: str) -> None:
+    def malformed(self, why: str) -> None:
         # The child is ours: garbage from it means it is broken. Replace it.
         self.child.log.error(
             "{worker}'s child sent {why}; killing it", worker=self.child.where, why=why
         )
         self.child.kill()
-
-    def sendPairs(self, pairs: Pairs) -> None:
-        """Send a box that wants no answer, without AMP's machinery."""
-        if self.transport is not None:
-            writeBox(self.transport, pairs)
 
 
 class _Child(ProcessProtocol):
@@ -237,7 +203,7 @@ class _Child(ProcessProtocol):
         self.sent += 1
         if len(sent.call) > BATCH_BYTES:
             self.flush()
-            self.amp.sendPairs(runTasksBox(dumps([(sent.taskID, sent.call)])))
+            self.amp.sendTasks([(sent.taskID, sent.call)])
         else:
             self.outgoing.append((sent.taskID, sent.call))
             if len(self.inFlight) == 1:
@@ -255,7 +221,7 @@ class _Child(ProcessProtocol):
             self.flushCall = None
         if self.outgoing and not self.dead:
             batch, self.outgoing = self.outgoing, []
-            self.amp.sendPairs(runTasksBox(dumps(batch)))
+            self.amp.sendTasks(batch)
 
     def _markRunning(self) -> None:
         """The oldest unanswered call is the one the child is running."""
@@ -303,7 +269,7 @@ class _Child(ProcessProtocol):
             if last == taskID:
                 return True
             if last < taskID:
-                self.amp.sendPairs(cancelTaskBox(taskID))
+                self.amp.sendCancel(taskID)
                 if self.note.noteCancelSent() >= taskID:
                     # It started before it could see the cancel.
                     return True
@@ -313,15 +279,7 @@ class _Child(ProcessProtocol):
 
     # -- receiving ---------------------------------------------------------
 
-    def resultReceived(
-        self, taskID: int, status: str, payload: bytes | memoryview, seconds: float
-    ) -> None:
-        """One result from the child."""
-        self.resultsReceived([(taskID, status, payload, seconds)])
-
-    def resultsReceived(
-        self, batch: list[tuple[int, str, bytes | memoryview, float]]
-    ) -> None:
+    def resultsReceived(self, batch: list[Result]) -> None:
         """Results from the child, in the order its tasks ran."""
         inFlight, worker = self.inFlight, self.worker
         self.done += len(batch)

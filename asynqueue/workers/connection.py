@@ -20,20 +20,11 @@ from asynqueue.errors import (
     TaskNotStarted,
 )
 from asynqueue.tasks import Task
-from asynqueue.wire.commands import (
-    ASK,
-    COMMAND,
-    TASK_RESULT,
-    TASK_RESULTS,
-    NodeInfo,
-    cancelTaskBox,
-    readBatch,
-    readTaskResult,
-    runTasksBox,
-)
+from asynqueue.wire.client import NodeClient, Result
+from asynqueue.wire.commands import NodeInfo
 from asynqueue.wire.endpoints import LOOPBACK
-from asynqueue.wire.framing import BoxReader, writeBox
-from asynqueue.wire.pickling import dumps, loadsPlain
+from asynqueue.wire.framing import Value
+from asynqueue.wire.pickling import loadsPlain
 from asynqueue.wire.results import reportResult
 
 if TYPE_CHECKING:
@@ -151,12 +142,12 @@ def _handBack(task: Task, attempt: int, why: str) -> None:
     task.finished(Failure(TaskNotStarted(f"{why} (the call was never sent)")), attempt)
 
 
-class _NodeConnection(amp.AMP):
+class _NodeConnection(NodeClient):
     """
     One connection to a node: calls out, results back, and a heartbeat.
 
-    Results are read straight off the wire (L{BoxReader}), their framing as
-    plain data only; every other box goes through AMP as usual. Any byte
+    Results are read as L{NodeClient} reads them, their framing as plain
+    data only (L{loadsPlain}): this node is not ours. Any byte
     from the node is a sign of life; a node that has sent nothing for
     C{worker.heartbeat} seconds is pinged (L{NodeInfo}), and one silent for
     C{missedHeartbeats} of them is taken for lost: the connection is
@@ -170,7 +161,6 @@ class _NodeConnection(amp.AMP):
         super().__init__()
         self.worker = worker
         self.inFlight: dict[int, tuple[Task, int]] = {}
-        self._reader = BoxReader(self._boxReceived, self._malformed, self.maxBoxBytes)
         self.outgoing: list[tuple[int, bytes]] = []
         self.flushCall: IDelayedCall | None = None
         self.openIterators = 0
@@ -260,23 +250,14 @@ class _NodeConnection(amp.AMP):
         # connection's loss, which connectionLost handles.
         self._pinging = False
 
-    def _boxReceived(self, box: dict[bytes, Any]) -> None:
-        command = box.get(COMMAND)
-        if command == TASK_RESULTS and ASK not in box:
-            # Framing from the node is read as plain data only.
-            for taskID, status, payload, _ in loadsPlain(readBatch(box)):
-                self._received(taskID, status, payload)
-        elif command == TASK_RESULT and ASK not in box:
-            try:
-                taskID, status, payload, _ = readTaskResult(box)
-            except (KeyError, ValueError):
-                self._malformed("a malformed TaskResult")
-                return
-            self._received(taskID, status, payload)
-        else:
-            self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
+    def loadBatch(self, batch: Value) -> list[Result]:
+        return loadsPlain(batch)
 
-    def _malformed(self, why: str) -> None:
+    def resultsReceived(self, batch: list[Result]) -> None:
+        for taskID, status, payload, _ in batch:
+            self._received(taskID, status, payload)
+
+    def malformed(self, why: str) -> None:
         self._reader.stop()
         self.worker.log.warn(
             "Node {node} sent {why}", node=self.worker.description, why=why
@@ -302,7 +283,7 @@ class _NodeConnection(amp.AMP):
             and not getattr(transport, "disconnecting", False)
         ):
             batch, self.outgoing = self.outgoing, []
-            writeBox(transport, runTasksBox(dumps(batch)))
+            self.sendTasks(batch)
             # The node starts what it is sent at once (up to the capacity it
             # gave), so a task's timeout runs from here.
             for taskID, _ in batch:
@@ -313,8 +294,7 @@ class _NodeConnection(amp.AMP):
     def cancel(self, taskID: int) -> None:
         if self.inFlight.pop(taskID, None) is not None and not self.dead:
             self.outgoing = [(t, c) for t, c in self.outgoing if t != taskID]
-            if self.transport is not None:
-                writeBox(self.transport, cancelTaskBox(taskID))
+            self.sendCancel(taskID)
 
     def takeUnsent(self) -> list[tuple[Task, int]]:
         """Withdraw the calls not yet written to the node; they are mine again."""
@@ -322,7 +302,7 @@ class _NodeConnection(amp.AMP):
         self.outgoing = []
         return unsent
 
-    def _received(self, taskID: int, status: str, payload: Any) -> None:
+    def _received(self, taskID: int, status: str, payload: Value) -> None:
         entry = self.inFlight.pop(taskID, None)
         if entry is not None:
             reportResult(entry[0], entry[1], status, payload, self)
