@@ -16,6 +16,7 @@ from twisted.protocols import amp
 from twisted.test import iosim
 
 from asynqueue.errors import RemoteError, UnpicklableError
+from asynqueue.wire.client import NodeClient
 from asynqueue.wire.commands import (
     CANCEL_TASK,
     COMMAND,
@@ -791,3 +792,66 @@ def agree(command: type[amp.Command], data: Any) -> None:
         parsed = ampParses(nodeWrites(response))
         assert parsed.pop(amp.ANSWER) == b"1"
         assert command.parseResponse(parsed, None) == values
+
+
+# ----------------------------------------------------------------------
+# NodeClient: the parent's side, one reader for both kinds of node
+
+
+class Client(NodeClient):
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: list[Any] = []
+        self.problems: list[str] = []
+        self.transport_ = StringTransport()
+        self.makeConnection(self.transport_)
+
+    def resultsReceived(self, batch: list[Any]) -> None:
+        self.results.extend(batch)
+
+    def malformed(self, why: str) -> None:
+        self.problems.append(why)
+
+
+def test_nodeClientReadsBothResultBoxesInOrder() -> None:
+    client = Client()
+    big = payload(2 * CHUNK + 3)
+    data = joined(
+        boxPieces(taskResultsBox(dumps([(1, "r", b"one", 0.5), (2, "e", b"x", 0.0)])))
+        + boxPieces(taskResultBox(3, Status.BYTES.value, big, 1.25))
+    )
+    for piece in inChunks(data, 1000):
+        client.dataReceived(piece)
+    assert client.results == [
+        (1, "r", b"one", 0.5),
+        (2, "e", b"x", 0.0),
+        (3, "b", big, 1.25),
+    ]
+    assert client.problems == []
+
+
+def test_nodeClientCallsAMalformedTaskResultMalformed() -> None:
+    client = Client()
+    client.dataReceived(joined(boxPieces([(COMMAND, TASK_RESULT), (b"taskID", b"x")])))
+    assert client.results == [] and client.problems == ["a malformed TaskResult"]
+
+
+def test_nodeClientSendsWhatTheNodeReads() -> None:
+    client = Client()
+    client.sendTasks([(7, b"call")])
+    client.sendCancel(7)
+    boxes = readBoxes([client.transport_.value()])
+    assert [box[COMMAND] for box in boxes] == [RUN_TASKS, CANCEL_TASK]
+    assert loads(readBatch(boxes[0])) == [(7, b"call")]
+    assert readCancelTask(boxes[1]) == 7
+
+
+def test_nodeClientAnswersGoThroughAMP() -> None:
+    client = Client()
+    d = client.callRemote(NodeInfo)
+    [asked] = readBoxes([client.transport_.value()])
+    answer = amp.AmpBox(
+        _answer=bytes(asked[amp.ASK]), pid=b"1", rss=b"2", capacity=b"3", done=b"4"
+    )
+    client.dataReceived(answer.serialize())
+    assert d.result["capacity"] == 3
