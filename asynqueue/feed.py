@@ -9,28 +9,23 @@ C{observe} events, never by polling. See C{doc/feeders.rst}.
 
 from __future__ import annotations
 
-import inspect
 from collections import deque
 from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
     Callable,
     Hashable,
-    Iterable,
-    Iterator,
 )
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from asynqueue.settings import Settings
 from asynqueue.tasks import TaskOptions, TaskRecord
-from asynqueue.util import deferredFromAwaitable
+from asynqueue.writer import EXHAUSTED, NONE, Answer, WriterTaker, isExhaustion
 
 __all__ = ["FeedableQueue", "Feeder", "FeederStats", "feed"]
 
@@ -38,8 +33,6 @@ __all__ = ["FeedableQueue", "Feeder", "FeederStats", "feed"]
 Writer = Callable[[int], Any]
 
 _WAITING, _ASKING, _SLEEPING, _STOPPED = "waiting", "asking", "sleeping", "stopped"
-# How an answer of the writer ended.
-_MORE, _NONE, _EXHAUSTED = "more", "none", "exhausted"
 
 
 class FeedableQueue(Protocol):
@@ -85,15 +78,6 @@ class FeederStats:
     empty: int = 0
     done: int = 0
     failed: int = 0
-
-
-@dataclass
-class _Answer:
-    """Items taken from the writer in one ask, and how the taking ended."""
-
-    items: list[Any]
-    end: str
-    error: Failure | None = field(default=None)
 
 
 class Feeder:
@@ -197,7 +181,7 @@ class Feeder:
         #: "failed"; None while it runs.
         self.reason: str | None = None
         self._failure: Failure | None = None
-        self._source: Iterator[Any] | AsyncIterator[Any] | None = None
+        self._taker = WriterTaker(writer, self)
         self._writerCall: Deferred[Any] | None = None
         self._lookCall: IDelayedCall | None = None
         self._sleepCall: IDelayedCall | None = None
@@ -280,7 +264,7 @@ class Feeder:
 
     def stats(self) -> FeederStats:
         """A copy of the counts so far."""
-        return replace(self._stats)
+        return replace(self._stats, asks=self._taker.asks)
 
     def isRunning(self) -> bool:
         """True from L{start} until the feeder stops."""
@@ -333,7 +317,7 @@ class Feeder:
                 self._scheduleLook()
                 return
             self._state = _ASKING
-            d = self._pull(self.blockSize)
+            d = self._taker.pull(self.blockSize)
             catch = _Catch()
             d.addBoth(catch)
             if not catch.caught:
@@ -345,7 +329,7 @@ class Feeder:
                 return
             budget -= max(fed, 1)
 
-    def _answered(self, result: object, d: Deferred[_Answer]) -> None:
+    def _answered(self, result: object, d: Deferred[Answer]) -> None:
         """The writer answered later (a Deferred or coroutine)."""
         if d is not self._writerCall:
             return  # Abandoned by stop(timeout); its outcome is dropped.
@@ -361,12 +345,12 @@ class Feeder:
         C{None} when it sleeps or has stopped.
         """
         if isinstance(result, Failure):
-            if _isExhaustion(result):
+            if isExhaustion(result):
                 self._finish("exhausted")
             else:
                 self._finish("failed", result)
             return None
-        assert isinstance(result, _Answer)
+        assert isinstance(result, Answer)
         try:
             fed = self._submit(result.items)
         except TypeError:
@@ -380,11 +364,11 @@ class Feeder:
         if not self._queue.isRunning():
             self._finish("queueStopped")
             return None
-        if result.end == _EXHAUSTED:
+        if result.end == EXHAUSTED:
             self._finish("exhausted")
             return None
-        if result.end == _NONE or (result.items and not fed):
-            if result.end == _NONE:
+        if result.end == NONE or (result.items and not fed):
+            if result.end == NONE:
                 self._stats.empty += 1
             if self._stopping:
                 self._finish("stopped")
@@ -400,110 +384,6 @@ class Feeder:
         self._sleepCall = None
         self._state = _WAITING
         self._look()
-
-    # ------------------------------------------------------------------
-    # Taking items from the writer
-
-    def _pull(self, desired: int) -> Deferred[_Answer]:
-        """Take up to C{desired} items: from an unfinished answer, else the writer."""
-        source = self._source
-        if source is None:
-            return self._askWriter(desired)
-
-        def orWriter(answer: _Answer) -> _Answer | Deferred[_Answer]:
-            if answer.items or answer.end != _MORE or answer.error is not None:
-                return answer
-            return self._askWriter(desired)
-
-        return self._take(source, desired, fresh=False).addCallback(orWriter)
-
-    def _askWriter(self, desired: int) -> Deferred[_Answer]:
-        self._stats.asks += 1
-        try:
-            answer = self._writer(desired)
-        except BaseException:
-            return fail()
-        if isinstance(answer, Deferred):
-            d: Deferred[Any] = answer
-        elif inspect.isawaitable(answer):
-            d = deferredFromAwaitable(answer)
-        else:
-            d = succeed(answer)
-        return d.addCallback(self._takeAnswer, desired)
-
-    def _takeAnswer(self, answer: object, desired: int) -> _Answer | Deferred[_Answer]:
-        if answer is None:
-            return _Answer([], _NONE)
-        if isinstance(answer, str | bytes | bytearray):
-            raise TypeError(
-                f"the writer of {self.name} returned {answer!r}; "
-                "give an iterable of items (a list of strings, say), or None"
-            )
-        if isinstance(answer, AsyncIterator):
-            return self._take(answer, desired, fresh=True)
-        if isinstance(answer, AsyncIterable):
-            return self._take(aiter(answer), desired, fresh=True)
-        if isinstance(answer, Iterator):
-            return self._take(answer, desired, fresh=True)
-        if isinstance(answer, Iterable):
-            items = list(answer)
-            if not items:
-                return _Answer([], _EXHAUSTED)
-            for i, item in enumerate(items):
-                if item is None:
-                    return _Answer(items[:i], _NONE)
-            return _Answer(items, _MORE)
-        raise TypeError(
-            f"the writer of {self.name} returned {answer!r}, "
-            "which is neither an iterable of items nor None"
-        )
-
-    def _take(
-        self, source: Iterator[Any] | AsyncIterator[Any], desired: int, fresh: bool
-    ) -> Deferred[_Answer]:
-        if isinstance(source, Iterator):
-            return succeed(self._takeSync(source, desired, fresh))
-        return Deferred.fromCoroutine(self._takeAsync(source, desired, fresh))
-
-    def _takeSync(self, source: Iterator[Any], desired: int, fresh: bool) -> _Answer:
-        items: list[Any] = []
-        self._source = None
-        try:
-            while len(items) < desired:
-                try:
-                    item = next(source)
-                except StopIteration:
-                    end = _EXHAUSTED if fresh and not items else _MORE
-                    return _Answer(items, end)
-                if item is None:
-                    _close(source)
-                    return _Answer(items, _NONE)
-                items.append(item)
-        except Exception:
-            return _Answer(items, _MORE, Failure())
-        self._source = source
-        return _Answer(items, _MORE)
-
-    async def _takeAsync(
-        self, source: AsyncIterator[Any], desired: int, fresh: bool
-    ) -> _Answer:
-        items: list[Any] = []
-        self._source = None
-        try:
-            while len(items) < desired:
-                try:
-                    item = await source.__anext__()
-                except StopAsyncIteration:
-                    end = _EXHAUSTED if fresh and not items else _MORE
-                    return _Answer(items, end)
-                if item is None:
-                    _close(source)
-                    return _Answer(items, _NONE)
-                items.append(item)
-        except Exception:
-            return _Answer(items, _MORE, Failure())
-        self._source = source
-        return _Answer(items, _MORE)
 
     # ------------------------------------------------------------------
     # Queueing items
@@ -588,9 +468,7 @@ class Feeder:
         if self._stopObserving is not None:
             self._stopObserving()
             self._stopObserving = None
-        source, self._source = self._source, None
-        if source is not None:
-            _close(source)
+        self._taker.close()
         self._seen.clear()
         self._seenOrder.clear()
         if failure is not None:
@@ -644,31 +522,3 @@ class _Catch:
             self.later(result)
         else:
             self.caught, self.result = True, result
-
-
-def _isExhaustion(failure: Failure) -> bool:
-    """StopIteration or StopAsyncIteration, raised or turned into RuntimeError."""
-    if failure.check(StopIteration, StopAsyncIteration):
-        return True
-    cause = getattr(failure.value, "__cause__", None)
-    return isinstance(failure.value, RuntimeError) and isinstance(
-        cause, StopIteration | StopAsyncIteration
-    )
-
-
-def _close(source: Iterator[Any] | AsyncIterator[Any]) -> None:
-    """Close a generator (sync or async) the feeder will not resume."""
-    close = getattr(source, "close", None)
-    if close is not None:
-        try:
-            close()
-        except Exception:
-            pass
-        return
-    aclose = getattr(source, "aclose", None)
-    if aclose is not None:
-        try:
-            d = deferredFromAwaitable(aclose())
-        except Exception:
-            return
-        d.addErrback(lambda _: None)

@@ -17,7 +17,6 @@ from collections.abc import (
     Callable,
     ItemsView,
     Iterable,
-    Iterator,
     KeysView,
     ValuesView,
 )
@@ -31,6 +30,7 @@ from zope.interface import implementer
 
 from asynqueue.errors import ImplementationError, NotReadyError
 from asynqueue.interfaces import IIterationSource
+from asynqueue.sources import LocalIterationSource
 
 __all__ = [
     "Deferator",
@@ -46,37 +46,6 @@ T = TypeVar("T")
 _log = Logger()
 
 
-def takeItems(
-    iterator: Iterator[T], maxItems: int
-) -> tuple[list[T], bool, BaseException | None]:
-    """
-    Take up to C{maxItems} next items: C{(items, exhausted, error)}.
-
-    C{exhausted} says the iterator ended, by running out or by raising
-    C{error}; the items it gave before the error are in C{items}. Every
-    iteration source reads its iterator through this, with one policy: any
-    exception, C{BaseException} included, is the iterator's error. The
-    items are the rest of a task's result, and a task's C{SystemExit} or
-    C{KeyboardInterrupt} is its outcome, as each worker treats it when the
-    call itself raises: it reaches the caller, and never ends the thread,
-    child process or reactor that happened to run it.
-    """
-    items: list[T] = []
-    if maxItems < 1:
-        return items, False, None
-    append = items.append
-    try:
-        for item in iterator:
-            append(item)
-            if len(items) >= maxItems:
-                return items, False, None
-    except BaseException as e:
-        return items, True, e
-    return items, True, None
-
-
-# Iterable but never streamed: their items are all there already, and a
-# subclass that grew a __next__ would still be a container first.
 _CONTAINERS = (
     str,
     bytes,
@@ -104,51 +73,6 @@ def isIterator(obj: object) -> bool:
     if isinstance(obj, _CONTAINERS) or isinstance(obj, Deferator):
         return False
     return hasattr(obj, "__next__") and hasattr(obj, "__iter__")
-
-
-@implementer(IIterationSource)
-class LocalIterationSource(Generic[T]):
-    """
-    An iteration source over an iterator in this (the reactor's) thread.
-
-    C{fetch} runs C{next()} right away and returns an already-fired
-    Deferred. If the iterator raises after some items of a batch, those
-    items are returned and the exception fails the following fetch.
-    """
-
-    def __init__(self, iterator: Iterator[T]) -> None:
-        self._iterator: Iterator[T] | None = iterator
-        self._error: Failure | None = None
-
-    def __repr__(self) -> str:
-        return f"<LocalIterationSource of {self._iterator!r}>"
-
-    def fetch(self, maxItems: int) -> Deferred[tuple[list[T], bool]]:
-        """Take up to C{maxItems} next items now."""
-        if self._error is not None:
-            failure, self._error = self._error, None
-            return fail(failure)
-        iterator = self._iterator
-        if iterator is None:
-            return succeed(([], True))
-        items, exhausted, error = takeItems(iterator, maxItems)
-        if exhausted:
-            self._iterator = None
-        if error is not None:
-            if not items:
-                return fail(error)
-            # The items before the error go first; the error comes next.
-            self._error = Failure(error)
-            return succeed((items, False))
-        return succeed((items, exhausted))
-
-    def close(self) -> None:
-        """Close the iterator (if it has a C{close}); fetches then find it exhausted."""
-        iterator, self._iterator = self._iterator, None
-        self._error = None
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
 
 
 @implementer(IIterationSource)

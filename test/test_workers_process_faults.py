@@ -421,13 +421,19 @@ async def test_endlessLineIsLoggedInBoundedParts(
     q = makeProcessQueue(1)
     [worker] = q.workers()
 
+    lineEnded: Deferred[None] = Deferred()
+
     def observer(event: dict[str, Any]) -> None:
         if isinstance(event.get("line"), str) and event.get("worker") == worker.name:
             logged.append(event)
+            if not event["part"] and not lineEnded.called:
+                lineEnded.callback(None)
 
     globalLogPublisher.addObserver(observer)
     try:
         total = await within(q.call(printWithoutNewlines, 400, 10_000))
+        # The output may come after the result: wait for the line's end.
+        await within(lineEnded)
     finally:
         globalLogPublisher.removeObserver(observer)
     lines = [e["line"] for e in logged]

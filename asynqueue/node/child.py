@@ -24,8 +24,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from asynqueue.errors import UnpicklableError
-from asynqueue.iteration import isIterator, takeItems
+from asynqueue.iteration import isIterator
 from asynqueue.node.protocol import NodeProtocol
+from asynqueue.sources import takeItems
 from asynqueue.util import deferredFromAwaitable
 from asynqueue.wire.commands import (
     BATCH_BYTES,

@@ -24,9 +24,9 @@ from zope.interface import implementer
 
 from asynqueue.errors import QueueRunError, ThreadError, WorkerCrashed
 from asynqueue.interfaces import IIterationSource, IReportingWorker
-from asynqueue.iteration import takeItems
 from asynqueue.queue.core import TaskQueue
 from asynqueue.settings import settingsForQueue
+from asynqueue.sources import takeItems
 from asynqueue.tasks import Task
 from asynqueue.workers.base import (
     PLAIN_TYPES,
