@@ -92,7 +92,8 @@ class TaskOptions:
     @property
     def effectivePriority(self) -> float:
         """The number the queue orders by: lower runs sooner."""
-        return self._priority  # type: ignore[attr-defined]
+        result: float = self._priority  # type: ignore[attr-defined]
+        return result
 
     def _effectivePriority(self) -> float:
         if self.doNext:

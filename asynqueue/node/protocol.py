@@ -151,7 +151,8 @@ class NodeProtocol(amp.AMP):
 
     @NextItems.responder
     def nextItems(self, iteratorID: int, maxItems: int) -> dict[str, Any]:
-        return self.runner.nextItems(iteratorID, maxItems)
+        result: dict[str, Any] = self.runner.nextItems(iteratorID, maxItems)
+        return result
 
     @CloseIterator.responder
     def closeIterator(self, iteratorID: int) -> dict[str, Any]:
@@ -170,7 +171,8 @@ class NodeProtocol(amp.AMP):
                 self._reactor().callLater(0, self._onStop)
             return {}
 
-        return self.runner.whenIdle().addCallback(stopped)
+        result: Deferred[dict[str, Any]] = self.runner.whenIdle().addCallback(stopped)
+        return result
 
     def _reactor(self) -> Any:
         from twisted.internet import reactor

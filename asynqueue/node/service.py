@@ -220,7 +220,8 @@ class NodeService(Service):
             log.info("asynqueue node listening on {address}", address=port.getHost())
             return port
 
-        return d.addCallback(listening)
+        result: Deferred[Any] = d.addCallback(listening)
+        return result
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

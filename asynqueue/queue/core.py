@@ -23,7 +23,7 @@ import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -448,5 +448,5 @@ def _firstError(failure: Failure) -> Failure:
     from twisted.internet.defer import FirstError
 
     if isinstance(failure.value, FirstError):
-        return cast(Failure, failure.value.subFailure)
+        return failure.value.subFailure
     return failure

@@ -68,7 +68,8 @@ class NodeClient(amp.AMP):
 
     def loadBatch(self, batch: Value) -> list[Result]:
         """Unpickle a L{TaskResults} batch (a list of L{Result}s)."""
-        return loads(batch)
+        result: list[tuple[int, str, bytes | memoryview, float]] = loads(batch)
+        return result
 
     def stopReading(self) -> None:
         """Read nothing more from the node (its connection is being dropped)."""

@@ -37,7 +37,8 @@ def dumps(value: object) -> bytes:
         return pickle.dumps(value, PROTOCOL)
     except Exception:
         # Values made at a prompt or in a closure need cloudpickle.
-        return cloudpickle.dumps(value, PROTOCOL)
+        result: bytes = cloudpickle.dumps(value, PROTOCOL)
+        return result
 
 
 loads: Callable[[bytes | memoryview], Any] = pickle.loads
@@ -60,7 +61,8 @@ def dumpCall(
     except Exception:
         pass
     try:
-        return cloudpickle.dumps(call, PROTOCOL)
+        result: bytes = cloudpickle.dumps(call, PROTOCOL)
+        return result
     except Exception as e:
         try:
             why = _culprit(f, args, kwargs, e)
@@ -76,7 +78,8 @@ def pickledCall(task: Any) -> bytes:
     now; raise L{UnpicklableError} naming what cannot be pickled.
     """
     if task.pickled is not None:
-        return task.pickled
+        result: bytes = task.pickled
+        return result
     return dumpCall(task.f, task.args, task.kwargs)
 
 

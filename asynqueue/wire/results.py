@@ -107,7 +107,10 @@ class WireIterationSource:
         d = self._peer.amp.callRemote(
             NextItems, iteratorID=self._iteratorID, maxItems=maxItems
         )
-        return d.addCallbacks(self._received, self._lost)
+        result: Deferred[tuple[list[Any], bool]] = d.addCallbacks(
+            self._received, self._lost
+        )
+        return result
 
     def _lost(self, failure: Failure) -> Failure:
         from twisted.internet.error import ConnectionDone, ConnectionLost

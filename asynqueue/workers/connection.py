@@ -251,7 +251,8 @@ class _NodeConnection(NodeClient):
         self._pinging = False
 
     def loadBatch(self, batch: Value) -> list[Result]:
-        return loadsPlain(batch)
+        result: list[tuple[int, str, bytes | memoryview, float]] = loadsPlain(batch)
+        return result
 
     def resultsReceived(self, batch: list[Result]) -> None:
         for taskID, status, payload, _ in batch:

@@ -326,7 +326,8 @@ class ProcessWorker:
 
     def nodeInfo(self) -> Deferred[dict[str, Any]]:
         """Ask my child for its pid, resident memory (bytes) and tasks done."""
-        return self._child.amp.callRemote(NodeInfo)
+        result: Deferred[dict[str, Any]] = self._child.amp.callRemote(NodeInfo)
+        return result
 
     # -- children ------------------------------------------------------------
 
@@ -455,7 +456,8 @@ class ProcessWorker:
         if not self._startFailures:
             return 0.0
         delay = self._respawnDelay * 2 ** (self._startFailures - 1)
-        return min(_MAX_RESPAWN_DELAY, delay)
+        result: float = min(_MAX_RESPAWN_DELAY, delay)
+        return result
 
     def _startChild(self, delay: float = 0.0) -> None:
         """
