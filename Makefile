@@ -12,7 +12,7 @@ all: test
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,docs,progress,plot,mcm]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[test,docs,progress,plot,mcm,dask]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 setup: $(STAMP)
