@@ -28,6 +28,7 @@ __all__ = [
     "defaultBackend",
     "tqdmBackend",
     "richBackend",
+    "plainBackend",
 ]
 
 
@@ -134,6 +135,68 @@ class _RichBar:
         self.progress.stop()
 
 
+class _PlainBar:
+    """
+    Plain lines, for a file that is not a terminal: one when the first step
+    is done, then at most one every C{interval} seconds, and the last on close.
+    """
+
+    interval = 10.0
+
+    def __init__(
+        self,
+        total: int | None,
+        description: str,
+        file: IO[str] | None,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.file = file
+        self.total = total
+        self.description = description
+        self.done = 0
+        self.now = now
+        self.began = now()
+        self.lastDrawn: float | None = None
+
+    def _line(self) -> None:
+        self.lastDrawn = self.now()
+        text = f"{self.done}/{self.total}" if self.total else f"{self.done}"
+        if self.total:
+            text += f" ({100 * self.done // self.total}%)"
+        prefix = f"{self.description}: " if self.description else ""
+        out = self.file if self.file is not None else sys.stderr
+        out.write(f"{prefix}{text} tasks in {self.lastDrawn - self.began:.0f} s\n")
+        out.flush()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.lastDrawn is None or self.now() - self.lastDrawn >= self.interval:
+            self._line()
+
+    def setTotal(self, total: int | None) -> None:
+        self.total = total
+
+    def close(self) -> None:
+        self._line()
+
+
+def _isTerminal(file: IO[str] | None) -> bool:
+    out = file if file is not None else sys.stderr
+    isatty = getattr(out, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except ValueError:
+        # A closed file.
+        return False
+
+
+def plainBackend(
+    total: int | None, description: str, file: IO[str] | None
+) -> ProgressBackend:
+    """Plain lines now and then, no terminal codes: for a log file or a pipe."""
+    return _PlainBar(total, description, file)
+
+
 def tqdmBackend(
     total: int | None, description: str, file: IO[str] | None
 ) -> ProgressBackend:
@@ -177,7 +240,7 @@ class ProgressBar:
     @param file: Where to draw (default: stderr).
     @param backend: What draws it: a L{BackendFactory} such as
         L{tqdmBackend} or L{richBackend}; default: what L{defaultBackend}
-        returns.
+        returns, or L{plainBackend} when C{file} (stderr) is not a terminal.
     """
 
     def __init__(
@@ -195,6 +258,9 @@ class ProgressBar:
         self._grows = total is None
         self._stops: list[Callable[[], None]] = []
         factory = backend if backend is not None else defaultBackend()
+        if backend is None and factory is not None and not _isTerminal(file):
+            # A bar redraws itself with terminal codes: garbage in a file.
+            factory = plainBackend
         self.backend: ProgressBackend | None = (
             None if factory is None else factory(total, description, file)
         )

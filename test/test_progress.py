@@ -13,6 +13,7 @@ from asynqueue import MemoryWorker, Task
 from asynqueue.progress import (
     ProgressBar,
     defaultBackend,
+    plainBackend,
     progressFor,
     richBackend,
     tqdmBackend,
@@ -198,7 +199,7 @@ def test_tqdmWritesToItsFile(makeQueue: Any) -> None:
     out = io.StringIO()
     w = MemoryWorker()
     q = makeQueue(w)
-    bar = ProgressBar(description="jobs", file=out)
+    bar = ProgressBar(description="jobs", file=out, backend=tqdmBackend)
     bar.attachTo(q)
     for x in range(3):
         q.call(nothing, x)
@@ -224,7 +225,7 @@ def test_richWithoutTqdm(monkeypatch: pytest.MonkeyPatch, makeQueue: Any) -> Non
     out = io.StringIO()
     w = MemoryWorker()
     q = makeQueue(w)
-    stop = progressFor(q, description="jobs", file=out)
+    stop = progressFor(q, description="jobs", file=out, backend=richBackend)
     for x in range(3):
         q.call(nothing, x)
     for _ in range(3):
@@ -285,3 +286,58 @@ def test_silentWithoutBackends(
     stop()
     assert observed == [], "a no-op bar observed the queue"
     assert capsys.readouterr() == ("", "")
+
+
+class Terminal(io.StringIO):
+    """A file that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plainLinesWhenTheFileIsNotATerminal(makeQueue: Any) -> None:
+    if defaultBackend() is None:
+        pytest.skip("neither tqdm nor rich is installed")
+    out = io.StringIO()
+    w = MemoryWorker()
+    q = makeQueue(w)
+    stop = progressFor(q, description="jobs", file=out)
+    for x in range(3):
+        q.call(nothing, x)
+    for _ in range(3):
+        w.runNext()
+    stop()
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text, repr(text)
+    lines = text.splitlines()
+    assert lines[0].startswith("jobs: 1/"), lines
+    assert lines[-1].startswith("jobs: 3/3 (100%) tasks in "), lines
+
+
+def test_aTerminalGetsTheBar() -> None:
+    if defaultBackend() is None:
+        pytest.skip("neither tqdm nor rich is installed")
+    bar = ProgressBar(description="jobs", file=Terminal())
+    assert type(bar.backend).__name__ != "_PlainBar"
+    bar.close()
+
+
+def test_plainLinesAreAtMostOneAnInterval() -> None:
+    from asynqueue.progress import _PlainBar
+
+    out = io.StringIO()
+    t = [0.0]
+    bar = _PlainBar(100, "", out, now=lambda: t[0])
+    for _ in range(50):
+        bar.advance(1)
+        t[0] += 1.0
+    bar.close()
+    assert out.getvalue().splitlines() == [
+        "1/100 (1%) tasks in 0 s",
+        "11/100 (11%) tasks in 10 s",
+        "21/100 (21%) tasks in 20 s",
+        "31/100 (31%) tasks in 30 s",
+        "41/100 (41%) tasks in 40 s",
+        "50/100 (50%) tasks in 50 s",
+    ]
+    assert plainBackend(None, "x", out) is not None
