@@ -48,6 +48,9 @@ PALETTE: tuple[str, ...] = (
 
 RUN_HEIGHT = 0.8
 WAIT_HEIGHT = 0.3
+#: The narrowest a running bar is drawn, in pixels: a task shorter than a
+#: pixel (a failure in microseconds) still shows, in its colour.
+MIN_BAR_PIXELS = 3.0
 
 
 def _sortKey(value: Any) -> tuple[int, float, str]:
@@ -167,8 +170,9 @@ def gantt(
         margin = 0.02 * tEnd if tEnd > 0 else 1.0
         xlim = (0.0, tEnd + margin)
 
+    runBars: list[tuple[Axes, list[Any]]] = []
     for ax, (value, tasks) in zip(axes, facets, strict=True):
-        _drawFacet(ax, tasks, t0, t0 + tEnd, colorBy, colors)
+        runBars.append((ax, _drawFacet(ax, tasks, t0, t0 + tEnd, colorBy, colors)))
         ax.set_xlim(*xlim)
         ax.set_ylim(len(tasks) - 0.5, -0.5)
         ids = [r.id for r in tasks]
@@ -188,9 +192,30 @@ def gantt(
         handles = [Patch(color=colors[v], label=_label(v)) for v in colorValues]
         handles.append(Patch(color=WAIT_COLOR, label="waiting"))
         fig.legend(handles=handles, title=colorBy, loc="outside right upper")
+    _widenThinBars(fig, runBars)
     if path is not None:
         fig.savefig(os.fspath(path), format="png", dpi=dpi)
     return fig
+
+
+def _widenThinBars(fig: Figure, runBars: list[tuple[Axes, list[Any]]]) -> None:
+    """
+    Widen the running bars narrower than L{MIN_BAR_PIXELS} about their
+    middle. How wide a pixel is in seconds is known only once the layout is
+    done, so it is done first (bar widths do not change the layout).
+    """
+    fig.draw_without_rendering()
+    for ax, bars in runBars:
+        (x0, _), (x1, _) = ax.transData.transform([(0.0, 0.0), (1.0, 0.0)])
+        pixelsPerSecond = abs(x1 - x0)
+        if not pixelsPerSecond:
+            continue
+        minWidth = MIN_BAR_PIXELS / pixelsPerSecond
+        for bar in bars:
+            width = bar.get_width()
+            if width < minWidth:
+                bar.set_x(bar.get_x() + width / 2 - minWidth / 2)
+                bar.set_width(minWidth)
 
 
 def _idLabel(ids: list[int]) -> Any:
@@ -208,8 +233,11 @@ def _drawFacet(
     tLast: float,
     colorBy: str | None,
     colors: Mapping[Hashable, str],
-) -> None:
-    """Draw the waiting and running bars of C{tasks}, one row each."""
+) -> list[Any]:
+    """
+    Draw the waiting and running bars of C{tasks}, one row each; return the
+    running bars (matplotlib's C{Rectangle}s).
+    """
     waitY: list[int] = []
     waitLeft: list[float] = []
     waitWidth: list[float] = []
@@ -238,7 +266,16 @@ def _drawFacet(
             color=WAIT_COLOR,
             linewidth=0,
         )
+    drawn: list[Any] = []
     for key, (ys, lefts, widths) in runs.items():
-        ax.barh(
-            ys, widths, left=lefts, height=RUN_HEIGHT, color=colors[key], linewidth=0
+        drawn.extend(
+            ax.barh(
+                ys,
+                widths,
+                left=lefts,
+                height=RUN_HEIGHT,
+                color=colors[key],
+                linewidth=0,
+            )
         )
+    return drawn

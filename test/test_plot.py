@@ -285,3 +285,30 @@ def test_withoutMatplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'asynqueue\[plot\]'"):
         gantt([])
+
+
+def test_taskShorterThanAPixelStillHasABar(
+    tmp_path: Path, clock: Any, makeQueue: Any
+) -> None:
+    w = MemoryWorker(capacity=2)
+    q = makeQueue(w)
+    q.call(nothing, lane="A").addErrback(lambda f: None)
+    q.call(nothing, lane="B")
+    clock.advance(1)
+    short = begin(w)
+    long = begin(w)
+    clock.advance(63e-6)
+    w.finish(short, Failure(ValueError("quick")))
+    clock.advance(10)
+    w.finish(long)
+    path = tmp_path / "short.png"
+    fig = gantt(q.records(), path, palette={"A": RED, "B": BLUE})
+    pic = Picture(fig, path)
+    (ax,) = fig.axes
+    (span,) = pic.runs(ax, pic.row(ax, 0), RED)
+    assert span[1] - span[0] >= 1
+    assert near((span[0] + span[1]) / 2, pic.column(ax, 1))
+    # A long bar is drawn as long as it is.
+    (longSpan,) = pic.runs(ax, pic.row(ax, 1), BLUE)
+    assert near(longSpan[0], pic.column(ax, 1))
+    assert near(longSpan[1], pic.column(ax, 11 + 63e-6))
