@@ -12,7 +12,8 @@ is just not asked. The queue knows nothing of threads, processes or
 networks; a worker knows nothing of priorities, series or lanes.
 
 The fields of L{asynqueue.tasks.Task} a worker may read and write are
-listed there.
+listed there; a task passes what a worker says of it on to its
+L{ITaskReporter}.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "IStopPreparing",
     "IResignationExplaining",
     "IIterationSource",
+    "ITaskReporter",
 ]
 
 
@@ -188,6 +190,23 @@ class IResignationExplaining(IWorker):
         "Why I resigned, in a few plain words (None while I work); read when "
         "I call my resignator."
     )
+
+
+class ITaskReporter(Interface):
+    """
+    Who hears how a task goes: the queue that made it, or
+    L{asynqueue.workers.base.runReporting} for a task run outside a queue.
+
+    A worker never calls these itself: it calls the task's
+    L{asynqueue.tasks.Task.markStarted} and L{asynqueue.tasks.Task.finished},
+    which pass the news on here.
+    """
+
+    def started(task: Task, ago: float) -> None:
+        """C{task} began C{ago} seconds ago."""
+
+    def done(task: Task, result: object, attempt: int) -> None:
+        """Run C{attempt} of C{task} ended with C{result} (a Failure if it failed)."""
 
 
 class IIterationSource(Interface):

@@ -15,12 +15,13 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
 
 from asynqueue.util import callableName
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer
+
+    from asynqueue.interfaces import ITaskReporter
 
 __all__ = ["TaskOptions", "Task", "TaskRecord", "OPTION_NAMES"]
 
@@ -170,19 +171,15 @@ class Task:
       - read: C{f}, C{args}, C{kwargs}, C{options} (C{options.timeout},
         C{options.consumer}, ...), C{record} (its C{id} and C{name} for
         logs), C{deferred} (to see whether the caller gave up), C{attempt}
-        (the workers here read it as C{runs}, the same number), C{pickled}
-        and C{update};
+        (also C{runs}, the same number), C{pickled} and C{update};
       - call: L{markStarted}, L{finished} (a reporting worker);
       - write: C{handle}, the worker's own, which the queue clears when the
         run ends.
 
-    B{The queue's own state.} C{onStart}, C{onDone}, C{slot},
-    C{workerDeferred}, C{timeoutCall}, C{timedOut}, C{cancelled} and
-    C{runs} belong to the queue (L{asynqueue.queue}); a worker must not
-    write them (but L{asynqueue.workers.base.runReporting} clears them on
-    the copy of a task it runs outside a queue). They live here, not in a
-    side object of the queue's, because the hot path then makes one object
-    per call, not two.
+    What the queue keeps of a task while it runs (its worker slot, timer,
+    whether it timed out or was cancelled) is the queue's own, in the
+    C{reporter} (L{asynqueue.queue.taskstate.TaskState}), which a worker
+    never reads.
 
     @ivar pickled: The call as an L{asynqueue.interfaces.ICallPickling}
         worker's C{prepareCall} pickled it when it was queued (for a queue
@@ -190,6 +187,9 @@ class Task:
     @ivar update: C{"kept"} or C{"ephemeral"} for a L{TaskQueue.update}
         call, else C{None}.
     @ivar handle: Whatever the worker running the task keeps for it.
+    @ivar runs: How many times a worker was given the task (L{attempt}).
+    @ivar reporter: Who hears of the task's start and end, or C{None}
+        (a call no one waits to hear of, such as an update).
     """
 
     f: Callable[..., Any]
@@ -198,20 +198,11 @@ class Task:
     options: TaskOptions
     record: TaskRecord
     deferred: Deferred[Any]
-    # -- the queue's own state (see above) --
-    onStart: Callable[[Task, float], None] | None = None
-    onDone: Callable[[Task, object, int], None] | None = None
-    workerDeferred: Deferred[Any] | None = None
-    timeoutCall: IDelayedCall | None = None
-    timedOut: bool = False
-    cancelled: bool = False
-    # -- the worker contract (see above) --
     pickled: bytes | None = None
     update: str | None = None
     handle: Any = None
-    # -- the queue's own state again --
-    slot: Any = None
     runs: int = 0
+    reporter: ITaskReporter | None = None
 
     @property
     def priority(self) -> float:
@@ -254,8 +245,9 @@ class Task:
         it was. A task with a C{timeout} must be marked when it starts, since
         that starts its timer.
         """
-        if self.record.started is None and self.onStart is not None:
-            self.onStart(self, ago)
+        reporter = self.reporter
+        if self.record.started is None and reporter is not None:
+            reporter.started(self, ago)
 
     def finished(self, result: object, attempt: int) -> None:
         """
@@ -265,9 +257,9 @@ class Task:
         The result may be a L{asynqueue.iteration.Deferator}, but not a
         Deferred or coroutine: a worker settles those first.
         """
-        onDone = self.onDone
-        if onDone is not None:
-            onDone(self, result, attempt)
+        reporter = self.reporter
+        if reporter is not None:
+            reporter.done(self, result, attempt)
 
     def __repr__(self) -> str:
         return f"<Task {self.record.id} {self.record.name} {self.record.state}>"

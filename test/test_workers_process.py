@@ -32,6 +32,7 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 import asynqueue
 from asynqueue import (
@@ -44,6 +45,7 @@ from asynqueue import (
     WorkerCrashed,
 )
 from asynqueue.errors import WorkerError
+from asynqueue.interfaces import ITaskReporter
 
 # -- what the children run ----------------------------------------------------
 
@@ -905,8 +907,16 @@ def test_newsOfAnEarlierRunDoesNotStartTheNextOne() -> None:
     reports: list[tuple[Any, int]] = []
     record = TaskRecord(1, "t", "t", 0, None, None, 0)
     task = Task(int, (), {}, TaskOptions(), record, Deferred())
-    task.onStart = lambda t, ago: starts.append(ago)
-    task.onDone = lambda t, outcome, attempt: reports.append((outcome, attempt))
+
+    @implementer(ITaskReporter)
+    class Hearing:
+        def started(self, task: Task, ago: float) -> None:
+            starts.append(ago)
+
+        def done(self, task: Task, outcome: object, attempt: int) -> None:
+            reports.append((outcome, attempt))
+
+    task.reporter = Hearing()
     task.runs = 2  # its second run is on another worker now
     child = _Child(Worker())  # type: ignore[arg-type]
     old = _Sent(7, b"", task, None, attempt=1)

@@ -19,6 +19,7 @@ from asynqueue.errors import QueueRunError
 from asynqueue.interfaces import IReportingWorker
 from asynqueue.iteration import Deferator
 from asynqueue.queue.core import TaskQueue
+from asynqueue.queue.taskstate import stateOf
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
 from asynqueue.workers.base import WorkerBase, runReporting
 from asynqueue.workers.threads import ThreadWorker
@@ -555,7 +556,7 @@ def test_runReportingFiresWithTheReport() -> None:
     [(run, attempt)] = w.accepted
     # A run of its own: the caller's task is not touched.
     assert run is not task and run.record is task.record and attempt == 1
-    assert task.onDone is None and not task.deferred.called
+    assert task.reporter is None and not task.deferred.called
     assert out == []
     w.runNext()
     assert out == [9]
@@ -695,10 +696,12 @@ def test_delegatedRunKeepsTheQueuesTimeout(makeQueue: Any, clock: Clock) -> None
     d = q.call(lambda: None, timeout=5)
     [(run, attempt)] = inner.accepted
     task = d.task  # type: ignore[attr-defined]
-    assert run is not task and run.slot is None and run.timeoutCall is None
+    # It holds none of the queue's state: that stays the task's.
+    assert run is not task and run.reporter is not task.reporter
     run.markStarted()
     # The start reached the queue's own task, whose timer runs.
-    assert task.record.started is not None and task.timeoutCall is not None
+    assert task.record.started is not None
+    assert stateOf(task).timeoutCall is not None
     clock.advance(5)
     assert failureOf(d).check(TimeoutError)
     assert inner.abandoned == [run]

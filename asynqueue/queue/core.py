@@ -123,8 +123,6 @@ class TaskQueue(_Shutdown):
             self._closeLog = openRecordLog(self, logFile)
         # Made once: a bound method per task would be more garbage to collect.
         self._canceller = self._cancelDeferred
-        self._onStart = self._taskStarted
-        self._onDone = self._taskDone
         if shutdownWithReactor:
             self._triggerID = reactor.addSystemEventTrigger(
                 "before", "shutdown", self._reactorShutdown

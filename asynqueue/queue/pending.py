@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from twisted.python.failure import Failure
 
 from asynqueue.interfaces import IWorker
+from asynqueue.queue.taskstate import stateOf
 from asynqueue.tasks import Task
 
 __all__ = ["PendingStore"]
@@ -57,7 +58,7 @@ class _Line:
         while priorities:
             level = levels[priorities[0]]
             while level:
-                if not level[0].cancelled:
+                if not stateOf(level[0]).cancelled:
                     return level[0]
                 level.popleft()
             del levels[heapq.heappop(priorities)]
@@ -155,7 +156,7 @@ class PendingStore:
         line = self.lines.pop(series, None)
         if line is None:
             return []
-        tasks = [task for task in line if not task.cancelled]
+        tasks = [task for task in line if not stateOf(task).cancelled]
         self.count -= len(tasks)
         return tasks
 
@@ -167,7 +168,9 @@ class PendingStore:
         tasks = [t for lane in self.lanes.values() for t in lane.waiting]
         lines, self.lines = self.lines, {}
         self.count = 0
-        tasks.extend(t for line in lines.values() for t in line if not t.cancelled)
+        tasks.extend(
+            t for line in lines.values() for t in line if not stateOf(t).cancelled
+        )
         return tasks
 
     def __iter__(self) -> Iterator[Task]:
@@ -176,5 +179,5 @@ class PendingStore:
             yield from list(lane.waiting)
         for line in list(self.lines.values()):
             for task in list(line):
-                if not task.cancelled:
+                if not stateOf(task).cancelled:
                     yield task

@@ -29,10 +29,11 @@ from asynqueue.errors import (
     WorkerCrashed,
 )
 from asynqueue.queue.pending import PendingStore
+from asynqueue.queue.taskstate import TaskState, cancelTimeout
 from asynqueue.tasks import Task, TaskOptions, TaskRecord, nameFor
 
 if TYPE_CHECKING:
-    from asynqueue.interfaces import IWorker
+    from asynqueue.interfaces import IReportingWorker, IWorker
     from asynqueue.queue.slots import _WorkerSlot
 
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
@@ -67,8 +68,6 @@ class _Running:
     _dispatchAgain: bool
     _idleWaiters: list[Deferred[None]]
     _canceller: Callable[[Deferred[Any]], None]
-    _onStart: Callable[[Task, float], None]
-    _onDone: Callable[[Task, object, int], None]
 
     # ------------------------------------------------------------------
     # Making tasks
@@ -98,9 +97,8 @@ class _Running:
         if self._observers:
             self._tell("submitted", record)
         d: Deferred[Any] = Deferred(self._canceller)
-        task = Task(f, args, kwargs, options, record, d)
+        task = Task(f, args, kwargs, options, record, d, reporter=TaskState(self))
         d.task = task  # type: ignore[attr-defined]
-        task.onStart = self._onStart
         return task
 
     def _tell(self, event: str, record: TaskRecord) -> None:
@@ -120,8 +118,9 @@ class _Running:
         task.record.state = "pending"
         task.record.worker = None
         task.record.started = None
-        task.workerDeferred = None
-        task.slot = None
+        state = cast(TaskState, task.reporter)
+        state.workerDeferred = None
+        state.slot = None
         task.handle = None
         if task.series is not None and not self._qualifiedFor(task.series):
             self._finish(
@@ -178,12 +177,12 @@ class _Running:
         record.worker = slot.worker.name
         record.attempts += 1
         task.runs += 1
-        task.slot = slot
+        state = cast(TaskState, task.reporter)
+        state.slot = slot
         if slot.reporting:
             # The fast path: the worker calls task.finished, no Deferred.
-            task.onDone = self._onDone
             try:
-                slot.worker.start(task)  # type: ignore[attr-defined]
+                cast("IReportingWorker", slot.worker).start(task)
             except Exception:
                 self._taskDone(task, Failure(), task.runs)
             return
@@ -191,17 +190,18 @@ class _Running:
             d = slot.worker.run(task)
         except Exception:
             d = fail()
-        task.workerDeferred = d
+        state.workerDeferred = d
         d.addBoth(self._ran, task, slot, d)
 
     def _taskStarted(self, task: Task, ago: float) -> None:
-        if task.slot is None:
+        state = cast(TaskState, task.reporter)
+        if state.slot is None:
             # News of a run that has ended already (cancelled, timed out).
             return
         task.record.started = self._clock.seconds() - ago
         timeout = task.options.timeout
         if timeout is not None:
-            task.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
+            state.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
         # Observers come last: what they do may depend on the timer being set.
         if self._observers:
             self._tell("started", task.record)
@@ -210,31 +210,27 @@ class _Running:
     # Timeouts and cancelling
 
     def _timeOut(self, task: Task) -> None:
-        task.timeoutCall = None
-        if task.slot is not None:
-            task.timedOut = True
+        state = cast(TaskState, task.reporter)
+        state.timeoutCall = None
+        if state.slot is not None:
+            state.timedOut = True
             self._abandon(task)
-
-    def _cancelTimeout(self, task: Task) -> None:
-        if task.timeoutCall is not None:
-            if task.timeoutCall.active():
-                task.timeoutCall.cancel()
-            task.timeoutCall = None
 
     def _abandon(self, task: Task) -> None:
         """Give up a running task (cancelled, or timed out)."""
-        wd = task.workerDeferred
+        state = cast(TaskState, task.reporter)
+        wd = state.workerDeferred
         if wd is not None:
             wd.cancel()
             return
-        slot = task.slot
+        slot = state.slot
         if slot is None or not slot.reporting:
             # Not started yet, or still inside a plain worker's run(): there
             # is nothing to cancel yet.
             return
         attempt = task.runs
         try:
-            slot.worker.abandon(task)
+            cast("IReportingWorker", slot.worker).abandon(task)
         except Exception:
             self.log.failure(
                 "Worker {worker} failed to abandon {task}",
@@ -248,7 +244,7 @@ class _Running:
 
     def _cancelTask(self, task: Task) -> None:
         """The canceller of a task's Deferred."""
-        task.cancelled = True
+        cast(TaskState, task.reporter).cancelled = True
         state = task.record.state
         if state == "pending":
             self._pending.cancelled(task)
@@ -264,29 +260,33 @@ class _Running:
         self, result: object, task: Task, slot: _WorkerSlot, d: Deferred[Any]
     ) -> None:
         """A worker's Deferred for a task fired."""
-        if task.workerDeferred is not d:
+        state = cast(TaskState, task.reporter)
+        if state.workerDeferred is not d:
             # A worker fired a task it had handed back (crash); it was rerun.
             return
-        task.workerDeferred = None
-        task.slot = None
-        self._ended(task, slot, result)
+        state.workerDeferred = None
+        state.slot = None
+        self._ended(task, state, slot, result)
 
     def _taskDone(self, task: Task, result: object, attempt: int) -> None:
         """A reporting worker says how run C{attempt} of a task ended."""
-        slot = task.slot
+        state = cast(TaskState, task.reporter)
+        slot = state.slot
         if slot is None or attempt != task.runs:
             # Ended already (cancelled, timed out), or an earlier run's news.
             return
-        task.slot = None
-        self._ended(task, slot, result)
+        state.slot = None
+        self._ended(task, state, slot, result)
 
-    def _ended(self, task: Task, slot: _WorkerSlot, result: object) -> None:
+    def _ended(
+        self, task: Task, state: TaskState, slot: _WorkerSlot, result: object
+    ) -> None:
         """A task's run on a worker ended with C{result} (a Failure if it failed)."""
         # What the worker kept for the run (it may refer back to the task,
         # and hold the pickled call) goes now, not when the collector comes.
         task.handle = None
-        if task.timeoutCall is not None:
-            self._cancelTimeout(task)
+        if state.timeoutCall is not None:
+            cancelTimeout(task)
         outstanding = slot.outstanding
         if task in outstanding:
             outstanding.discard(task)
@@ -295,7 +295,7 @@ class _Running:
                 slot.free = int(slot.worker.capacity) - len(outstanding)
         self._running.discard(task)
         if isinstance(result, Failure):
-            if task.timedOut and result.check(CancelledError):
+            if state.timedOut and result.check(CancelledError):
                 result = Failure(
                     TimeoutError(
                         f"task {task.record.name!r} ran longer than its timeout of "
@@ -345,9 +345,10 @@ class _Running:
         failed = isinstance(result, Failure)
         if failed:
             result = cast(Failure, result)
-            if task.timedOut and result.check(TimeoutError):
+            state = cast(TaskState, task.reporter)
+            if state.timedOut and result.check(TimeoutError):
                 record.state = "timedOut"
-            elif result.check(CancelledError) or task.cancelled:
+            elif result.check(CancelledError) or state.cancelled:
                 record.state = "cancelled"
             else:
                 record.state = "failed"
@@ -400,7 +401,7 @@ class _Running:
             return
         if (
             isinstance(result, Failure)
-            and not task.cancelled
+            and not cast(TaskState, task.reporter).cancelled
             and not result.check(LaneError)
             and self._stopsOnLaneError(task)
         ):

@@ -32,6 +32,7 @@ from asynqueue.interfaces import (
     IWorker,
 )
 from asynqueue.queue.running import _RUNNING, _Running
+from asynqueue.queue.taskstate import cancelTimeout, stateOf
 from asynqueue.tasks import Task, TaskOptions
 
 __all__ = ["_WorkerSlot"]
@@ -132,7 +133,7 @@ class _Workers(_Running):
             for task in worker.crash():
                 slot.release(task)
                 self._running.discard(task)
-                self._cancelTimeout(task)
+                cancelTimeout(task)
                 task.record.attempts -= 1
                 if reassign:
                     self._requeue(task)
@@ -168,7 +169,6 @@ class _Workers(_Running):
     ) -> Deferred[Any]:
         options = TaskOptions(doNext=True)
         task = self._newTask(f, args, kwargs, options, recorded=False)
-        task.onStart = None
         # A worker that replaces its process (or node) replays kept updates.
         task.update = "ephemeral" if ephemeral else "kept"
         try:
@@ -220,10 +220,11 @@ class _Workers(_Running):
             # A crashed worker fails its running tasks itself; whatever it
             # left unfired must not strand its caller.
             lost = Failure(WorkerCrashed(f"{slot.worker.name} left without finishing"))
-            wd = task.workerDeferred
+            state = stateOf(task)
+            wd = state.workerDeferred
             if wd is not None and not wd.called:
                 wd.errback(lost)
-            elif wd is None and task.slot is slot:
+            elif wd is None and state.slot is slot:
                 self._taskDone(task, lost, task.runs)
 
     def _failOrphans(self) -> None:

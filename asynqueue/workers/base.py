@@ -14,8 +14,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from asynqueue.interfaces import IIterationSource
+from asynqueue.interfaces import IIterationSource, ITaskReporter
 from asynqueue.iteration import Deferator, LocalIterationSource, isIterator
 from asynqueue.tasks import Task
 from asynqueue.util import deferredFromAwaitable
@@ -80,21 +81,34 @@ def runReporting(worker: Any, task: Task) -> Deferred[Any]:
     # the task when it starts (so a queue's timer, if any, is the task's),
     # and holds none of the queue's run state.
     run = copy.copy(task)
-    run.slot = run.timeoutCall = run.handle = None
-    if task.onStart is not None:
-        run.onStart = lambda _, ago: task.markStarted(ago)
+    run.handle = None
     d: Deferred[Any] = Deferred(lambda _: worker.abandon(run))
-
-    def report(_: Task, outcome: object, attempt: int) -> None:
-        if not d.called:
-            if isinstance(outcome, Failure):
-                d.errback(outcome)
-            else:
-                d.callback(outcome)
-
-    run.onDone = report
+    run.reporter = _RunReporter(task if task.reporter is not None else None, d)
     worker.start(run)
     return d
+
+
+@implementer(ITaskReporter)
+class _RunReporter:
+    """Passes a run's start on to its task, and its end to a Deferred."""
+
+    __slots__ = ("task", "d")
+
+    def __init__(self, task: Task | None, d: Deferred[Any]) -> None:
+        self.task = task
+        self.d = d
+
+    def started(self, run: Task, ago: float) -> None:
+        if self.task is not None:
+            self.task.markStarted(ago)
+
+    def done(self, run: Task, result: object, attempt: int) -> None:
+        d = self.d
+        if not d.called:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
 
 
 class AdaptiveBacklog:
