@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import builtins
 
+from zope.interface import Invalid
+
 __all__ = [
     "AsynQueueError",
     "QueueRunError",
@@ -26,6 +28,7 @@ __all__ = [
     "LaneError",
     "UnpicklableError",
     "RemoteError",
+    "InvariantError",
 ]
 
 
@@ -124,3 +127,13 @@ class RemoteError(AsynQueueError):
         self.typeName = typeName
         self.message = message
         self.remoteTraceback = remoteTraceback
+
+
+class InvariantError(AsynQueueError, Invalid):  # type: ignore[misc]
+    """
+    A worker does not meet an invariant of L{asynqueue.interfaces.IWorker}
+    (AsynQueue's name: its C{iQualified} or C{cQualified} is not a list).
+    """
+
+    def __repr__(self) -> str:
+        return f"InvariantError({self.args!r})"

@@ -28,15 +28,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from asynqueue.delay import Delay, deferToDelay
 from asynqueue.errors import ImplementationError, NotReadyError
 from asynqueue.interfaces import IIterationSource
 from asynqueue.sources import LocalIterationSource
 
 __all__ = [
+    "Delay",
     "Deferator",
     "IterationProducer",
     "LocalIterationSource",
     "Prefetcherator",
+    "deferToDelay",
     "isIterator",
     "iteratorToProducer",
 ]

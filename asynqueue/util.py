@@ -4,7 +4,8 @@ L{DeferredTracker}, L{DeferredLock} and small helpers the other modules share.
 L{DeferredTracker} lets you wait for Deferreds you were handed without
 touching their callback chains. L{DeferredLock} is Twisted's lock with a VIP
 line and an orderly shutdown. L{callableName} gives any callable a readable
-name for logs and records.
+name for logs and records. AsynQueue's L{o2p}, L{p2o} and L{killProcess}
+are here too.
 
 Everything here is meant to be used from the reactor thread.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import pickle
 import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,8 +27,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from asynqueue.errors import QueueRunError
+from asynqueue.kill import killProcess
 
-__all__ = ["DeferredTracker", "DeferredLock", "callableName"]
+__all__ = [
+    "DeferredTracker",
+    "DeferredLock",
+    "callableName",
+    "killProcess",
+    "o2p",
+    "p2o",
+]
 
 _T = TypeVar("_T")
 
@@ -506,3 +516,22 @@ def deferredFromAwaitable(awaitable: Any) -> Deferred[Any]:
 
 async def _awaitIt(awaitable: Any) -> Any:
     return await awaitable
+
+
+def o2p(obj: object) -> bytes:
+    """Pickle C{obj}; an empty list, tuple or dict becomes C{b""} (AsynQueue)."""
+    if isinstance(obj, (list, tuple, dict)) and not obj:
+        return b""
+    return pickle.dumps(obj)
+
+
+def p2o(pickledString: bytes, defaultObj: object = None) -> Any:
+    """
+    Unpickle what L{o2p} made; C{b""} gives C{defaultObj} itself (not a copy).
+
+    Like any unpickling, this runs code the pickle names: use it only on
+    data you trust.
+    """
+    if not pickledString:
+        return defaultObj
+    return pickle.loads(pickledString)
