@@ -5,20 +5,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup demo test test-default test-asyncio check lint typecheck docs bench bench-process soak clean
+.PHONY: all setup demo tour test test-default test-asyncio check lint typecheck docs bench bench-process soak clean
 
 all: test
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,docs,progress,plot,mcm,dask]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[test,docs,progress,plot,mcm,dask]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/mcm -o mandelbrot.png
+
+# A tour of the queue's features in a few seconds (doc/examples/demo.py).
+tour: $(STAMP)
+	$(PY) doc/examples/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q test
@@ -50,7 +54,7 @@ AQ099_VENV ?= /tmp/aq099
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet -e '.[bench]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[bench]'
 	touch $(BENCH_STAMP)
 
 bench-process: $(BENCH_STAMP)

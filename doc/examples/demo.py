@@ -2,7 +2,7 @@
 A tour of asynqueue in a few seconds: priorities, a lane, a timeout, an
 iterator streamed from a worker thread, and a DeferredTracker.
 
-Run it with ``make demo`` (or ``.venv/bin/python doc/examples/demo.py``).
+Run it with ``make tour`` (or ``.venv/bin/python doc/examples/demo.py``).
 """
 
 from __future__ import annotations
