@@ -1,0 +1,483 @@
+"""
+The Dask client's side of a L{asynqueue.workers.dask.DaskWorker}: the
+asyncio loop it lives on and the way to and from the reactor (L{Bridge}),
+and L{DaskLink}, which submits calls in batches, scatters large arguments,
+harvests finished calls over C{as_completed}, follows workers joining and
+leaving, and reaches iterators kept on the Dask workers.
+
+Everything of L{DaskLink} runs on the Dask loop, never in the reactor
+thread (unless the two are the same, under the asyncio reactor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any
+
+import distributed
+from distributed import as_completed
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+
+from asynqueue.errors import NodeLost
+from asynqueue.workers import daskside
+from asynqueue.workers.daskside import AsynQueuePlugin, IteratorRef
+
+__all__ = ["Bridge", "DaskLink", "SCATTER_BYTES"]
+
+#: Arguments at least this big (bytes) are scattered once and reused.
+SCATTER_BYTES = 1 << 20
+
+
+class Bridge:
+    """
+    The asyncio loop the Dask client lives on, and the way to and from it.
+
+    L{toLoop} runs a function on that loop, L{toReactor} in the reactor
+    thread; L{call} runs a coroutine there and gives a Deferred of it.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+        self.shared = isinstance(reactor, AsyncioSelectorReactor)
+        self.thread: threading.Thread | None = None
+        if self.shared:
+            self.loop: asyncio.AbstractEventLoop = reactor._asyncioEventloop
+        else:
+            self.loop = asyncio.new_event_loop()
+            self.thread = threading.Thread(
+                target=self._runLoop, name="DaskWorker-loop", daemon=True
+            )
+            self.thread.start()
+        # What waits for the other side, and whether it has been woken.
+        self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._outbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._lock = threading.Lock()
+        self._inboxWoken = False
+        self._outboxWoken = False
+
+    def _runLoop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+        self.loop.close()
+
+    def toLoop(self, f: Callable[..., Any], *args: Any) -> None:
+        """Run C{f(*args)} on the Dask loop (now, if it is the reactor's)."""
+        if self.shared:
+            f(*args)
+            return
+        with self._lock:
+            self._inbox.append((f, args))
+            if self._inboxWoken:
+                return
+            self._inboxWoken = True
+        self.loop.call_soon_threadsafe(self._drainInbox)
+
+    def _drainInbox(self) -> None:
+        with self._lock:
+            self._inboxWoken = False
+            calls = list(self._inbox)
+            self._inbox.clear()
+        for f, args in calls:
+            f(*args)
+
+    def toReactor(self, f: Callable[..., Any], *args: Any) -> None:
+        """Run C{f(*args)} in the reactor thread (now, if the loop is the reactor's)."""
+        if self.shared:
+            f(*args)
+            return
+        with self._lock:
+            self._outbox.append((f, args))
+            if self._outboxWoken:
+                return
+            self._outboxWoken = True
+        self.reactor.callFromThread(self._drainOutbox)
+
+    def _drainOutbox(self) -> None:
+        with self._lock:
+            self._outboxWoken = False
+            calls = list(self._outbox)
+            self._outbox.clear()
+        for f, args in calls:
+            f(*args)
+
+    def call(
+        self, coroutine: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+    ) -> Deferred[Any]:
+        """Run C{coroutine(*args)} on the Dask loop; a Deferred of its result."""
+        d: Deferred[Any] = Deferred()
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                self.toReactor(d.errback, Failure(CancelledError()))
+            elif future.exception() is not None:
+                self.toReactor(d.errback, Failure(future.exception()))
+            else:
+                self.toReactor(d.callback, future.result())
+
+        def begin() -> None:
+            asyncio.ensure_future(coroutine(*args), loop=self.loop).add_done_callback(
+                done
+            )
+
+        self.toLoop(begin)
+        return d
+
+    def close(self) -> None:
+        """Stop the loop's thread, if I started one."""
+        if self.thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread = None
+
+
+def _payloadSize(value: object) -> int:
+    """The size in bytes of a value worth scattering, or 0 if not known cheaply."""
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if isinstance(value, memoryview):
+        return value.nbytes
+    nbytes = getattr(type(value), "nbytes", None)
+    if nbytes is not None:
+        try:
+            return int(value.nbytes)  # type: ignore[attr-defined]
+        except Exception:
+            return 0
+    return 0
+
+
+def _remoteError(
+    error: BaseException, tb: TracebackType | None, address: str
+) -> BaseException:
+    """The exception of a failed Dask task, with its remote traceback text."""
+    try:
+        text = "".join(traceback.format_exception(type(error), error, tb))
+    except Exception:
+        text = f"{type(error).__qualname__} (its traceback could not be formatted)\n"
+    error.add_note(f"Traceback from Dask ({address}):\n{text.rstrip()}")
+    error.remoteTraceback = text  # type: ignore[attr-defined]
+    return error
+
+
+class DaskLink:
+    """
+    A DaskWorker's client and what it does on the Dask loop.
+
+    It tells C{owner} (in the reactor thread) C{_connectedNow(address,
+    threads)}, C{_setCapacity(threads)} and C{_delivered(outcomes)}.
+    """
+
+    def __init__(
+        self,
+        owner: Any,
+        bridge: Bridge,
+        address: str | None,
+        security: Any,
+        timeout: float,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        scatterBytes: int,
+        scatterKeep: int,
+        localOptions: dict[str, Any],
+    ) -> None:
+        self.owner = owner
+        self.name = owner.name
+        self.bridge = bridge
+        self.address = address
+        self.ownCluster = address is None
+        self.security = security
+        self.timeout = timeout
+        self.initializer = initializer
+        self.initargs = initargs
+        self.scatterBytes = scatterBytes
+        self.scatterKeep = scatterKeep
+        self.localOptions = localOptions
+        #: How many arguments were scattered.
+        self.scattered = 0
+        self.client: Any = None
+        self._cluster: Any = None
+        self._plugins: list[str] = []
+        self._futures: dict[str, Any] = {}
+        self._ac: Any = None
+        self._wake: asyncio.Event | None = None
+        self._toSubmit: list[
+            tuple[str, Any, tuple[Any, ...], dict[str, Any], float]
+        ] = []
+        self._submitting = False
+        self._cancelled: set[str] = set()
+        self._scatterCache: dict[int, tuple[Any, Any]] = {}
+        self._closing = False
+
+    @property
+    def closing(self) -> bool:
+        """Whether the link is closing or closed."""
+        return self._closing
+
+    async def start(self) -> None:
+        if self.ownCluster:
+            options = {"dashboard_address": None, **self.localOptions}
+            self._cluster = await distributed.LocalCluster(
+                asynchronous=True, security=self.security, **options
+            )
+            self.address = self._cluster.scheduler_address
+        client = await distributed.Client(
+            self.address,
+            asynchronous=True,
+            security=self.security,
+            timeout=self.timeout,
+            set_as_default=False,
+        )
+        self.client = client
+        self._wake = asyncio.Event()
+        self._ac = as_completed(loop=client.loop)
+        if self.initializer is not None:
+            await self._register(
+                AsynQueuePlugin(
+                    f"asynqueue-{self.name}-init-{uuid.uuid4().hex}",
+                    self.initializer,
+                    self.initargs,
+                    {},
+                    initializer=True,
+                )
+            )
+        client.subscribe_topic("all", self._clusterEvent)
+        asyncio.ensure_future(self._harvest())
+        threads = await self._countThreads()
+        address = client.scheduler.address
+        self.bridge.toReactor(self.owner._connectedNow, address, threads)
+
+    async def _register(self, plugin: AsynQueuePlugin) -> None:
+        await self.client.register_plugin(plugin, name=plugin.name)
+        self._plugins.append(plugin.name)
+
+    async def keptUpdate(
+        self, name: str, f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        await self._register(AsynQueuePlugin(name, f, args, kwargs))
+        result: dict[str, Any] = await self.client.run(daskside.updateResult, name)
+        return result
+
+    async def _countThreads(self) -> int:
+        identity = await self.client.scheduler.identity(n_workers=-1)
+        return sum(w.get("nthreads", 0) for w in identity.get("workers", {}).values())
+
+    def _clusterEvent(self, event: Any) -> None:
+        """A scheduler event: count the threads again when a worker joins or leaves."""
+        _, message = event
+        if isinstance(message, dict) and message.get("action") in (
+            "add-worker",
+            "remove-worker",
+        ):
+            asyncio.ensure_future(self._recount())
+
+    async def _recount(self) -> None:
+        try:
+            threads = await self._countThreads()
+        except Exception:
+            return
+        self.bridge.toReactor(self.owner._setCapacity, threads)
+
+    def enqueue(
+        self,
+        key: str,
+        f: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        priority: float,
+    ) -> None:
+        self._toSubmit.append((key, f, args, kwargs, priority))
+        if not self._submitting:
+            self._submitting = True
+            # After the calls that came with this one: they go in one batch.
+            self.bridge.loop.call_soon(self._submitSoon)
+
+    def _submitSoon(self) -> None:
+        batch, self._toSubmit = self._toSubmit, []
+        if self.client is None or self._closing:
+            self._submitting = False
+            lost = [(k, "lost", "not connected to Dask", None) for k, *_ in batch]
+            if lost:
+                self.bridge.toReactor(self.owner._delivered, lost)
+            return
+        big = any(
+            _payloadSize(a) >= self.scatterBytes
+            for _, _, args, kwargs, _ in batch
+            for a in itertools.chain(args, kwargs.values())
+        )
+        if big:
+            asyncio.ensure_future(self._scatterAndSubmit(batch))
+        else:
+            self._submit(batch)
+            self._submitting = False
+
+    async def _scatterAndSubmit(self, batch: list[Any]) -> None:
+        try:
+            ready = []
+            for key, f, args, kwargs, priority in batch:
+                args = tuple([await self._scattered(a) for a in args])
+                kwargs = {k: await self._scattered(v) for k, v in kwargs.items()}
+                ready.append((key, f, args, kwargs, priority))
+            self._submit(ready)
+        finally:
+            self._submitting = False
+            if self._toSubmit:
+                self._submitting = True
+                self.bridge.loop.call_soon(self._submitSoon)
+
+    async def _scattered(self, value: Any) -> Any:
+        """A large value's Dask future (scattered once), or the value itself."""
+        if _payloadSize(value) < self.scatterBytes:
+            return value
+        cached = self._scatterCache.get(id(value))
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        future = await self.client.scatter(value, hash=False, broadcast=False)
+        self.scattered += 1
+        # Kept with the value itself, so that its id is not reused meanwhile.
+        self._scatterCache[id(value)] = (value, future)
+        while len(self._scatterCache) > self.scatterKeep:
+            del self._scatterCache[next(iter(self._scatterCache))]
+        return future
+
+    def _submit(self, batch: list[Any]) -> None:
+        client, futures, cancelled = self.client, self._futures, self._cancelled
+        # One graph update per priority in the batch: far cheaper for the
+        # scheduler than one per call.
+        byPriority: dict[float, list[Any]] = {}
+        for item in batch:
+            if item[0] in cancelled:
+                cancelled.discard(item[0])
+                continue
+            byPriority.setdefault(item[4], []).append(item)
+        made = []
+        for priority, items in byPriority.items():
+            made += client.map(
+                daskside.runCall,
+                [item[1] for item in items],
+                [item[2] for item in items],
+                [item[3] for item in items],
+                key=[item[0] for item in items],
+                priority=priority,
+                pure=False,
+            )
+        for future in made:
+            futures[future.key] = future
+        if made:
+            self._ac.update(made)
+            assert self._wake is not None
+            self._wake.set()
+
+    def cancel(self, key: str) -> None:
+        future = self._futures.pop(key, None)
+        if future is None:
+            # Not submitted yet (or done already): make sure it never is.
+            if any(item[0] == key for item in self._toSubmit) or self._submitting:
+                self._cancelled.add(key)
+            return
+        self._cancelled.add(key)
+        if self.client is not None and not self._closing:
+            asyncio.ensure_future(self.client.cancel([future]))
+
+    async def _harvest(self) -> None:
+        """Collect finished calls in batches and send them to the reactor."""
+        ac, wake = self._ac, self._wake
+        assert wake is not None
+        while not self._closing:
+            if ac.is_empty():
+                wake.clear()
+                await wake.wait()
+                continue
+            try:
+                first = await ac.__anext__()
+            except StopAsyncIteration:
+                continue
+            batch = [first, *ac.next_batch(block=False)]
+            try:
+                outcomes = await self._outcomes(batch)
+            except Exception as e:
+                outcomes = [(f.key, "lost", str(e), None) for f in batch]
+            if outcomes:
+                self.bridge.toReactor(self.owner._delivered, outcomes)
+
+    async def _outcomes(self, batch: list[Any]) -> list[tuple[str, str, Any, Any]]:
+        futures, cancelled = self._futures, self._cancelled
+        outcomes: list[tuple[str, str, Any, Any]] = []
+        finished = []
+        for future in batch:
+            key = future.key
+            if key in cancelled:
+                cancelled.discard(key)
+                futures.pop(key, None)
+                continue
+            if future.status == "finished":
+                finished.append(future)
+            elif future.status == "error":
+                error = await future.exception()
+                tb = await future.traceback()
+                outcomes.append(
+                    (key, "error", _remoteError(error, tb, "a worker"), None)
+                )
+            else:
+                outcomes.append((key, "lost", "the scheduler cancelled the call", None))
+        if finished:
+            try:
+                results = await self.client.gather(finished)
+            except Exception as e:
+                results = [("", None)] * len(finished)
+                outcomes += [(f.key, "lost", str(e), None) for f in finished]
+                finished = []
+            for future, (address, value) in zip(finished, results, strict=False):
+                outcomes.append((future.key, "result", value, address))
+        for future in batch:
+            futures.pop(future.key, None)
+        return outcomes
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        client = self.client
+        if client is not None:
+            try:
+                client.unsubscribe_topic("all")
+            except Exception:
+                pass
+            for name in self._plugins:
+                try:
+                    await client.unregister_worker_plugin(name)
+                except Exception:
+                    pass
+            self._futures.clear()
+            self._scatterCache.clear()
+            await client.close()
+        if self._cluster is not None:
+            await self._cluster.close()
+            self._cluster = None
+
+    async def fetch(self, ref: IteratorRef, maxItems: int) -> Any:
+        """Take up to C{maxItems} items of an iterator on a Dask worker."""
+        if self.client is None or self._closing:
+            raise NodeLost(f"{self.name} is closed")
+        try:
+            answer = await self.client.run(
+                daskside.fetchItems, ref.key, maxItems, workers=[ref.address]
+            )
+        except (OSError, KeyError) as e:
+            raise NodeLost(f"the Dask worker {ref.address} is gone: {e}") from e
+        return answer[ref.address]
+
+    async def closeIterator(self, ref: IteratorRef) -> Any:
+        """Close an iterator on a Dask worker (if both are still there)."""
+        if self.client is None or self._closing:
+            return None
+        return await self.client.run(
+            daskside.closeIterator, ref.key, workers=[ref.address]
+        )
