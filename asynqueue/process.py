@@ -6,5 +6,12 @@ from asynqueue.workers.process import (
     ProcessQueue,
     ProcessWorker,
 )
+from asynqueue.workers.processextras import ProcessBase
 
-__all__ = ["ProcessWorker", "ProcessQueue", "ProcessIterationSource", "context"]
+__all__ = [
+    "ProcessBase",
+    "ProcessWorker",
+    "ProcessQueue",
+    "ProcessIterationSource",
+    "context",
+]

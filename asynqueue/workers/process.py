@@ -33,7 +33,6 @@ from asynqueue.interfaces import (
     IStopPreparing,
 )
 from asynqueue.node.child import _initialize
-from asynqueue.queue.core import TaskQueue
 from asynqueue.settings import settingsForQueue
 from asynqueue.tasks import Task
 from asynqueue.wire.commands import NodeInfo
@@ -41,6 +40,7 @@ from asynqueue.wire.pickling import dumpCall, pickledCall
 from asynqueue.wire.results import WireIterationSource
 from asynqueue.workers.base import AdaptiveBacklog, runReporting
 from asynqueue.workers.children import _Child, _Sent
+from asynqueue.workers.processextras import ProcessQueueExtras, ProcessWorkerExtras
 
 #: The longest wait before starting a child after others died young (seconds).
 _MAX_RESPAWN_DELAY = 2.0
@@ -57,7 +57,7 @@ ProcessIterationSource = WireIterationSource
     IStopPreparing,
     IResignationExplaining,
 )
-class ProcessWorker:
+class ProcessWorker(ProcessWorkerExtras):
     """
     Runs calls in a child Python process.
 
@@ -370,6 +370,7 @@ class ProcessWorker:
 
     def ran(self, seconds: float) -> None:
         """A child reported a task's run time: adapt my capacity."""
+        self.lastRan = seconds
         if self._backlog is not None:
             self.capacity = self._backlog.ran(seconds)
 
@@ -498,12 +499,13 @@ class ProcessWorker:
                     self._resend(sent)
 
 
-class ProcessQueue(TaskQueue):
+class ProcessQueue(ProcessQueueExtras):
     """
     A L{TaskQueue} of C{n} L{ProcessWorker}s (one per core by default).
 
     C{initializer}, C{initargs}, C{maxTasksPerWorker} and C{capacity} go
-    to each worker; other keywords to L{TaskQueue}.
+    to each worker; other keywords to L{TaskQueue}. C{callStats=True}
+    makes L{stats} AsynQueue's list of call times.
     """
 
     def __init__(
@@ -513,6 +515,7 @@ class ProcessQueue(TaskQueue):
         initargs: tuple[Any, ...] = (),
         maxTasksPerWorker: int | None = None,
         capacity: int | None = None,
+        callStats: bool = False,
         **kwargs: Any,
     ) -> None:
         if n is not None and n < 1:
@@ -521,6 +524,7 @@ class ProcessQueue(TaskQueue):
             kwargs, workers=n, capacity=capacity, maxTasksPerWorker=maxTasksPerWorker
         )
         super().__init__(settings=settings, **kwargs)
+        self._startCallStats(callStats)
         for _ in range(settings.workers or os.cpu_count() or 1):
             self.attachWorker(
                 ProcessWorker(

@@ -1,0 +1,143 @@
+"""
+AsynQueue's extras of the process workers: L{ProcessBase}, a worker's
+L{ProcessWorkerExtras.memUsage}, and a queue's C{callStats}, C{stats()}
+of AsynQueue's shape and L{ProcessQueueExtras.crashWorkers}.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, ClassVar
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
+
+from asynqueue.queue.core import TaskQueue
+from asynqueue.tasks import TaskRecord
+
+__all__ = ["ProcessBase", "ProcessQueueExtras", "ProcessWorkerExtras"]
+
+_VM_SIZE = re.compile(r"VmSize:\s+([0-9]+)")
+
+
+class ProcessBase:
+    """
+    A base for objects passed to a process queue, whose L{data} is per process.
+
+    A copy of the object unpickled in each child sees only the data set in
+    that process; attributes not otherwise found are looked up there.
+    """
+
+    _pb_data: ClassVar[dict[int, dict[str, Any]]] = {}
+
+    @property
+    def pid(self) -> int:
+        """The id of the process I am in."""
+        return os.getpid()
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """A dict of my own in this process, shared by no other process."""
+        return self._pb_data.setdefault(self.pid, {})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            # Not pickle's or copy's probes: those must not find the data.
+            raise AttributeError(name)
+        data = self.data
+        if name not in data:
+            raise AttributeError(name)
+        return data[name]
+
+
+class ProcessWorkerExtras:
+    """What a L{asynqueue.workers.process.ProcessWorker} keeps of AsynQueue's."""
+
+    #: The series every process worker runs (AsynQueue's class qualifications).
+    cQualified: ClassVar[list[Any]] = ["process", "local"]
+
+    #: The child's run time of the task whose result came last (seconds).
+    lastRan: float | None = None
+
+    def info(self) -> dict[str, Any]:
+        """My child's pid and more (the worker defines it)."""
+        raise NotImplementedError
+
+    def memUsage(self) -> int | None:
+        """
+        The virtual memory size of my child process in kilobytes (its
+        C{VmSize}), or C{None} if it is not running or the system has no
+        C{/proc}.
+        """
+        if os.name != "posix":
+            raise RuntimeError("Memory usage checking only supported under POSIX")
+        pid = self.info().get("pid")
+        if not pid:
+            return None
+        try:
+            with open(os.path.join("/proc", str(pid), "status")) as fh:
+                for line in fh:
+                    match = _VM_SIZE.match(line)
+                    if match:
+                        return int(match.group(1))
+        except OSError:
+            return None
+        return None
+
+
+class ProcessQueueExtras(TaskQueue):
+    """AsynQueue's call statistics and crashing of a process queue's workers."""
+
+    _callStats = False
+
+    def _startCallStats(self, callStats: bool) -> None:
+        """Keep C{(seconds to the result, seconds run in the child)} per call."""
+        self._callStats = bool(callStats)
+        if callStats:
+            self.callTimes: list[tuple[float, float]] = []
+            self.observe(self._noteCall)
+
+    def _noteCall(self, event: str, record: TaskRecord) -> None:
+        if event != "ended" or record.state not in ("done", "failed"):
+            return
+        # The worker hears the child's run time just before the result is
+        # reported, so lastRan is this call's.
+        for worker in self.workers():
+            if getattr(worker, "name", None) == record.worker:
+                ran = getattr(worker, "lastRan", None)
+                if ran is not None and record.runTime is not None:
+                    self.callTimes.append((record.runTime, ran))
+                    worker.lastRan = None  # type: ignore[attr-defined]
+                return
+
+    def stats(self) -> Any:
+        """
+        With C{callStats=True}, AsynQueue's statistics: a Deferred of a list
+        of C{(seconds until the result came, seconds it ran in the child)},
+        one per call. Otherwise L{TaskQueue.stats}.
+        """
+        if self._callStats:
+            return succeed(list(self.callTimes))
+        return super().stats()
+
+    def crashWorkers(self) -> Deferred[list[TaskRecord]]:
+        """
+        Detach and kill all my process workers at once.
+
+        The tasks they had fail with L{asynqueue.errors.WorkerCrashed}; the
+        Deferred fires with their records once the workers are gone.
+        """
+        workers = [w for w in self.workers() if isinstance(w, ProcessWorkerExtras)]
+        names = {getattr(w, "name", None) for w in workers}
+        cut: list[TaskRecord] = []
+
+        def note(event: str, record: TaskRecord) -> None:
+            if event == "ended" and record.worker in names and record.state == "failed":
+                cut.append(record)
+
+        stop = self.observe(note)
+        try:
+            ds = [self.detachWorker(w, reassign=False, crash=True) for w in workers]
+        finally:
+            stop()
+        return gatherResults(ds).addCallback(lambda _: cut)
