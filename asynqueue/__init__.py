@@ -40,6 +40,10 @@ _EXPORTS = {
     "ThreadQueue": "asynqueue.workers.threads",
     "ThreadWorker": "asynqueue.workers.threads",
     "deferToThread": "asynqueue.workers.threads",
+    "deferToDelay": "asynqueue.delay",
+    "Info": "asynqueue.info",
+    "showResult": "asynqueue.info",
+    "ProcessBase": "asynqueue.workers.processextras",
 }
 __getattr__ = lazyExports(__name__, _EXPORTS)
 
@@ -52,12 +56,14 @@ __all__ = [
     "Feeder",
     "IIterationSource",
     "IWorker",
+    "Info",
     "IterationProducer",
     "LaneError",
     "MemoryWorker",
     "NoQualifiedWorker",
     "NoWorkers",
     "OrderedQueue",
+    "ProcessBase",
     "ProcessQueue",
     "ProcessWorker",
     "QueueRunError",
@@ -76,8 +82,10 @@ __all__ = [
     "ThreadWorker",
     "TimeoutError",
     "WorkerCrashed",
+    "deferToDelay",
     "deferToThread",
     "iteratorToProducer",
+    "showResult",
 ]
 
 __version__ = "1.0.0.dev0"
