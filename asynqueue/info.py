@@ -80,10 +80,8 @@ def showResult(f: Callable[..., Any]) -> Callable[..., Any]:
             return result
 
         _SR_STUFF[0] += 1
-        callInfo = "{:03d}: {}".format(
-            _SR_STUFF[0],
-            info.setCall(f).setCall(instance=self, args=args, kw=kw).aboutCall(),
-        )
+        about = info.setCall(f).setCall(instance=self, args=args, kw=kw).aboutCall()
+        callInfo = f"{_SR_STUFF[0]:03d}: {about}"
         result = f(self, *args, **kw)
         if isinstance(result, Deferred):
             return result.addBoth(msg, callInfo)
@@ -173,6 +171,9 @@ class Info:
     info about past calls is kept by their L{ID} until L{forgetID}.
     """
 
+    currentID: int | None
+    callDict: dict[str, Any]
+
     def __init__(self, remember: bool = False, whichThread: bool = False) -> None:
         self.cv = Converter()
         self.lastMetaArgs: tuple[Any, ...] | None = None
@@ -217,7 +218,7 @@ class Info:
         if hasattr(self, "currentID"):
             del self.currentID
         # Computes (and, remembering, files) the new call's ID.
-        self.ID
+        _ = self.ID
         if metaArgs:
             self.lastMetaArgs = metaArgs
         return self
@@ -238,8 +239,7 @@ class Info:
     def ID(self) -> int | None:
         """A unique ID of my current call (C{None} if none is set)."""
         if hasattr(self, "currentID"):
-            currentID: int | None = self.currentID
-            return currentID
+            return self.currentID
         thisID: int | None = None
         if hasattr(self, "callDict"):
             thisID = hashIt(self.callDict)
@@ -254,7 +254,7 @@ class Info:
 
     @contextmanager
     def context(self, *metaArgs: Any, **kw: Any) -> Iterator[InfoHolder]:
-        """Set a call (as L{setCall}) and yield an L{InfoHolder} for it; forget it after."""
+        """Set a call (as L{setCall}), yield an L{InfoHolder} of it; then forget it."""
         if not hasattr(self, "pastInfo"):
             raise ValueError(
                 "Can't use a context manager without saving call info "
@@ -311,7 +311,7 @@ class Info:
         if ID:
             pastInfo = self.getInfo(ID, "wireVersion")
             if pastInfo:
-                return tuple(pastInfo)  # type: ignore[return-value]
+                return tuple(pastInfo)
         result: tuple[Any, Any] = (None, None)
         callDict = self.getInfo(ID, "callDict")
         if not callDict:

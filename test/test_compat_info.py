@@ -63,7 +63,7 @@ def test_whichThread() -> None:
 def test_aboutException() -> None:
     i = Info().setCall(double, 0)
     try:
-        1 / 0
+        _ = 1 / 0
     except ZeroDivisionError:
         text = i.aboutException()
     assert "Exception 'division by zero'" in text
