@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from asynqueue.node.guard import ConnectionGuard
 from asynqueue.node.pool import NodePool, PoolRunner
@@ -29,19 +30,21 @@ log = Logger()
 class NodeFactory(Factory):
     """Makes a L{NodeProtocol} per connection, each running on the shared pool."""
 
-    def __init__(self, pool: NodePool) -> None:
+    def __init__(self, pool: NodePool | None) -> None:
+        #: The pool; L{NodeService} sets it once it listens (no connection
+        #: can come before).
         self.pool = pool
 
     def buildProtocol(self, addr: Any) -> NodeProtocol:
         protocol: NodeProtocol
+        pool = self.pool
+        assert pool is not None, "a node factory without its pool"
 
         def closeConnection() -> None:
             if protocol.transport is not None:
                 protocol.transport.loseConnection()
 
-        protocol = NodeProtocol(
-            lambda send: PoolRunner(self.pool, send), closeConnection
-        )
+        protocol = NodeProtocol(lambda send: PoolRunner(pool, send), closeConnection)
         protocol.factory = self
         return protocol
 
@@ -210,13 +213,27 @@ class NodeService(Service):
         )
 
     def startService(self) -> Deferred[Any]:
+        """
+        Listen, then start the pool's processes; fire with the port.
+
+        Listening comes first, so that a node that cannot listen (the port
+        is taken) fails with L{CannotListenError} having started no child.
+        """
         super().startService()
-        self.pool = NodePool(self.processes, universe=self.universe)
-        self.guard = self._guarded(NodeFactory(self.pool))
+        factory = NodeFactory(None)
+        self.guard = self._guarded(factory)
         d = self.endpoint.listen(self.guard)
 
         def listening(port: Any) -> Any:
             self.port = port
+            try:
+                self.pool = factory.pool = NodePool(
+                    self.processes, universe=self.universe
+                )
+            except BaseException:
+                port.stopListening()
+                self.port = None
+                raise
             log.info("asynqueue node listening on {address}", address=port.getHost())
             return port
 
@@ -333,12 +350,27 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"asynqueue-node: {e}")
 
     def run(reactor: Any) -> Deferred[None]:
+        from twisted.internet.error import CannotListenError
         from twisted.logger import globalLogBeginner, textFileLogObserver
 
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-        service.startService()
-        return Deferred()  # runs until a signal stops the reactor
+
+        def listening(_: object) -> Deferred[None]:
+            # The log (buffered until now) is shown once the node listens: a
+            # node that cannot says why in one line, and nothing else.
+            globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+            return Deferred()  # runs until a signal stops the reactor
+
+        def cannotListen(failure: Failure) -> None:
+            failure.trap(CannotListenError)
+            e = cast(CannotListenError, failure.value)
+            reason = getattr(e.socketError, "strerror", None) or e.socketError
+            raise SystemExit(
+                f"asynqueue-node: cannot listen on {e.interface or '*'}:{e.port}: "
+                f"{reason}"
+            )
+
+        return service.startService().addCallbacks(listening, cannotListen)
 
     react(run)
 
