@@ -1069,3 +1069,16 @@ async def test_frozenNodesCallsGoElsewhereWithinTheHeartbeat(
         await frozen.ended
     gc.collect()
     assert loggedErrors == []
+
+
+def test_certificateWithoutItsKeyIsSaidInOneLine(certs: Path) -> None:
+    crt, ca = str(certs / "localhost.crt"), str(certs / "ca.crt")
+    with pytest.raises(ValueError) as caught:
+        RemoteWorker("tls:localhost:1", certificate=crt, ca=ca)
+    assert str(caught.value).startswith(f"certificate= {crt} has no private key: ")
+    assert "\n" not in str(caught.value)
+    key = str(certs / "localhost.key")
+    with pytest.raises(ValueError, match=f"^ca= {key} holds no certificate"):
+        RemoteWorker("tls:localhost:1", certificate=str(certs / "app.pem"), ca=key)
+    with pytest.raises(FileNotFoundError):
+        RemoteWorker("tls:localhost:1", certificate=str(certs / "none.pem"), ca=ca)

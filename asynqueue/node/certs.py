@@ -14,6 +14,7 @@ import argparse
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["makeCluster", "main"]
+__all__ = ["checkPEM", "makeCluster", "main"]
 
 _PEM = serialization.Encoding.PEM
 
@@ -153,6 +154,29 @@ def makeCluster(
             private=True,
         )
     return where
+
+
+_PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+
+
+def checkPEM(path: str, what: str, withKey: bool = False) -> None:
+    """
+    Check that the PEM file at C{path} (C{what} it is, for the message)
+    holds a certificate and, C{withKey}, its private key too.
+
+    @raise OSError: The file cannot be read.
+    @raise ValueError: It lacks either, in one line.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ValueError(f"{what} {path} holds no certificate (PEM)")
+    if withKey and _PRIVATE_KEY.search(data) is None:
+        raise ValueError(
+            f"{what} {path} has no private key: give a PEM file with the "
+            "certificate and its key (asynqueue-certs writes one per client, "
+            "CLIENT.pem)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -52,7 +52,8 @@ class RemoteWorker:
 
     C{RemoteWorker("tls:node1:8789", certificate="client.pem", ca="ca.crt")}:
     C{certificate} is this client's certificate and key (PEM), C{ca} the
-    certificate of the CA that signed the node's. The worker's capacity is
+    certificate of the CA that signed the node's (a file that is not what
+    it should be raises C{ValueError} saying so). The worker's capacity is
     what the node says it can take (0 while disconnected).
 
     It connects in the background and reconnects whenever the connection
@@ -133,6 +134,15 @@ class RemoteWorker:
         self._downSince = 0.0
         self._saidLongest = False
         self._wasConnected = False
+        if certificate is not None or ca is not None:
+            from asynqueue.node.certs import checkPEM
+
+            # A PEM file of the wrong kind is said here, in plain words, not
+            # as OpenSSL's decoder errors.
+            if certificate is not None:
+                checkPEM(certificate, "certificate=", withKey=True)
+            if ca is not None:
+                checkPEM(ca, "ca=")
         self._endpoint = clientEndpoint(
             reactor, description, certificate, ca, insecurePlaintext
         )
@@ -371,7 +381,11 @@ class RemoteWorker:
         """Drop the connection now; calls in flight fail with L{NodeLost}."""
         self._stopped = True
         link = self._link
-        unsent = [task for task, _ in link.takeUnsent()] if link is not None else []
+        unsent = [
+            sent.task
+            for sent in (link.takeUnsent() if link is not None else [])
+            if sent.task is not None
+        ]
         self._close(abort=True)
         return unsent
 
