@@ -1,16 +1,24 @@
 """
 L{NodeClient}: the parent's side of the wire to a node, one class for a
-child process (over its pipes) and for a network node (over a connection).
+child process (over its pipes) and for a network node (over a connection):
+the calls it has out there (L{SentCall}s), sending them in batches,
+withdrawing them, and reading their results back.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from asynqueue.wire.commands import (
     ASK,
+    BATCH_BYTES,
     COMMAND,
     TASK_RESULT,
     TASK_RESULTS,
@@ -22,9 +30,74 @@ from asynqueue.wire.commands import (
 )
 from asynqueue.wire.framing import BoxReader, Value, writeBox
 from asynqueue.wire.pickling import dumps, loads
+from asynqueue.wire.results import Peer, deliverResult, reportResult
+
+if TYPE_CHECKING:
+    from asynqueue.tasks import Task
 
 #: A task's outcome as it comes off the wire: C{(taskID, status, payload, seconds)}.
 Result = tuple[int, str, Value, float]
+
+
+@dataclass(eq=False, slots=True)
+class SentCall:
+    """
+    A call handed to a node and not yet answered: a task's run (whose
+    outcome is reported to the task), or a call with a Deferred (a
+    replayed update, a node's still-pickled call).
+
+    @ivar raw: The Deferred wants the result as it came off the wire,
+        C{(status, payload, seconds, peer)}, undecoded (a node passing a
+        child's result on).
+    @ivar attempt: The task's run this is (L{Task.attempt} when sent).
+    @ivar started: The node is known to have begun it.
+    @ivar settled: A task's outcome was reported.
+    """
+
+    taskID: int
+    call: bytes
+    task: Task | None
+    deferred: Deferred[Any] | None
+    started: bool = False
+    raw: bool = False
+    attempt: int = 0
+    settled: bool = False
+
+    @property
+    def open(self) -> bool:
+        """Whether nobody has been told the outcome yet."""
+        if self.deferred is not None:
+            return not self.deferred.called
+        return not self.settled
+
+    def fail(self, error: BaseException) -> None:
+        """End the call with C{error}, unless it has ended already."""
+        if self.deferred is not None:
+            if not self.deferred.called:
+                self.deferred.errback(error)
+        elif not self.settled and self.task is not None:
+            self.settled = True
+            self.task.finished(Failure(error), self.attempt)
+
+    def answer(self, status: str, payload: Value, seconds: float, peer: Peer) -> None:
+        """The node's answer came: tell whoever waits for it, once."""
+        deferred = self.deferred
+        if deferred is None:
+            task = self.task
+            if self.settled or task is None:
+                return
+            self.settled = True
+            if not self.started and self.attempt == task.runs:
+                # It ran and ended between two reads: it began this long ago.
+                self.started = True
+                task.markStarted(ago=seconds)
+            reportResult(task, self.attempt, status, payload, peer)
+        elif deferred.called:
+            return
+        elif self.raw:
+            deferred.callback((status, payload, seconds, peer))
+        else:
+            deliverResult(deferred, status, payload, peer)
 
 
 class NodeClient(amp.AMP):
@@ -48,6 +121,11 @@ class NodeClient(amp.AMP):
     def __init__(self) -> None:
         super().__init__()
         self._reader = BoxReader(self._boxReceived, self.malformed, self.maxBoxBytes)
+        #: The calls out at the node, by task ID, oldest first.
+        self.inFlight: OrderedDict[int, SentCall] = OrderedDict()
+        #: Calls waiting for this reactor turn's box, as C{(taskID, call)}.
+        self.outgoing: list[tuple[int, bytes]] = []
+        self.flushCall: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -82,6 +160,66 @@ class NodeClient(amp.AMP):
     def malformed(self, why: str) -> None:
         """The node sent something that is not our wire (C{why}, in words)."""
         raise NotImplementedError
+
+    # -- the calls out -------------------------------------------------------
+
+    def queueCall(self, sent: SentCall, clock: Any, now: bool = False) -> None:
+        """
+        Send C{sent}: with the other calls of this reactor turn, in one box,
+        or C{now} (a large call goes on its own at once, after those before).
+        """
+        self.inFlight[sent.taskID] = sent
+        if now or len(sent.call) > BATCH_BYTES:
+            self.flush()
+            self.writeCalls([(sent.taskID, sent.call)])
+        else:
+            self.outgoing.append((sent.taskID, sent.call))
+            if self.flushCall is None:
+                self.flushCall = clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send the calls collected for this reactor turn, if the node can take them."""
+        flushCall, self.flushCall = self.flushCall, None
+        if flushCall is not None and flushCall.active():
+            flushCall.cancel()
+        if self.outgoing and self.canSend():
+            batch, self.outgoing = self.outgoing, []
+            self.writeCalls(batch)
+
+    def writeCalls(self, batch: list[tuple[int, bytes]]) -> None:
+        """Write C{batch} in one L{RunTasks} box (a subclass notes more)."""
+        self.sendTasks(batch)
+
+    def canSend(self) -> bool:
+        """Whether what is sent now reaches the node."""
+        transport = self.transport
+        return transport is not None and not getattr(transport, "disconnecting", False)
+
+    def withdraw(self, taskID: int) -> tuple[SentCall | None, bool]:
+        """
+        Take back call C{taskID}: return it (C{None} if it is not out) and
+        whether it was written to the node already.
+        """
+        sent = self.inFlight.pop(taskID, None)
+        if sent is None:
+            return None, False
+        for i, (queued, _) in enumerate(self.outgoing):
+            if queued == taskID:
+                del self.outgoing[i]
+                return sent, False
+        return sent, True
+
+    def takeUnsent(self) -> list[SentCall]:
+        """Withdraw the calls not yet written to the node: the caller's again."""
+        unsent = [self.inFlight.pop(taskID) for taskID, _ in self.outgoing]
+        self.outgoing = []
+        return unsent
+
+    def stopSending(self) -> None:
+        """Send nothing more: the node is gone."""
+        flushCall, self.flushCall = self.flushCall, None
+        if flushCall is not None and flushCall.active():
+            flushCall.cancel()
 
     # -- sending -----------------------------------------------------------
 

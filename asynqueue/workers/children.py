@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -19,11 +17,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from asynqueue.tasks import Task
-from asynqueue.wire.client import NodeClient, Result
-from asynqueue.wire.commands import BATCH_BYTES, Status, Stop
+from asynqueue.wire.client import NodeClient, Result, SentCall
+from asynqueue.wire.commands import Status, Stop
 from asynqueue.wire.pipes import PipeReader, PipeWriter
-from asynqueue.wire.results import deliverResult, reportResult
 from asynqueue.wire.ring import ResultRing
 from asynqueue.wire.startnote import StartNote
 
@@ -51,38 +47,8 @@ def _pipe() -> tuple[int, int]:
 _LINE_BYTES = 1 << 16
 
 
-@dataclass(eq=False, slots=True)
-class _Sent:
-    """
-    A call handed to a child and not yet answered: a task (whose outcome
-    is reported to it), or a call with a Deferred (a replayed update, a
-    node's pickled call).
-    """
-
-    taskID: int
-    call: bytes
-    task: Task | None
-    deferred: Deferred[Any] | None
-    started: bool = False
-    raw: bool = False
-    attempt: int = 0
-    settled: bool = False
-
-    @property
-    def open(self) -> bool:
-        """Whether nobody has been told the outcome yet."""
-        if self.deferred is not None:
-            return not self.deferred.called
-        return not self.settled
-
-    def fail(self, error: BaseException) -> None:
-        """End the call with C{error}, unless it has ended already."""
-        if self.deferred is not None:
-            if not self.deferred.called:
-                self.deferred.errback(error)
-        elif not self.settled and self.task is not None:
-            self.settled = True
-            self.task.finished(Failure(error), self.attempt)
+#: What the process worker calls a call in flight at its child.
+_Sent = SentCall
 
 
 class _ParentAMP(NodeClient):
@@ -94,6 +60,9 @@ class _ParentAMP(NodeClient):
 
     def resultsReceived(self, batch: list[Result]) -> None:
         self.child.resultsReceived(batch)
+
+    def canSend(self) -> bool:
+        return not self.child.dead
 
     def malformed(self, why: str) -> None:
         # The child is ours: garbage from it means it is broken. Replace it.
@@ -111,9 +80,8 @@ class _Child(ProcessProtocol):
     def __init__(self, worker: ProcessWorker) -> None:
         self.worker = worker
         self.amp = _ParentAMP(self)
-        self.inFlight: OrderedDict[int, _Sent] = OrderedDict()
-        self.outgoing: list[tuple[int, bytes]] = []
-        self.flushCall: Any = None
+        #: The calls out at the child, by task ID, oldest first.
+        self.inFlight = self.amp.inFlight
         self.pid: int | None = None
         self.sent = 0
         self.done = 0
@@ -199,29 +167,14 @@ class _Child(ProcessProtocol):
     # -- sending -----------------------------------------------------------
 
     def send(self, sent: _Sent) -> None:
-        self.inFlight[sent.taskID] = sent
         self.sent += 1
-        if len(sent.call) > BATCH_BYTES:
-            self.flush()
-            self.amp.sendTasks([(sent.taskID, sent.call)])
-        else:
-            self.outgoing.append((sent.taskID, sent.call))
-            if len(self.inFlight) == 1:
-                # An idle child gets its call at once; others collect a
-                # reactor turn's worth of calls into one box.
-                self.flush()
-            elif self.flushCall is None:
-                self.flushCall = self.worker.reactor.callLater(0, self.flush)
+        # An idle child gets its call at once; others collect a reactor
+        # turn's worth of calls into one box.
+        self.amp.queueCall(sent, self.worker.reactor, now=not self.inFlight)
         self._markRunning()
 
     def flush(self) -> None:
-        if self.flushCall is not None:
-            if self.flushCall.active():
-                self.flushCall.cancel()
-            self.flushCall = None
-        if self.outgoing and not self.dead:
-            batch, self.outgoing = self.outgoing, []
-            self.amp.sendTasks(batch)
+        self.amp.flush()
 
     def _markRunning(self) -> None:
         """The oldest unanswered call is the one the child is running."""
@@ -256,13 +209,10 @@ class _Child(ProcessProtocol):
         """
         Withdraw a call; return True if it was running (the child must die).
         """
-        sent = self.inFlight.pop(taskID, None)
+        sent, written = self.amp.withdraw(taskID)
         if sent is None:
             return False
-        if any(t == taskID for t, _ in self.outgoing):
-            # Not even sent yet.
-            self.outgoing = [(t, c) for t, c in self.outgoing if t != taskID]
-        else:
+        if written:
             # The note says exactly what the child started, whatever has
             # come back of its results so far.
             last = self.lastStarted()
@@ -297,24 +247,9 @@ class _Child(ProcessProtocol):
                 status, payload = _BYTES, self.ring.take(payload)
             if sent is None:
                 continue
-            task = sent.task
-            if task is not None or sent.raw:
+            if sent.task is not None or sent.raw:
                 worker.ran(seconds)
-            if sent.deferred is None:
-                if sent.settled or task is None:
-                    continue
-                sent.settled = True
-                if not sent.started and sent.attempt == task.runs:
-                    # It ran and ended between two reads: it began this long ago.
-                    sent.started = True
-                    task.markStarted(ago=seconds)
-                reportResult(task, sent.attempt, status, payload, self)
-            elif sent.deferred.called:
-                continue
-            elif sent.raw:
-                sent.deferred.callback((status, payload, seconds, self))
-            else:
-                deliverResult(sent.deferred, status, payload, self)
+            sent.answer(status, payload, seconds, self)
         # The oldest call still unanswered is the one the child runs now.
         self._markRunning()
         self._checkIdle()

@@ -20,12 +20,11 @@ from asynqueue.errors import (
     TaskNotStarted,
 )
 from asynqueue.tasks import Task
-from asynqueue.wire.client import NodeClient, Result
+from asynqueue.wire.client import NodeClient, Result, SentCall
 from asynqueue.wire.commands import NodeInfo
 from asynqueue.wire.endpoints import LOOPBACK
 from asynqueue.wire.framing import Value
 from asynqueue.wire.pickling import loadsPlain
-from asynqueue.wire.results import reportResult
 
 if TYPE_CHECKING:
     from asynqueue.workers.remote import RemoteWorker
@@ -160,9 +159,6 @@ class _NodeConnection(NodeClient):
     def __init__(self, worker: RemoteWorker) -> None:
         super().__init__()
         self.worker = worker
-        self.inFlight: dict[int, tuple[Task, int]] = {}
-        self.outgoing: list[tuple[int, bytes]] = []
-        self.flushCall: IDelayedCall | None = None
         self.openIterators = 0
         self.dead = False
         #: The node said what it is (answered L{NodeInfo}): the connection works.
@@ -255,8 +251,12 @@ class _NodeConnection(NodeClient):
         return result
 
     def resultsReceived(self, batch: list[Result]) -> None:
-        for taskID, status, payload, _ in batch:
-            self._received(taskID, status, payload)
+        inFlight = self.inFlight
+        for taskID, status, payload, seconds in batch:
+            sent = inFlight.pop(taskID, None)
+            if sent is not None:
+                sent.answer(status, payload, seconds, self)
+        self.worker.idleCheck()
 
     def malformed(self, why: str) -> None:
         self._reader.stop()
@@ -267,56 +267,38 @@ class _NodeConnection(NodeClient):
             self.transport.loseConnection()
 
     def send(self, taskID: int, task: Task, attempt: int, call: bytes) -> None:
-        self.inFlight[taskID] = (task, attempt)
-        self.outgoing.append((taskID, call))
-        if self.flushCall is None:
-            self.flushCall = self.worker.reactor.callLater(0, self.flush)
+        sent = SentCall(taskID, call, task, None, attempt=attempt)
+        self.queueCall(sent, self.worker.reactor)
 
-    def flush(self) -> None:
-        self.flushCall = None
-        transport = self.transport
+    def canSend(self) -> bool:
         # Nothing goes to a connection being closed: what is still here when
         # it is lost was never sent, and is handed back.
-        if (
-            self.outgoing
-            and not self.dead
-            and transport is not None
-            and not getattr(transport, "disconnecting", False)
-        ):
-            batch, self.outgoing = self.outgoing, []
-            self.sendTasks(batch)
-            # The node starts what it is sent at once (up to the capacity it
-            # gave), so a task's timeout runs from here.
-            for taskID, _ in batch:
-                entry = self.inFlight.get(taskID)
-                if entry is not None:
-                    entry[0].markStarted()
+        return not self.dead and super().canSend()
+
+    def writeCalls(self, batch: list[tuple[int, bytes]]) -> None:
+        super().writeCalls(batch)
+        # The node starts what it is sent at once (up to the capacity it
+        # gave), so a task's timeout runs from here.
+        inFlight = self.inFlight
+        for taskID, _ in batch:
+            sent = inFlight.get(taskID)
+            if sent is not None and sent.task is not None:
+                sent.started = True
+                sent.task.markStarted()
 
     def cancel(self, taskID: int) -> None:
-        if self.inFlight.pop(taskID, None) is not None and not self.dead:
-            self.outgoing = [(t, c) for t, c in self.outgoing if t != taskID]
+        sent, written = self.withdraw(taskID)
+        if written and not self.dead:
             self.sendCancel(taskID)
-
-    def takeUnsent(self) -> list[tuple[Task, int]]:
-        """Withdraw the calls not yet written to the node; they are mine again."""
-        unsent = [self.inFlight.pop(taskID) for taskID, _ in self.outgoing]
-        self.outgoing = []
-        return unsent
-
-    def _received(self, taskID: int, status: str, payload: Value) -> None:
-        entry = self.inFlight.pop(taskID, None)
-        if entry is not None:
-            reportResult(entry[0], entry[1], status, payload, self)
-        self.worker.idleCheck()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # Dead first: the AMP calls failed below must not act on this
         # connection, nor report its loss a second time.
         self.dead = True
-        for call in (self._heartbeatCall, self.flushCall):
-            if call is not None and call.active():
-                call.cancel()
-        self._heartbeatCall = self.flushCall = None
+        if self._heartbeatCall is not None and self._heartbeatCall.active():
+            self._heartbeatCall.cancel()
+        self._heartbeatCall = None
+        self.stopSending()
         self._reader.stop()
         worker = self.worker
         why = self.abortedBecause or _explain(reason, worker.address)
@@ -336,7 +318,8 @@ class _NodeConnection(NodeClient):
         worker.disconnected(self, why)
         super().connectionLost(reason)
         gone = f"the connection to node {worker.description} was lost ({why})"
-        for task, attempt in unsent:
-            _handBack(task, attempt, gone)
-        for task, attempt in lost:
-            task.finished(Failure(NodeLost(gone)), attempt)
+        for sent in unsent:
+            if sent.task is not None:
+                _handBack(sent.task, sent.attempt, gone)
+        for sent in lost:
+            sent.fail(NodeLost(gone))
