@@ -2,7 +2,15 @@
 Processes: asynqueue's ProcessQueue against multiprocessing.Pool,
 ProcessPoolExecutor, ampoule and AsynQueue 0.9.9, in one run.
 
-Four measurements, every contender with two child processes:
+The headline is the user's way (see C{peers/userway.py}): the functions
+defined in this script (so asynqueue pickles them by value, as
+C{__main__.f}), results gathered with C{gatherResults}, one queue and one
+pool of each kind kept for C{--user-rounds} (5) rounds, the spread between
+rounds reported, and beside it the figure of a module's function on a fresh
+queue. The targets are judged on it, ratio by ratio within each round.
+
+Then the earlier measurements (C{--no-legacy} leaves them out), four of
+them, every contender with two child processes:
 
   1. Throughput: C{--calls} trivial calls (C{trivial(x) -> x}) submitted
      at once, every result collected; calls/s, best of C{--reps} rounds.
@@ -52,7 +60,7 @@ from common import (
     printRatio,
     printTable,
 )
-from peers import oldasynqueue
+from peers import oldasynqueue, userway
 from peers.work import payload, spin, trivial
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import react
@@ -74,6 +82,30 @@ PPE = f"ProcessPoolExecutor({WORKERS})"
 AMPOULE = f"ampoule ProcessPool({WORKERS})"
 OLD = f"AsynQueue {oldasynqueue.VERSION} ProcessQueue({WORKERS})"
 SERIAL = "serial, in this process"
+
+
+# The user's calls: defined here, in the script, as a user defines them.
+
+
+def trivialHere(x: int) -> int:
+    """The trivial call, defined in the script: returns its argument."""
+    return x
+
+
+def spinHere(n: int) -> int:
+    """Pure-Python CPU work, defined in the script: a loop of C{n} steps."""
+    total = 0
+    for i in range(n):
+        total += i * i & 7
+    return total
+
+
+def payloadHere(size: int) -> bytes:
+    """A result of C{size} bytes, made by a function defined in the script."""
+    return bytes(size)
+
+
+USER_CALLS = userway.Calls(trivialHere, spinHere, payloadHere, trivial, spin, payload)
 
 Submit = Callable[[Callable[[Any], Any], Any], Deferred[Any]]
 Close = Callable[[], Any]  # may return a Deferred
@@ -867,8 +899,27 @@ async def main(
     if args.profile:
         await profiled(reactor, args)
         return
-    await runAll(reactor, args, results)
-    report(args, results)
+    targets: list[tuple[str, bool | None, str]] = []
+    if args.userRounds:
+        counts = {
+            "trivial": args.calls,
+            "cpu": args.cpuTasks,
+            "bytes": args.bytesTasks,
+            "latency": args.latencyCalls,
+        }
+        context = multiprocessing.get_context(args.startMethod)
+        targets = await userway.run(
+            context, USER_CALLS, counts, args.spinSteps, args.userRounds
+        )
+    if args.legacy:
+        print("\nThe earlier measurements: module functions, a fresh queue each round")
+        await runAll(reactor, args, results)
+        report(args, results)
+    if targets:
+        print("\nTargets, the user's way (judged within each round)")
+        for label, met, figure in targets:
+            status = "n/a" if met is None else ("MET" if met else "NOT MET")
+            print(f"  {status:8} {label}: {figure}")
 
 
 def parseArgs(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -893,7 +944,22 @@ def parseArgs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         help="sequential calls for latency (default 200)",
     )
-    parser.add_argument("--reps", type=int, help="rounds of each (default 3)")
+    parser.add_argument(
+        "--reps", type=int, help="rounds of each earlier measurement (default 3)"
+    )
+    parser.add_argument(
+        "--user-rounds",
+        dest="userRounds",
+        type=int,
+        default=5,
+        help="rounds of the user's way, one queue kept for all (default 5; 0: none)",
+    )
+    parser.add_argument(
+        "--no-legacy",
+        dest="legacy",
+        action="store_false",
+        help="only the user's way, not the earlier measurements",
+    )
     parser.add_argument(
         "--jobs",
         default="trivial,cpu,bytes,latency",
