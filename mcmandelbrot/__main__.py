@@ -1,5 +1,5 @@
 """C{python -m mcmandelbrot}: the same as the C{mcm} command."""
 
-from mcmandelbrot.main import run
+from mcmandelbrot import run
 
 run()

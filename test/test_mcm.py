@@ -502,3 +502,25 @@ def test_renderResultRate() -> None:
     assert line.endswith(
         "; 1.90x the speed of one worker (1.90 s, measured in this run)"
     )
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["-q", "64", "0", "0", "1"]])
+def test_withoutNumpyTheConsoleScriptNamesTheExtra(args: list[str]) -> None:
+    """The installed `mcm`, with numpy unimportable: one line, no traceback."""
+    import subprocess
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="mcm")
+    code = (
+        "import sys; sys.modules['numpy'] = None; "
+        f"from {script.module} import {script.attr} as run; "
+        f"sys.argv = ['mcm', *{args!r}]; run()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "mcm needs numpy: pip install 'asynqueue[mcm]'"
+    ], done.stderr
+    assert done.stdout == ""
