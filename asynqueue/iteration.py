@@ -12,15 +12,8 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from collections.abc import (
-    AsyncIterator,
-    Callable,
-    ItemsView,
-    Iterable,
-    KeysView,
-    ValuesView,
-)
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar, overload
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -28,15 +21,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from asynqueue.consumers import ListConsumer
+from asynqueue.deferatorcompat import CONTAINERS as _CONTAINERS
+from asynqueue.deferatorcompat import DeferatorCompat
 from asynqueue.delay import Delay, deferToDelay
 from asynqueue.errors import ImplementationError, NotReadyError
 from asynqueue.interfaces import IIterationSource
+from asynqueue.prefetch import GetMoreSource, Prefetcherator
 from asynqueue.sources import LocalIterationSource
 
 __all__ = [
     "Delay",
     "Deferator",
     "IterationProducer",
+    "ListConsumer",
     "LocalIterationSource",
     "Prefetcherator",
     "deferToDelay",
@@ -47,22 +45,6 @@ __all__ = [
 T = TypeVar("T")
 
 _log = Logger()
-
-
-_CONTAINERS = (
-    str,
-    bytes,
-    bytearray,
-    memoryview,
-    list,
-    tuple,
-    dict,
-    set,
-    frozenset,
-    KeysView,
-    ValuesView,
-    ItemsView,
-)
 
 
 def isIterator(obj: object) -> bool:
@@ -76,63 +58,6 @@ def isIterator(obj: object) -> bool:
     if isinstance(obj, _CONTAINERS) or isinstance(obj, Deferator):
         return False
     return hasattr(obj, "__next__") and hasattr(obj, "__iter__")
-
-
-@implementer(IIterationSource)
-class Prefetcherator(Generic[T]):
-    """
-    An iteration source over AsynQueue's "next item" callable.
-
-    C{nextCallable(*args, **kwargs)} returns C{(value, isValid)} or a
-    Deferred of it; C{isValid} false means there are no more items (and
-    C{value} is ignored). Calls are made one at a time, in order. Use it as
-    C{Deferator(Prefetcherator(getNext))}.
-    """
-
-    def __init__(
-        self,
-        nextCallable: Callable[..., Deferred[tuple[T, bool]] | tuple[T, bool]],
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
-        # Any: maybeDeferred's overloads cannot unwrap the union it returns.
-        self._next: Callable[..., Any] = nextCallable
-        self._args = args
-        self._kwargs = kwargs
-        self._done = False
-        self._error: Failure | None = None
-
-    def fetch(self, maxItems: int) -> Deferred[tuple[list[T], bool]]:
-        """Call the callable up to C{maxItems} times, stopping at an invalid value."""
-        return Deferred.fromCoroutine(self._fetch(maxItems))
-
-    async def _fetch(self, maxItems: int) -> tuple[list[T], bool]:
-        if self._error is not None:
-            error, self._error = self._error, None
-            error.raiseException()
-        items: list[T] = []
-        while not self._done and len(items) < maxItems:
-            try:
-                value, isValid = await maybeDeferred(
-                    self._next, *self._args, **self._kwargs
-                )
-            except Exception:
-                self._done = True
-                if not items:
-                    raise
-                # Deliver what came before the error first.
-                self._error = Failure()
-                return items, False
-            if not isValid:
-                self._done = True
-            else:
-                items.append(value)
-        return items, self._done
-
-    def close(self) -> None:
-        """Make no more calls."""
-        self._done = True
-        self._error = None
 
 
 def _closeSource(source: IIterationSource, name: str) -> None:
@@ -151,7 +76,7 @@ def _closeSource(source: IIterationSource, name: str) -> None:
         )
 
 
-class Deferator(Generic[T]):
+class Deferator(DeferatorCompat, Generic[T]):
     """
     An iterator whose items arrive as Deferreds, pulled from an iteration source.
 
@@ -180,15 +105,52 @@ class Deferator(Generic[T]):
     original exception, and iteration ends.
     """
 
+    @overload
     def __init__(
         self,
         source: IIterationSource,
         batchSize: int = 64,
         maxBuffered: int | None = None,
         name: str = "",
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self, source: object, getMore: Callable[..., Any], /, *args: Any, **kw: Any
+    ) -> None: ...
+
+    def __init__(self, source: Any, *args: Any, **kwargs: Any) -> None:
+        #: Fires with C{True} when the iteration ended, C{False} if it was
+        #: stopped (or failed) first; it never fails (AsynQueue's C{d}).
+        self.d: Deferred[bool] = Deferred()
+        if (args and callable(args[0])) or not IIterationSource.providedBy(source):
+            # AsynQueue's forms: Deferator(repr, getMore, *args, **kw), where
+            # getMore gives (value, isValid, moreLeft), or Deferator(iterator).
+            # One call at a time, as there: no batches fetched ahead.
+            if isinstance(source, str):
+                representation = source.strip("<>")
+            else:
+                representation = repr(source)
+            if args:
+                source = GetMoreSource(args[0], args[1:], kwargs)
+            elif isIterator(source):
+                source = LocalIterationSource(source)
+            else:
+                raise ImplementationError(
+                    f"{source!r} is neither an iteration source nor an iterator"
+                )
+            self._setUp(source, 1, 1, representation)
+        else:
+            self._setUp(source, *args, **kwargs)
+        self.representation = self.name
+
+    def _setUp(
+        self,
+        source: IIterationSource,
+        batchSize: int = 64,
+        maxBuffered: int | None = None,
+        name: str = "",
     ) -> None:
-        if not IIterationSource.providedBy(source):
-            raise ImplementationError(f"{source!r} does not provide IIterationSource")
         if maxBuffered is None:
             maxBuffered = 2 * batchSize
         if batchSize < 1 or maxBuffered < 1:
@@ -309,6 +271,7 @@ class Deferator(Generic[T]):
             self.close()
             failure.raiseException()
         if self._exhausted or self._closed:
+            self._markDone(True)
             self.close()
             raise StopIteration
         raise NotReadyError(f"{self!r} has not received its next items yet")
@@ -339,6 +302,7 @@ class Deferator(Generic[T]):
         """
         if self._closed:
             return
+        self._markDone(False)
         self._closed = True
         self._buffer.clear()
         self._failure = None
@@ -346,6 +310,11 @@ class Deferator(Generic[T]):
         self._notify()
 
     stop = close
+
+    @classmethod
+    def isIterator(cls, obj: object) -> bool:
+        """L{isIterator}, as AsynQueue's class method."""
+        return isIterator(obj)
 
     def __iter__(self) -> Deferator[T]:
         return self
@@ -369,6 +338,7 @@ class Deferator(Generic[T]):
                 failure, self._failure = self._failure, None
                 self.close()
                 return fail(failure)
+            self._markDone(True)
             self.close()
             raise StopIteration
         item = self._buffer.popleft()
@@ -438,6 +408,23 @@ class IterationProducer(Generic[T]):
         if not IConsumer.providedBy(consumer):
             raise ImplementationError(f"{consumer!r} does not provide IConsumer")
         self.consumer = consumer
+
+    @property
+    def dr(self) -> Deferator[T]:
+        """My Deferator (AsynQueue's name)."""
+        return self.deferator
+
+    def deferUntilDone(self) -> Deferred[IConsumer]:
+        """
+        Fire with my consumer when I am done producing (as L{run}'s Deferred
+        does, without starting me).
+        """
+        d: Deferred[IConsumer] = Deferred()
+        if self._finished:
+            self._fire(d)
+        else:
+            self._observers.append(d)
+        return d
 
     def run(self) -> Deferred[IConsumer]:
         """
@@ -537,14 +524,52 @@ class IterationProducer(Generic[T]):
 
 
 def iteratorToProducer(
-    iterator: Iterable[T], consumer: IConsumer, batchSize: int = 64
-) -> Deferred[IConsumer]:
+    iterator: Iterable[T],
+    consumer: IConsumer | None = None,
+    wrapper: Callable[..., Any] | None = None,
+    batchSize: int = 64,
+) -> Deferred[IterationProducer[T] | None]:
     """
-    Write the items of a local iterator to C{consumer} as a streaming producer.
+    Make an L{IterationProducer} of a local iterator, as AsynQueue did.
 
-    Returns L{IterationProducer.run}'s Deferred: it fires with the consumer
-    when every item has been written, or fails with the iterator's error.
+    With a C{consumer}, the items are written to it, and the Deferred fires
+    with the producer once all are written (or fails with the iterator's
+    error); without one, it fires at once with the producer, for you to
+    L{IterationProducer.registerConsumer} and L{IterationProducer.run}. It
+    fires with C{None} if C{iterator} is empty or not iterable at all.
+
+    C{wrapper(next)} is called for each item instead of C{next()}, and may
+    return a Deferred: C{wrapper=deferToThread} pulls the items in a thread.
     """
-    return IterationProducer(
-        Deferator.fromIterator(iterator, batchSize), consumer
-    ).run()
+    if wrapper is not None and not callable(wrapper):
+        raise TypeError(f"Wrapper {wrapper!r} is not a callable")
+    try:
+        it = iter(iterator)
+    except TypeError:
+        return succeed(None)
+    return Deferred.fromCoroutine(_toProducer(it, consumer, wrapper, batchSize))
+
+
+async def _toProducer(
+    it: Iterator[T],
+    consumer: IConsumer | None,
+    wrapper: Callable[..., Any] | None,
+    batchSize: int,
+) -> IterationProducer[T] | None:
+    dr: Deferator[T]
+    if wrapper is not None:
+        source: Prefetcherator[T] = Prefetcherator()
+        if not await source.setup(wrapper, it.__next__):
+            return None
+        dr = Deferator(source, batchSize)
+    else:
+        dr = Deferator.fromIterator(it, batchSize)
+    await dr.ready()
+    if not dr._buffer and dr._failure is None:
+        # Empty: AsynQueue gave no producer at all.
+        dr.close()
+        return None
+    producer = IterationProducer(dr, consumer)
+    if consumer is not None:
+        await producer.run()
+    return producer

@@ -1038,7 +1038,10 @@ def test_producerWithConsumerResumingFromTheReactor() -> Generator[
 def test_iteratorToProducer() -> None:
     consumer = RecordingConsumer()
     d = iteratorToProducer(numbers(10), consumer)
-    assert resultOf(d) is consumer
+    # AsynQueue's result: the producer, done, with the consumer it wrote to.
+    producer = resultOf(d)
+    assert isinstance(producer, IterationProducer)
+    assert producer.consumer is consumer
     assert consumer.writes == list(range(10))
     assert consumer.unregistrations == 1
 
@@ -1050,7 +1053,7 @@ def test_iteratorToProducerWithPausingConsumer() -> None:
     consumer.producer.resumeProducing()
     consumer.producer.resumeProducing()
     assert consumer.writes == list(range(10))
-    assert resultOf(d) is consumer
+    assert resultOf(d).consumer is consumer
 
 
 # A source that answers on a later reactor turn -------------------------------
