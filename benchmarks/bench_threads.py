@@ -2,15 +2,21 @@
 Threads: asynqueue's ThreadQueue against Twisted's deferToThread and a
 ThreadPoolExecutor, in one run, on the default reactor.
 
-Throughput: C{--calls} trivial calls submitted at once, every result
-collected in the reactor thread; best of C{--reps} rounds (the contenders
-take turns within a round, each round on a fresh, warmed-up queue or pool
-so that no contender pays for what another left on the heap). Each round
-runs once as Python normally runs (cyclic garbage collector on: the
-headline figures) and once with the collector off, which shows the CPU
-each contender itself spends in the reactor thread. Latency: sequential
-calls on a warm, idle queue, each awaited before the next. The plain
-C{ThreadPoolExecutor.map}, without a reactor, is the ceiling.
+The headline is the user's way: a function defined in this script,
+results gathered with C{gatherResults}, one ThreadQueue kept for
+C{--user-rounds} (5) rounds against Twisted's C{deferToThread}, the
+spread between rounds reported.
+
+Then the earlier measurements. Throughput: C{--calls} trivial calls
+submitted at once, every result collected in the reactor thread; best of
+C{--reps} rounds (the contenders take turns within a round, each round
+on a fresh, warmed-up queue or pool so that no contender pays for what
+another left on the heap). Each round runs once as Python normally runs
+(cyclic garbage collector on: the headline figures) and once with the
+collector off, which shows the CPU each contender itself spends in the
+reactor thread. Latency: sequential calls on a warm, idle queue, each
+awaited before the next. The plain C{ThreadPoolExecutor.map}, without a
+reactor, is the ceiling.
 
     .venv/bin/python benchmarks/bench_threads.py [--calls N] [--quick]
 """
@@ -35,7 +41,7 @@ from common import (
     printTable,
 )
 from twisted.internet import threads as twistedThreads
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.task import react
 from twisted.python.failure import Failure
 
@@ -46,6 +52,12 @@ from asynqueue import AsyncWorker, TaskQueue, ThreadQueue
 TRIVIAL = int  # the call every contender runs: int() -> 0
 WORKERS = 2
 WARMUP = 1000
+
+
+def trivialHere(x: int) -> int:
+    """The user's call, defined in the script: returns its argument."""
+    return x
+
 
 Submit = Callable[[], Deferred[Any]]
 Close = Callable[[], Any]  # may return a Deferred
@@ -190,8 +202,64 @@ def executorMapCeiling(calls: int, reps: int) -> Rounds:
     return rounds
 
 
+async def userWay(args: argparse.Namespace) -> bool:
+    """
+    The headline: one ThreadQueue kept for every round, the script's own
+    function, C{gatherResults}; against deferToThread in the same rounds.
+    """
+    TQ, DTT = f"ThreadQueue({WORKERS}), one queue", "deferToThread"
+    q = ThreadQueue(WORKERS, name="bench-user")
+    f, xs = trivialHere, list(range(args.calls))
+    seconds: dict[str, list[float]] = {TQ: [], DTT: []}
+    try:
+        await gatherResults([q.call(f, x) for x in range(WARMUP)])
+        await gatherResults([twistedThreads.deferToThread(f, x) for x in range(WARMUP)])
+        for _ in range(args.userRounds):
+            with Stopwatch() as watch:
+                results = await gatherResults([q.call(f, x) for x in xs])
+            seconds[TQ].append(watch.wall)
+            assert results == xs
+            with Stopwatch() as watch:
+                results = await gatherResults(
+                    [twistedThreads.deferToThread(f, x) for x in xs]
+                )
+            seconds[DTT].append(watch.wall)
+            assert results == xs
+    finally:
+        await q.shutdown()
+    rows = []
+    for name, walls in seconds.items():
+        rates = [args.calls / s for s in walls]
+        spread = 100 * (max(rates) - min(rates)) / median(rates)
+        rows.append(
+            [
+                name,
+                max(rates),
+                median(rates),
+                min(rates),
+                f"{spread:.0f}%",
+                " ".join(f"{r / 1000:.1f}k" for r in rates),
+            ]
+        )
+    printTable(
+        f"The user's way: {args.calls:,} calls of a function defined in the "
+        f"script, gatherResults, one queue for {args.userRounds} rounds (calls/s)",
+        ["contender", "best", "median", "worst", "spread", "each round"],
+        rows,
+    )
+    ratios = [b / a for a, b in zip(seconds[TQ], seconds[DTT], strict=True)]
+    met = median(ratios) >= 3.0
+    print(
+        f"  {TQ} / {DTT}: {median(ratios):.2f}x median "
+        f"[{min(ratios):.2f}-{max(ratios):.2f}x over rounds]  "
+        f"(target >= 3x: {'met' if met else 'NOT met'})"
+    )
+    return met
+
+
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     print(f"reactor: {type(reactor).__module__}.{type(reactor).__name__}")
+    userMet = await userWay(args) if args.userRounds else None
     everyone = contenders(reactor)
     TQ, AW, DTT, TPE = (c.name for c in everyone)
 
@@ -265,6 +333,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         f"\nTarget ThreadQueue >= 2x deferToThread throughput: "
         f"{'MET' if met else 'NOT MET'}"
     )
+    if userMet is not None:
+        print(
+            "Target, the user's way: ThreadQueue(2) >= 3x deferToThread: "
+            f"{'MET' if userMet else 'NOT MET'}"
+        )
 
 
 def parseArgs() -> argparse.Namespace:
@@ -277,6 +350,13 @@ def parseArgs() -> argparse.Namespace:
         "--calls", type=int, help="calls per throughput round (default 20000)"
     )
     parser.add_argument("--reps", type=int, help="throughput rounds (default 3)")
+    parser.add_argument(
+        "--user-rounds",
+        dest="userRounds",
+        type=int,
+        default=5,
+        help="rounds of the user's way, one queue for all (default 5; 0: none)",
+    )
     parser.add_argument(
         "--latency-calls",
         dest="latencyCalls",
