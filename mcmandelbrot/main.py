@@ -175,19 +175,28 @@ async def makeQueue(options: argparse.Namespace) -> tuple[TaskQueue, int, str]:
     from twisted.internet import reactor
 
     queue: TaskQueue = ProcessQueue(options.workers) if options.workers else TaskQueue()
-    remote = [
-        RemoteWorker(endpoint, certificate=options.certificate, ca=options.ca)
-        for endpoint in options.nodes
-    ]
+    remote = []
+    for endpoint in options.nodes:
+        try:
+            remote.append(
+                RemoteWorker(endpoint, certificate=options.certificate, ca=options.ca)
+            )
+        except (OSError, ValueError) as e:
+            for worker in remote:
+                worker.crash()
+            await queue.shutdown()
+            raise SystemExit(f"mcm: cannot use node {endpoint}: {e}") from None
     try:
         for worker in remote:
             try:
                 await worker.whenConnected().addTimeout(
                     options.connect_timeout, reactor
                 )
-            except Exception as e:
+            except Exception:
+                why = worker.unreachableBecause or "no answer"
                 raise SystemExit(
-                    f"mcm: cannot reach node {worker.description}: {e}"
+                    f"mcm: cannot reach node {worker.description} within "
+                    f"{options.connect_timeout:g} s: {why}"
                 ) from None
             await queue.attachWorker(worker)
         await queue.update(warmUp, ephemeral=True)

@@ -475,7 +475,7 @@ async def test_remoteNodesRenderTheSameImage(node: NodeService, certs: Path) -> 
 async def test_anUnreachableNodeIsReported(certs: Path) -> None:
     argv = [
         "--connect-timeout",
-        "0.2",
+        "1",
         "-d",
         "tls:127.0.0.1:1",
         "--certificate",
@@ -485,7 +485,29 @@ async def test_anUnreachableNodeIsReported(certs: Path) -> None:
     ]
     with pytest.raises(SystemExit) as info:
         await runMcm(argv, terminal=False)
-    assert "cannot reach node tls:127.0.0.1:1" in str(info.value.code)
+    assert info.value.code == (
+        "mcm: cannot reach node tls:127.0.0.1:1 within 1 s: "
+        "nothing listens at 127.0.0.1:1"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_aMissingCertificateIsReportedInOneLine(
+    certs: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere.pem"
+    argv = ["-d", "tls:127.0.0.1:1", "--certificate", str(missing)]
+    argv += ["--ca", str(certs / "ca.crt")]
+    with pytest.raises(SystemExit) as info:
+        await runMcm(argv, terminal=False)
+    assert info.value.code == (
+        "mcm: cannot use node tls:127.0.0.1:1: [Errno 2] No such file or "
+        f"directory: '{missing}'"
+    )
+    argv[3] = str(certs / "localhost.crt")
+    with pytest.raises(SystemExit) as info:
+        await runMcm(argv, terminal=False)
+    assert "localhost.crt has no private key" in str(info.value.code)
 
 
 def test_renderResultRate() -> None:

@@ -176,6 +176,15 @@ class RemoteWorker:
         self._connectWaiters.append(d)
         return d
 
+    @property
+    def unreachableBecause(self) -> str | None:
+        """
+        Why the last attempt to connect failed, in plain words (C{"nothing
+        listens at HOST:PORT"}); C{None} while connected or before an
+        attempt failed.
+        """
+        return self._down
+
     # -- the reconnecting machine: connect, wait, connect again ------------
 
     def _connect(self) -> None:
