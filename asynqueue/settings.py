@@ -126,7 +126,10 @@ class Settings:
         minimum=0,
         strict=True,
         shown="none",
-        meaning="Seconds a call may run, unless the call gives its own timeout.",
+        meaning=(
+            "Seconds a call may run, unless the call gives its own timeout "
+            "(a queue's taskTimeout=)."
+        ),
     )
     bufferSize: int | None = _knob(
         None,
@@ -357,19 +360,38 @@ def settingsForQueue(queueKeywords: dict[str, Any], **explicit: Any) -> Settings
     """
     The settings of a queue of workers made by its constructor.
 
-    Takes C{settings}, C{timeout} and C{shutdownTimeout} out of the
-    L{TaskQueue} keywords in C{queueKeywords} (the queue's C{name} stays
-    there and picks the environment prefix); C{explicit} are the
-    constructor's own arguments (workers, capacity, ...).
+    Takes C{settings}, C{taskTimeout}, C{timeout} and C{shutdownTimeout}
+    out of the L{TaskQueue} keywords in C{queueKeywords} (the queue's
+    C{name} stays there and picks the environment prefix); C{explicit} are
+    the constructor's own arguments (workers, capacity, ...).
     """
     given: Settings | None = queueKeywords.pop("settings", None)
-    timeout = queueKeywords.pop("timeout", None)
-    shutdownTimeout = queueKeywords.pop("shutdownTimeout", None)
+    taskTimeout = queueKeywords.pop("taskTimeout", None)
+    shutdownTimeout = shutdownTimeoutOf(
+        queueKeywords.pop("timeout", None), queueKeywords.pop("shutdownTimeout", None)
+    )
     if given is not None:
         return given
     return Settings.resolve(
         queueKeywords.get("name", ""),
-        timeout=timeout,
+        timeout=taskTimeout,
         shutdownTimeout=shutdownTimeout,
         **explicit,
     )
+
+
+def shutdownTimeoutOf(
+    timeout: float | None, shutdownTimeout: float | None
+) -> float | None:
+    """
+    A queue's C{shutdownTimeout}, which AsynQueue's users give as
+    C{timeout}: seconds C{shutdown()} lets running tasks finish.
+    """
+    if timeout is None:
+        return shutdownTimeout
+    if shutdownTimeout is not None and shutdownTimeout != timeout:
+        raise ValueError(
+            f"timeout={timeout!r} and shutdownTimeout={shutdownTimeout!r} name "
+            "the same thing (how long shutdown waits): give one"
+        )
+    return timeout

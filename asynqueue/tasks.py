@@ -11,19 +11,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields
+from inspect import isawaitable
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 
-from asynqueue.util import callableName
+from asynqueue.util import callableName, deferredFromAwaitable
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConsumer
 
     from asynqueue.interfaces import ITaskReporter
 
-__all__ = ["TaskOptions", "Task", "TaskRecord", "OPTION_NAMES"]
+__all__ = ["TaskOptions", "Task", "TaskRecord", "OPTION_NAMES", "RawCall", "RawResult"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,17 @@ class TaskOptions:
     @ivar consumer: An C{IConsumer} that an iterator result is written to;
         the Deferred then fires with the consumer once all is written.
     @ivar name: A name for records and logs (default: the function's name).
+    @ivar raw: AsynQueue's C{raw}: an iterator result comes back as it is,
+        not as a L{Deferator} (from a child process or a node it must then
+        be picklable itself: a list's iterator is, a generator is not).
+    @ivar returnFailure: AsynQueue's C{returnFailure}: accepted either way;
+        a task's exception always fails its Deferred with a C{Failure}.
+    @ivar warn: Log the task's failure (AsynQueue's C{warn}). C{None}
+        takes the queue's default.
+    @ivar verbose: Describe the call (its function and arguments) in what
+        is logged of it (AsynQueue's C{verbose}). C{None}: the queue's.
+    @ivar spew: Log the call and its outcome, whatever it is (AsynQueue's
+        C{spew}; implies C{verbose}). C{None}: the queue's.
     """
 
     priority: float | None = None
@@ -65,6 +77,11 @@ class TaskOptions:
     retries: int = 0
     consumer: IConsumer | None = None
     name: str | None = None
+    raw: bool = False
+    returnFailure: bool | None = None
+    warn: bool | None = None
+    verbose: bool | None = None
+    spew: bool | None = None
 
     def __post_init__(self) -> None:
         chosen = [
@@ -87,8 +104,9 @@ class TaskOptions:
             raise ValueError(f"timeout must be a positive number, not {self.timeout}")
         if self.retries < 0:
             raise ValueError(f"retries must be 0 or more, not {self.retries}")
-        # Worked out once: the queue reads it for every task.
+        # Worked out once: the queue reads them for every task.
         object.__setattr__(self, "_priority", self._effectivePriority())
+        object.__setattr__(self, "_talks", bool(self.warn or self.verbose or self.spew))
 
     @property
     def effectivePriority(self) -> float:
@@ -273,3 +291,43 @@ def nameFor(f: Callable[..., Any], options: TaskOptions) -> str:
         # The common case, quickly: what callableName would say.
         return f.__qualname__.replace("<locals>.", "")
     return callableName(f)
+
+
+class RawResult:
+    """
+    What a L{RawCall} returns: the call's result, wrapped so that no worker
+    takes an iterator for one to stream; the queue unwraps it.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[type[RawResult], tuple[object]]:
+        return RawResult, (self.value,)
+
+
+class RawCall:
+    """
+    C{f} for a call made with C{raw=True}: its result comes back as it is,
+    in a L{RawResult}, even an iterator (a Deferred or coroutine is still
+    waited for). It pickles as C{f} does, so it runs in a child or on a
+    node too.
+    """
+
+    __slots__ = ("f",)
+
+    def __init__(self, f: Callable[..., Any]) -> None:
+        self.f = f
+
+    def __call__(self, *args: Any, **kwargs: Any) -> object:
+        result = self.f(*args, **kwargs)
+        if isinstance(result, Deferred):
+            return result.addCallback(RawResult)
+        if isawaitable(result):
+            return deferredFromAwaitable(result).addCallback(RawResult)
+        return RawResult(result)
+
+    def __reduce__(self) -> tuple[type[RawCall], tuple[Callable[..., Any]]]:
+        return RawCall, (self.f,)

@@ -256,7 +256,7 @@ wired = pytest.mark.skipif(
 @wired
 def test_queueSettingsFromTheEnvironment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGES_BLOCK_SIZE", "4")
-    q = TaskQueue(name="images", shutdownWithReactor=False, timeout=2)
+    q = TaskQueue(name="images", shutdownWithReactor=False, taskTimeout=2)
     assert isinstance(q.settings, Settings)
     assert q.settings.blockSize == 4 and q.settings.timeout == 2.0
     assert TaskQueue(shutdownWithReactor=False).settings.blockSize == 10

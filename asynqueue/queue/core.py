@@ -41,8 +41,16 @@ from asynqueue.queue.pending import PendingStore
 from asynqueue.queue.running import _RUNNING, _Running
 from asynqueue.queue.shutdown import _Shutdown
 from asynqueue.queue.slots import _Workers
-from asynqueue.settings import Settings
-from asynqueue.tasks import _DEFAULT_OPTIONS, OPTION_NAMES, TaskOptions, TaskRecord
+from asynqueue.queue.talk import Talk
+from asynqueue.settings import Settings, shutdownTimeoutOf
+from asynqueue.tasks import (
+    _DEFAULT_OPTIONS,
+    OPTION_NAMES,
+    RawCall,
+    TaskOptions,
+    TaskRecord,
+    nameFor,
+)
 
 if TYPE_CHECKING:
     from asynqueue.feed import Feeder, Writer
@@ -69,6 +77,18 @@ class TaskQueue(_Shutdown):
         C{None} keeps every one, which costs memory on a long-lived queue.
     @param logFile: A path (or open text file) to which a CSV row is
         written for every task as it ends (see L{asynqueue.records}).
+    @param taskTimeout: Seconds a call may run unless it gives its own
+        C{timeout} (the C{timeout} setting).
+    @param timeout: AsynQueue's name for C{shutdownTimeout}: seconds
+        L{shutdown} lets running tasks finish before it cancels them.
+    @param warn: Log each task's failure (AsynQueue's C{warn}); a call may
+        say otherwise with its own C{warn}.
+    @param verbose: Describe each call (its function and arguments) in
+        what is logged of it.
+    @param spew: Log every call and its outcome (implies C{verbose}).
+    @param returnFailure: AsynQueue's C{returnFailure}, accepted either
+        way: a task's exception always fails its Deferred, never stops the
+        reactor.
     """
 
     def __init__(
@@ -80,9 +100,14 @@ class TaskQueue(_Shutdown):
         shutdownWithReactor: bool = True,
         maxRecords: int | None = 100_000,
         logFile: str | os.PathLike[str] | IO[str] | None = None,
+        taskTimeout: float | None = None,
         timeout: float | None = None,
         shutdownTimeout: float | None = None,
         settings: Settings | None = None,
+        warn: bool = False,
+        verbose: bool = False,
+        spew: bool = False,
+        returnFailure: bool = True,
     ) -> None:
         from twisted.internet import reactor
 
@@ -91,9 +116,12 @@ class TaskQueue(_Shutdown):
             settings
             if settings is not None
             else Settings.resolve(
-                name, timeout=timeout, shutdownTimeout=shutdownTimeout
+                name,
+                timeout=taskTimeout,
+                shutdownTimeout=shutdownTimeoutOf(timeout, shutdownTimeout),
             )
         )
+        self._talk = Talk(warn, verbose, spew)
         self._feeders = set()
         self.name = name or f"TaskQueue-{id(self):x}"
         self._reactor = reactor
@@ -174,6 +202,10 @@ class TaskQueue(_Shutdown):
             return fail(NoWorkers(self._noWorkers))
         if options.timeout is None and self.settings.timeout is not None:
             options = dataclasses.replace(options, timeout=self.settings.timeout)
+        if options.raw:
+            # The record keeps the function's own name.
+            options = dataclasses.replace(options, name=nameFor(f, options))
+            f = RawCall(f)
         series = options.series
         if not callable(f) and not (isinstance(f, str) and series is not None):
             # A string names a universe method, for the WireWorkers of a series.

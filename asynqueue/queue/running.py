@@ -29,8 +29,9 @@ from asynqueue.errors import (
     WorkerCrashed,
 )
 from asynqueue.queue.pending import PendingStore
+from asynqueue.queue.talk import Talk
 from asynqueue.queue.taskstate import TaskState, cancelTimeout
-from asynqueue.tasks import Task, TaskOptions, TaskRecord, nameFor
+from asynqueue.tasks import RawResult, Task, TaskOptions, TaskRecord, nameFor
 
 if TYPE_CHECKING:
     from asynqueue.interfaces import IReportingWorker, IWorker
@@ -68,6 +69,7 @@ class _Running:
     _dispatchAgain: bool
     _idleWaiters: list[Deferred[None]]
     _canceller: Callable[[Deferred[Any]], None]
+    _talk: Talk
 
     # ------------------------------------------------------------------
     # Making tasks
@@ -340,6 +342,9 @@ class _Running:
 
     def _finish(self, task: Task, result: object) -> None:
         """Record how a task ended, move its lane along, fire its Deferred."""
+        options = task.options
+        if options.raw and type(result) is RawResult:
+            result = result.value
         record = task.record
         record.ended = self._clock.seconds()
         failed = isinstance(result, Failure)
@@ -363,7 +368,8 @@ class _Running:
             self._done += 1
         if self._observers:
             self._tell("ended", record)
-        options = task.options
+        if self._talk.on or options._talks:  # type: ignore[attr-defined]
+            self._talk.tell(task, result)
         if options.lane is not None:
             self._advanceLane(task, result)
         # The task and its Deferred refer to each other: let the arguments
