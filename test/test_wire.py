@@ -20,11 +20,13 @@ from asynqueue.wire.client import NodeClient
 from asynqueue.wire.commands import (
     CANCEL_TASK,
     COMMAND,
+    DEFINE_FUNCTION,
     RUN_TASKS,
     TASK_RESULT,
     TASK_RESULTS,
     CancelTask,
     CloseIterator,
+    DefineFunction,
     NextItems,
     NodeInfo,
     RunTasks,
@@ -41,6 +43,7 @@ from asynqueue.wire.commands import (
     taskResultsBox,
 )
 from asynqueue.wire.framing import BigBytes, BoxReader, bigValue, boxPieces, writeBox
+from asynqueue.wire.functions import Definition, defineFunctionBox, readDefineFunction
 from asynqueue.wire.pickling import decodeError, dumpCall, dumps, encodeError, loads
 
 CHUNK = amp.MAX_VALUE_LENGTH
@@ -689,6 +692,18 @@ EXAMPLES: dict[type[amp.Command], tuple[Any, Any]] = {
     CloseIterator: (st.fixed_dictionaries({"iteratorID": taskIDs}), None),
     CancelTask: (st.fixed_dictionaries({"taskID": taskIDs}), None),
     Stop: (st.just({}), st.just({})),
+    DefineFunction: (
+        st.fixed_dictionaries(
+            {
+                "key": st.binary(min_size=16, max_size=16),
+                "function": bigOrSmall,
+                "forget": st.lists(st.binary(min_size=16, max_size=16), max_size=3).map(
+                    b"".join
+                ),
+            }
+        ),
+        None,
+    ),
     NodeInfo: (
         st.just({}),
         st.fixed_dictionaries(
@@ -708,6 +723,10 @@ HAND_WRITTEN: dict[type[amp.Command], Any] = {
     RunTasks: lambda o: runTasksBox(o["batch"]),
     TaskResults: lambda o: taskResultsBox(o["batch"]),
     CancelTask: lambda o: cancelTaskBox(o["taskID"]),
+    DefineFunction: lambda o: defineFunctionBox(
+        Definition(o["key"], o["function"]),
+        [o["forget"][i : i + 16] for i in range(0, len(o["forget"]), 16)],
+    ),
     TaskResult: lambda o: taskResultBox(
         o["taskID"], o["status"], o["payload"], o["seconds"]
     ),
@@ -716,6 +735,13 @@ HAND_READ: dict[type[amp.Command], Any] = {
     RunTasks: lambda box: {"batch": bytes(readBatch(box))},
     TaskResults: lambda box: {"batch": bytes(readBatch(box))},
     CancelTask: lambda box: {"taskID": readCancelTask(box)},
+    DefineFunction: lambda box: dict(
+        zip(
+            ["key", "function", "forget"],
+            (lambda k, f, g: (k, f, b"".join(g)))(*readDefineFunction(box)),
+            strict=True,
+        )
+    ),
     TaskResult: lambda box: dict(
         zip(
             ["taskID", "status", "payload", "seconds"], readTaskResult(box), strict=True
@@ -728,7 +754,7 @@ def test_everyCommandHasExamples() -> None:
     from asynqueue.wire.commands import NODE_COMMANDS, PARENT_COMMANDS
 
     assert set(EXAMPLES) == set(NODE_COMMANDS) | set(PARENT_COMMANDS)
-    assert {RUN_TASKS, TASK_RESULT, TASK_RESULTS, CANCEL_TASK} == {
+    assert {RUN_TASKS, TASK_RESULT, TASK_RESULTS, CANCEL_TASK, DEFINE_FUNCTION} == {
         c.commandName for c in HAND_WRITTEN
     }
 

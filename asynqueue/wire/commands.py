@@ -124,6 +124,21 @@ class Stop(amp.Command):
     response: ClassVar[list[Any]] = []
 
 
+class DefineFunction(amp.Command):
+    """
+    A function pickled by value, which calls after this name by C{key}
+    (the digest of C{function}; see L{asynqueue.wire.functions}). The node
+    drops the functions listed in C{forget} (their keys, end to end).
+    """
+
+    arguments = [
+        (b"key", amp.String()),
+        (b"function", BigBytes()),
+        (b"forget", amp.String()),
+    ]
+    requiresAnswer = False
+
+
 class NodeInfo(amp.Command):
     """What the node is: its process ID, memory, capacity and tasks done."""
 
@@ -146,9 +161,18 @@ RUN_TASKS: bytes = RunTasks.commandName
 TASK_RESULT: bytes = TaskResult.commandName
 TASK_RESULTS: bytes = TaskResults.commandName
 CANCEL_TASK: bytes = CancelTask.commandName
+DEFINE_FUNCTION: bytes = DefineFunction.commandName
 
 #: The commands a node answers, and those it sends.
-NODE_COMMANDS = (RunTasks, NextItems, CloseIterator, CancelTask, Stop, NodeInfo)
+NODE_COMMANDS = (
+    RunTasks,
+    NextItems,
+    CloseIterator,
+    CancelTask,
+    Stop,
+    NodeInfo,
+    DefineFunction,
+)
 PARENT_COMMANDS = (TaskResult, TaskResults)
 
 Pairs = list[tuple[bytes, Value]]

@@ -1,0 +1,476 @@
+"""
+Functions pickled by value, sent to each node once: a function defined in
+the user's script (C{__main__}), a closure or a lambda travels as a
+L{Definition} the first time a node needs it, and every call of it after
+that names it by a key.
+
+The parent pickles such a function once, not per call: L{definitionOf}
+keeps its pickle, weakly, for as long as the function lives and nothing it
+captured has changed (see L{definitionOf} for the rule). The call's own
+bytes (L{FunctionCall}) begin with the function's key and carry the
+L{Definition} along, so whoever sends the call on (a worker to a fresh
+child, a network node to its children) can send the function first.
+
+Each side of a wire keeps one ledger: the sender a L{FunctionLedger} of
+what the peer holds (bounded; it tells the peer what to forget), the
+receiver a L{FunctionStore} of what it was sent (bounded by what the sender
+says, and by a cap of its own against a sender that never says). A new
+child or a new connection starts both afresh, so a replaced child or a
+remade connection is sent its functions again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+from cloudpickle import cloudpickle as _cloudpickle
+
+from asynqueue.errors import UnpicklableError
+from asynqueue.wire.commands import COMMAND, DEFINE_FUNCTION, Pairs
+from asynqueue.wire.framing import Value, bigValue
+
+__all__ = [
+    "Definition",
+    "FunctionCall",
+    "FunctionLedger",
+    "FunctionStore",
+    "definitionOf",
+    "loadCall",
+    "referenceCall",
+]
+
+PROTOCOL = 5
+
+#: How a call that names its function by key begins (a pickle never does:
+#: it begins with the PROTO opcode); then the key, then C{(args, kwargs)}.
+MAGIC = b"AQf1"
+KEY_BYTES = 16
+_HEAD = len(MAGIC) + KEY_BYTES
+
+#: How many functions a sender lets a peer keep; the oldest unused go first.
+PEER_FUNCTIONS = 256
+
+#: A receiver keeps at most this many, whatever its sender says.
+STORE_FUNCTIONS = 4 * PEER_FUNCTIONS
+
+#: Unpickled functions this process keeps ready to call.
+LOADED_FUNCTIONS = 256
+
+
+def keyOf(data: bytes) -> bytes:
+    """The key of a pickled function: a digest of its bytes."""
+    return hashlib.blake2b(data, digest_size=KEY_BYTES).digest()
+
+
+class Definition:
+    """A function pickled by value, and its key (the digest of the pickle)."""
+
+    __slots__ = ("key", "data")
+
+    def __init__(self, key: bytes, data: bytes) -> None:
+        self.key = key
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<Definition {self.key.hex()[:12]} ({len(self.data)} bytes)>"
+
+
+class FunctionCall(bytes):
+    """
+    A pickled call that names its function by key, with the function's
+    L{Definition} at hand for whoever must send it on.
+
+    Its bytes are what travels (a plain C{bytes} copy: see
+    L{FunctionLedger.prepare}); the definition travels only the first time.
+    """
+
+    definition: Definition
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled on its own (a kept call, say), it is its bytes.
+        return (bytes, (bytes(self),))
+
+
+def referenceCall(definition: Definition, payload: bytes) -> FunctionCall:
+    """The call of C{definition}'s function; C{payload}: its pickled arguments."""
+    call = FunctionCall(b"".join((MAGIC, definition.key, payload)))
+    call.definition = definition
+    return call
+
+
+def callKey(call: Value) -> bytes | None:
+    """The key of the function a call names, or C{None} for a whole pickled call."""
+    if call[:4] == MAGIC:
+        return bytes(call[4:_HEAD])
+    return None
+
+
+# -- the parent: a function's pickle, kept while it holds ---------------------
+
+_MISSING = object()
+_EMPTY_CELL = object()
+
+#: Values a function may capture and still be pickled only once: they
+#: cannot change without a new object (which the snapshot notices).
+_IMMUTABLE = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        range,
+        type(Ellipsis),
+        type(NotImplemented),
+        types.CodeType,
+        types.ModuleType,
+    }
+)
+_BUILTIN = (
+    types.BuiltinFunctionType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    types.ClassMethodDescriptorType,
+)
+
+
+class _Kept:
+    """What L{definitionOf} keeps of one function: its snapshot and pickle."""
+
+    __slots__ = ("snapshot", "nested", "definition")
+
+    def __init__(
+        self,
+        snapshot: list[object],
+        nested: tuple[types.FunctionType, ...],
+        definition: Definition | None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.nested = nested
+        self.definition = definition
+
+
+_kept: weakref.WeakKeyDictionary[types.FunctionType, _Kept] = (
+    weakref.WeakKeyDictionary()
+)
+#: Functions pickled by reference (a module's): nothing to keep.
+_byReference: weakref.WeakSet[types.FunctionType] = weakref.WeakSet()
+
+
+def _byValue(f: types.FunctionType) -> bool:
+    """Whether cloudpickle pickles C{f} by value (C{__main__}, a closure, ...)."""
+    if f in _byReference:
+        return False
+    try:
+        byReference = bool(_cloudpickle._should_pickle_by_reference(f))
+    except Exception:
+        byReference = False
+    if byReference:
+        _byReference.add(f)
+    return not byReference
+
+
+def _shallow(f: types.FunctionType, into: list[object]) -> None:
+    """Add to C{into} everything C{f} itself captures: pickled with it by value."""
+    code = f.__code__
+    into += (code, f.__name__, f.__qualname__, f.__module__, f.__defaults__)
+    for mapping in (f.__kwdefaults__, f.__dict__):
+        if mapping:
+            for name, value in mapping.items():
+                into += (name, value)
+    for cell in f.__closure__ or ():
+        try:
+            into.append(cell.cell_contents)
+        except ValueError:
+            into.append(_EMPTY_CELL)
+    globalValues = f.__globals__
+    for name in _cloudpickle._extract_code_globals(code):
+        into.append(globalValues.get(name, _MISSING))
+
+
+def _snapshot(
+    f: types.FunctionType, nested: tuple[types.FunctionType, ...]
+) -> list[object]:
+    values: list[object] = []
+    _shallow(f, values)
+    for g in nested:
+        _shallow(g, values)
+    return values
+
+
+def _same(a: list[object], b: list[object]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x is not y:
+            return False
+    return True
+
+
+def _safe(value: object, nested: list[types.FunctionType], depth: int = 0) -> bool:
+    """
+    Whether C{value}, captured by a function, cannot change without being
+    replaced (immutable, or a module, a class or a function pickled by
+    reference, a builtin); by-value functions it captures go to C{nested}.
+    """
+    kind = type(value)
+    if kind in _IMMUTABLE or value is _MISSING or value is _EMPTY_CELL:
+        return True
+    if depth > 8:
+        return False
+    if kind is tuple or kind is frozenset:
+        items = value  # type: ignore[assignment]
+        return len(items) <= 256 and all(_safe(v, nested, depth + 1) for v in items)  # type: ignore[attr-defined]
+    if isinstance(value, _BUILTIN):
+        owner = getattr(value, "__self__", None)
+        return owner is None or isinstance(owner, types.ModuleType)
+    if kind is types.FunctionType:
+        f: types.FunctionType = value  # type: ignore[assignment]
+        if not _byValue(f):
+            return True
+        if f not in nested:
+            nested.append(f)
+        return True
+    if isinstance(value, type):
+        # A module's class travels by name; a class made in the script is
+        # pickled by value, and its attributes can change unseen.
+        try:
+            return bool(_cloudpickle._should_pickle_by_reference(value))
+        except Exception:
+            return False
+    return False
+
+
+def _examine(f: types.FunctionType) -> tuple[bool, tuple[types.FunctionType, ...]]:
+    """Whether all that C{f} (and its by-value functions) capture is safe."""
+    nested: list[types.FunctionType] = []
+    done = 0
+    functions = [f]
+    while functions:
+        g = functions.pop()
+        values: list[object] = []
+        _shallow(g, values)
+        # values[0] is the code: a code object is immutable anyway.
+        if not all(_safe(value, nested) for value in values[1:]):
+            return False, ()
+        functions.extend(nested[done:])
+        done = len(nested)
+    return True, tuple(n for n in nested if n is not f)
+
+
+def definitionOf(f: Callable[..., Any]) -> Definition | None:
+    """
+    The L{Definition} of C{f} if it is a function pickled by value whose
+    pickle may be sent once and reused; C{None} if it is pickled by
+    reference or must be pickled anew with every call.
+
+    The rule: the pickle is reused while everything pickled with the
+    function is the very same object as when it was pickled: its code,
+    defaults, names and attributes, its closure's contents, the module
+    globals its code names, and the same for every function of the script
+    among them. Those must moreover be unable to change in place: numbers,
+    strings, bytes, tuples and frozensets of such, modules, builtins, and
+    classes and functions of importable modules (by-value functions are
+    checked in turn). A function that captures anything else (a list, a
+    dict, an instance, a class of the script) is pickled with each call,
+    as before, so that a change made to it in place always reaches the
+    child.
+    """
+    if type(f) is not types.FunctionType or not _byValue(f):
+        return None
+    kept = _kept.get(f)
+    if kept is not None:
+        if _same(kept.snapshot, _snapshot(f, kept.nested)):
+            return kept.definition
+    safe, nested = _examine(f)
+    snapshot = _snapshot(f, nested)
+    definition = None
+    if safe:
+        try:
+            data: bytes = cloudpickle.dumps(f, PROTOCOL)
+        except Exception:
+            # Pickled with each call, as before, which names the culprit.
+            data = b""
+        if data:
+            definition = Definition(keyOf(data), data)
+    _kept[f] = _Kept(snapshot, nested, definition)
+    return definition
+
+
+def dumpArguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """Pickle a call's arguments, by value where plain pickle would name C{__main__}."""
+    try:
+        data = pickle.dumps((args, kwargs), PROTOCOL)
+        if b"__main__" not in data:
+            return data
+    except Exception:
+        pass
+    result: bytes = cloudpickle.dumps((args, kwargs), PROTOCOL)
+    return result
+
+
+# -- the sender: what a peer holds -------------------------------------------
+
+
+def defineFunctionBox(definition: Definition, forget: list[bytes]) -> Pairs:
+    """The pairs of a L{DefineFunction} box."""
+    return [
+        (COMMAND, DEFINE_FUNCTION),
+        (b"forget", b"".join(forget)),
+        (b"function", definition.data),
+        (b"key", definition.key),
+    ]
+
+
+def readDefineFunction(box: dict[bytes, Value]) -> tuple[bytes, bytes, list[bytes]]:
+    """C{(key, data, forget)} of a L{DefineFunction} box; ValueError if malformed."""
+    key = bytes(box[b"key"])
+    data = bigValue(box, b"function")
+    forget = bytes(box[b"forget"])
+    if len(key) != KEY_BYTES or data is None or len(forget) % KEY_BYTES:
+        raise ValueError("a malformed DefineFunction")
+    keys = [forget[i : i + KEY_BYTES] for i in range(0, len(forget), KEY_BYTES)]
+    return key, bytes(data), keys
+
+
+class FunctionLedger:
+    """
+    The functions a peer holds, as its sender knows them (one per
+    connection or child): L{prepare} sends what a batch of calls needs.
+    """
+
+    def __init__(self, capacity: int = PEER_FUNCTIONS) -> None:
+        self.capacity = capacity
+        self.held: OrderedDict[bytes, None] = OrderedDict()
+
+    def prepare(
+        self,
+        batch: list[tuple[int, bytes]],
+        send: Callable[[Pairs], object],
+    ) -> list[tuple[int, bytes]]:
+        """
+        Send (through C{send}) the definitions the peer lacks for C{batch},
+        and return the batch as plain bytes, ready to pickle.
+        """
+        out = batch
+        used: set[bytes] = set()
+        held = self.held
+        for i, (taskID, call) in enumerate(batch):
+            if type(call) is bytes:
+                continue
+            definition: Definition | None = getattr(call, "definition", None)
+            if out is batch:
+                out = list(batch)
+            out[i] = (taskID, bytes(call))
+            if definition is None:
+                continue
+            key = definition.key
+            used.add(key)
+            if key in held:
+                held.move_to_end(key)
+                continue
+            forget = []
+            for old in list(held):
+                if len(held) < self.capacity:
+                    break
+                # Never one this batch still names: the peer links a batch's
+                # calls to their functions once the whole batch is read.
+                if old not in used:
+                    del held[old]
+                    forget.append(old)
+            send(defineFunctionBox(definition, forget))
+            held[key] = None
+        return out
+
+
+# -- the receiver: what it was sent ------------------------------------------
+
+
+class FunctionStore:
+    """
+    The functions one connection (or a child's parent) sent, by key: calls
+    read off the wire are L{link}ed to them as they arrive.
+    """
+
+    def __init__(self, capacity: int = STORE_FUNCTIONS, verify: bool = True) -> None:
+        self.capacity = capacity
+        self.verify = verify
+        self.definitions: OrderedDict[bytes, Definition] = OrderedDict()
+
+    def define(self, key: bytes, data: bytes, forget: list[bytes]) -> None:
+        """Keep a function sent; forget those the sender says."""
+        if self.verify and keyOf(data) != key:
+            # A peer may not pass one function off as another (whose key it
+            # knows): the children a network node shares run what is stored.
+            raise ValueError("a function whose key is not the digest of its bytes")
+        for old in forget:
+            self.definitions.pop(old, None)
+        self.definitions[key] = Definition(key, data)
+        self.definitions.move_to_end(key)
+        while len(self.definitions) > self.capacity:
+            self.definitions.popitem(last=False)
+
+    def link(self, tasks: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """
+        C{tasks} with each call that names a function carrying its
+        L{Definition}, so that it can run (or be sent on) whatever this
+        store forgets later. A call naming a function never sent is left as
+        it is: it fails where it runs, saying so.
+        """
+        out = tasks
+        definitions = self.definitions
+        for i, (taskID, call) in enumerate(tasks):
+            if call[:4] != MAGIC:
+                continue
+            definition = definitions.get(bytes(call[4:_HEAD]))
+            if definition is None:
+                continue
+            if out is tasks:
+                out = list(tasks)
+            linked = FunctionCall(call)
+            linked.definition = definition
+            out[i] = (taskID, linked)
+        return out
+
+
+# -- where a call runs -------------------------------------------------------
+
+_loaded: OrderedDict[bytes, Callable[..., Any]] = OrderedDict()
+
+
+def loadFunction(definition: Definition) -> Callable[..., Any]:
+    """The function of C{definition}, unpickled once per process (a bounded cache)."""
+    key = definition.key
+    f = _loaded.get(key)
+    if f is None:
+        f = pickle.loads(definition.data)
+        _loaded[key] = f
+        if len(_loaded) > LOADED_FUNCTIONS:
+            _loaded.popitem(last=False)
+    else:
+        _loaded.move_to_end(key)
+    return f
+
+
+def loadCall(call: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """C{(f, args, kwargs)} of a pickled call, whole or naming its function."""
+    if call[:4] != MAGIC:
+        f, args, kwargs = pickle.loads(call)
+        return f, args, kwargs
+    definition: Definition | None = getattr(call, "definition", None)
+    if definition is None:
+        raise UnpicklableError(
+            f"the call names function {call[4:_HEAD].hex()[:12]}, which was "
+            "never sent here (or was forgotten)"
+        )
+    args, kwargs = pickle.loads(memoryview(call)[_HEAD:])
+    return loadFunction(definition), args, kwargs
