@@ -8,7 +8,6 @@ which calls may have run.
 from __future__ import annotations
 
 import os
-import signal
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -22,13 +21,12 @@ from asynqueue.wire.commands import Status, Stop
 from asynqueue.wire.pipes import PipeReader, PipeWriter
 from asynqueue.wire.ring import ResultRing
 from asynqueue.wire.startnote import StartNote
+from asynqueue.workers.spawning import ChildStarter
 
 if TYPE_CHECKING:
     from asynqueue.workers.process import ProcessWorker
 
 _RING, _BYTES = Status.RING, Status.BYTES.value
-
-_CHILD_MAIN = "from asynqueue.node.child import childMain; childMain()"
 
 
 def _pipe() -> tuple[int, int]:
@@ -114,7 +112,13 @@ class _Child(ProcessProtocol):
         self.openIterators -= 1
         self._checkIdle()
 
-    def start(self, reactor: Any, executable: str, env: dict[str, str]) -> None:
+    def start(
+        self,
+        reactor: Any,
+        executable: str,
+        env: dict[str, str],
+        starter: ChildStarter | None = None,
+    ) -> None:
         toChildRead, toChildWrite = _pipe()
         fromChildRead, fromChildWrite = _pipe()
         parentEnds = (toChildWrite, fromChildRead)
@@ -132,20 +136,13 @@ class _Child(ProcessProtocol):
             self.note.close()
             raise
         try:
-            transport = reactor.spawnProcess(
+            # Spawned, or forked by a zygote (whose pid comes later).
+            transport = (starter or ChildStarter()).startChild(
                 self,
+                reactor,
                 executable,
-                [executable, "-c", _CHILD_MAIN],
-                env=env,
-                childFDs={
-                    0: "w",
-                    1: "r",
-                    2: "r",
-                    3: toChildRead,
-                    4: fromChildWrite,
-                    5: startedFD,
-                    6: self.ring.fd,
-                },
+                env,
+                {3: toChildRead, 4: fromChildWrite, 5: startedFD, 6: self.ring.fd},
             )
         except BaseException:
             for fd in parentEnds:
@@ -344,9 +341,10 @@ class _Child(ProcessProtocol):
         return idle.addCallback(askToStop)
 
     def kill(self) -> None:
-        if self.pid is not None and not self.dead:
+        # Through the transport: a forked child's pid may not be known yet.
+        if self.transport is not None and not self.dead:
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                self.transport.signalProcess("KILL")
             except (ProcessLookupError, ProcessExitedAlready):
                 pass
 

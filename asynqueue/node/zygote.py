@@ -1,0 +1,264 @@
+"""
+The zygote: a clean process that forks a queue's children on request.
+
+A process worker that starts its children by fork (see
+L{asynqueue.workers.spawning}) starts one zygote, a fresh interpreter
+that imports Twisted, the child runtime and the user's initializer
+modules once, runs no reactor and no thread, and then waits. Asked for a
+child, it forks: the child gets the descriptors the parent sent with the
+request as its 1 to 6 (output, the wire, the start note and the result
+ring, just as a spawned child gets them) and becomes a child node
+(L{asynqueue.node.child.childMain}) at once, with nothing left to import.
+
+The zygote stays the parent of its children: it reaps each one as it
+ends and reports its pid and exit status to the queue's process. Each
+child dies with the zygote (C{PR_SET_PDEATHSIG}), and the zygote dies
+with the queue's process, so nothing outlives the program.
+
+The conversation is over a C{SOCK_SEQPACKET} Unix socket on descriptor 3,
+one message a packet::
+
+    parent -> zygote   fork ID              (with six descriptors)
+    zygote -> parent   forked ID PID
+    zygote -> parent   failed ID MESSAGE
+    zygote -> parent   ended PID STATUS     (STATUS as os.waitpid gives it)
+
+The zygote ends when the parent closes the socket, once its children have
+ended.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any, NoReturn
+
+#: The descriptors a child gets, in the order they come with a request.
+CHILD_FDS = (1, 2, 3, 4, 5, 6)
+
+#: Where the zygote finds its socket to the parent.
+ZYGOTE_FD = 3
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _dieWithParent() -> None:
+    """Have the kernel kill this process (SIGKILL) when its parent dies."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _preload(modules: list[str]) -> None:
+    """
+    Import what every child needs before it can work, once, here.
+
+    The reactor module is imported but not installed: an installed reactor
+    holds descriptors (its epoll, its waker) that forked children would share.
+    """
+    import twisted.internet.default
+
+    import asynqueue.node.child  # noqa: F401
+
+    try:
+        twisted.internet.default._getInstallFunction(sys.platform)
+    except Exception:
+        pass
+    for name in modules:
+        try:
+            __import__(name)
+        except BaseException:
+            # The child imports it again when a call needs it, and reports
+            # the error where the user can see it: with that call.
+            pass
+
+
+def _becomeChild(fds: list[int], parentPid: int) -> NoReturn:
+    """In a forked child: take the request's descriptors and be a child node."""
+    code = 70
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _dieWithParent()
+        if os.getppid() != parentPid:
+            # The zygote died before the line above: nobody would end us.
+            os._exit(code)
+        # Out of the way of the numbers they must end up as, then in place.
+        high = [os.dup(fd) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        high = [_above(fd, max(CHILD_FDS)) for fd in high]
+        for target, fd in zip(CHILD_FDS, high, strict=True):
+            os.dup2(fd, target)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.closerange(max(CHILD_FDS) + 1, _maxFD())
+        from asynqueue.node.child import childMain
+
+        code = 0
+        childMain()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 70
+    finally:
+        _exitChild(code)
+
+
+def _exitChild(code: int) -> NoReturn:
+    """End a forked child as an interpreter would end, but never return."""
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    finally:
+        os._exit(code)
+
+
+def _above(fd: int, floor: int) -> int:
+    """C{fd}, moved to a number above C{floor} if it is not."""
+    if fd > floor:
+        return fd
+    import fcntl
+
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, floor + 1)
+    os.close(fd)
+    return moved
+
+
+def _maxFD() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (AttributeError, ValueError, OSError):
+        return 1024
+
+
+class Zygote:
+    """The zygote's loop: fork on request, reap and report what ended."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.children: set[int] = set()
+        self.pid = os.getpid()
+        self.wakeRead, self.wakeWrite = os.pipe()
+        for fd in (self.wakeRead, self.wakeWrite):
+            os.set_blocking(fd, False)
+        # A child's end wakes the loop through the pipe (the handler itself
+        # does nothing; Python writes the signal's number there).
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wakeWrite)
+
+    def send(self, message: str) -> None:
+        try:
+            self.sock.send(message.encode())
+        except OSError:
+            # The parent is gone; the loop sees that on its next read.
+            pass
+
+    def run(self) -> None:
+        """Serve until the parent closes the socket and every child has ended."""
+        parentGone = False
+        while not (parentGone and not self.children):
+            watched: list[Any] = (
+                [self.wakeRead] if parentGone else [self.sock, self.wakeRead]
+            )
+            try:
+                readable, _, _ = select.select(watched, [], [])
+            except InterruptedError:
+                continue
+            if self.wakeRead in readable:
+                try:
+                    os.read(self.wakeRead, 512)
+                except BlockingIOError:
+                    pass
+            self.reap()
+            if self.sock in readable and not parentGone:
+                parentGone = not self.serve()
+
+    def serve(self) -> bool:
+        """Answer one request; False once the parent has closed the socket."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, 4096, len(CHILD_FDS))
+        except InterruptedError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False
+        words = data.decode("ascii", "replace").split()
+        requestID = words[1] if len(words) > 1 else "?"
+        if words[:1] != ["fork"] or len(fds) != len(CHILD_FDS):
+            for fd in fds:
+                os.close(fd)
+            self.send(f"failed {requestID} a malformed request: {words[:1]}")
+            return True
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        # The child waits until its pid is on the way to the parent, so that
+        # the parent hears of it before anything the child sends.
+        holdRead, holdWrite = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            self.send(f"failed {requestID} fork: {e}")
+        else:
+            if pid == 0:
+                try:
+                    self.sock.close()
+                    os.close(self.wakeRead)
+                    os.close(self.wakeWrite)
+                    os.close(holdWrite)
+                    os.read(holdRead, 1)
+                    os.close(holdRead)
+                    _becomeChild(fds, self.pid)
+                finally:
+                    # Never back into the zygote's loop.
+                    os._exit(70)
+            self.children.add(pid)
+            self.send(f"forked {requestID} {pid}")
+        finally:
+            os.close(holdRead)
+            os.close(holdWrite)
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def reap(self) -> None:
+        """Reap every child that has ended and say so, with its status."""
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            self.send(f"ended {pid} {status}")
+
+
+def zygoteMain(fd: int = ZYGOTE_FD) -> None:
+    """
+    Be a zygote: import what children need (the modules named on the
+    command line too), then fork them as the parent on socket C{fd} asks.
+    """
+    # Ctrl-C reaches the whole process group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _dieWithParent()
+    except (OSError, AttributeError):
+        pass
+    sock = socket.socket(fileno=fd)
+    _preload(sys.argv[1:])
+    Zygote(sock).run()
