@@ -21,10 +21,12 @@ from asynqueue.wire.commands import (
     BATCH_BYTES,
     CANCEL_TASK,
     COMMAND,
+    DEFINE_FUNCTION,
     NODE_COMMANDS,
     RUN_TASKS,
     CancelTask,
     CloseIterator,
+    DefineFunction,
     NextItems,
     NodeInfo,
     RunTasks,
@@ -35,6 +37,7 @@ from asynqueue.wire.commands import (
     taskResultsBox,
 )
 from asynqueue.wire.framing import BoxReader, writeBox
+from asynqueue.wire.functions import FunctionStore, readDefineFunction
 from asynqueue.wire.pickling import dumps, loadsPlain
 from asynqueue.wire.pipes import _CONNECTION_DONE
 
@@ -63,6 +66,8 @@ class NodeProtocol(amp.AMP):
         # AMP caps each value, not a box: a box of endless keys is cut off.
         self._reader = BoxReader(self._boxReceived, self._abort, self.maxBoxBytes)
         self._inputRead = getattr(self.runner, "inputRead", None)
+        #: The functions this peer sent, which its calls name by key.
+        self.functions = FunctionStore()
 
     def dataReceived(self, data: bytes) -> None:
         inputRead = self._inputRead
@@ -90,6 +95,12 @@ class NodeProtocol(amp.AMP):
                 self._abort("a malformed CancelTask")
                 return
             self.runner.cancel(taskID)
+        elif command == DEFINE_FUNCTION and ASK not in box:
+            try:
+                key, data, forget = readDefineFunction(box)
+                self.functions.define(key, data, forget)
+            except (KeyError, ValueError) as e:
+                self._abort(f"a malformed DefineFunction ({e})")
         else:
             self.ampBoxReceived(amp.AmpBox((k, bytes(v)) for k, v in box.items()))
 
@@ -146,7 +157,18 @@ class NodeProtocol(amp.AMP):
         except Exception as e:
             self._abort(f"a batch that is not plain data ({e})")
             return {}
-        self.runner.add(tasks)
+        self.runner.add(self.functions.link(tasks))
+        return {}
+
+    @DefineFunction.responder
+    def defineFunction(
+        self, key: bytes, function: bytes | memoryview, forget: bytes
+    ) -> dict[str, Any]:
+        box = {b"key": key, b"function": function, b"forget": forget}
+        try:
+            self.functions.define(*readDefineFunction(box))
+        except ValueError as e:
+            self._abort(f"a malformed DefineFunction ({e})")
         return {}
 
     @NextItems.responder
