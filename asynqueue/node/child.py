@@ -34,7 +34,8 @@ from asynqueue.wire.commands import (
     RESULT_WINDOW,
     Status,
 )
-from asynqueue.wire.pickling import dumps, encodeError, loads
+from asynqueue.wire.functions import loadCall
+from asynqueue.wire.pickling import dumps, encodeError
 from asynqueue.wire.pipes import PipeReader, _BlockingPipeTransport
 from asynqueue.wire.ring import RING_MINIMUM, ResultRing
 from asynqueue.wire.startnote import StartNote
@@ -283,7 +284,7 @@ class LocalRunner:
         began = perf_counter()
         try:
             _checkSetup()
-            f, args, kwargs = loads(call)
+            f, args, kwargs = loadCall(call)
             result = f(*args, **kwargs)
         except BaseException as e:
             self._reply(taskID, _ERROR, encodeError(e), began)
