@@ -22,7 +22,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from asynqueue import ProcessQueue, RemoteWorker, TaskQueue
 from asynqueue.progress import ProgressBar
 from mcmandelbrot.kernel import warmUp
-from mcmandelbrot.render import RenderResult, render
+from mcmandelbrot.render import RenderResult, checkSize, render
 from mcmandelbrot.view import DEFAULT_VIEW, View
 
 __all__ = ["main", "parseArguments", "run", "serve"]
@@ -268,6 +268,11 @@ async def renderCommand(
 ) -> None:
     """Render the view of the options into a PNG file, and say how fast."""
     view: View = options.view
+    try:
+        # Before anything starts: a typo'd width must not eat the memory.
+        checkSize(view, max(1, options.workers), options.workers)
+    except ValueError as e:
+        raise SystemExit(f"mcm: {e}") from None
     try:
         out = _chooseOutput(options.output, stdout, stderr)
     except OSError as e:

@@ -10,12 +10,13 @@ the image, and a slow output (a pipe) never stalls the reactor.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 
@@ -25,7 +26,15 @@ from asynqueue.progress import ProgressBar
 from mcmandelbrot.kernel import renderRows
 from mcmandelbrot.view import View
 
-__all__ = ["RenderResult", "pngWriter", "render", "renderPlain"]
+__all__ = [
+    "RenderResult",
+    "availableMemory",
+    "checkSize",
+    "memoryNeeded",
+    "pngWriter",
+    "render",
+    "renderPlain",
+]
 
 
 @dataclass(frozen=True)
@@ -88,28 +97,35 @@ async def render(
     reactor = cast(IReactorFromThreads, _reactor)
     if workers is None:
         workers = max(1, len(queue.workers()))
-    blocks = list(view.blocks(view.rowsPerBlock(workers)))
+    rowsPerBlock = view.rowsPerBlock(workers)
+    # Counted, not listed: a tall image has millions of blocks.
+    blockCount = -(-view.ny // rowsPerBlock)
     if bufferSize is None:
         bufferSize = view.blocksInFlight(workers)
     ordered = OrderedQueue(queue, bufferSize=bufferSize)
     if progress is not None:
-        progress.expect(len(blocks))
+        progress.expect(blockCount)
     began = time.perf_counter()
+    # The block the writer's thread waits for; None once the reactor stops.
+    waiting: list[Deferred[bytes] | None] = [None]
+    stopping = False
 
     async def feed() -> None:
-        for first, count in blocks:
+        for first, count in view.blocks(rowsPerBlock):
             await ordered.put(renderRows, *view.blockArgs(first, count))
         ordered.stop()
 
     def nextBlock() -> Deferred[bytes]:
-        d = ordered.get()
+        if stopping:
+            return fail(CancelledError("the reactor is stopping"))
+        d = waiting[0] = ordered.get()
         if progress is not None:
             d.addCallback(_advancing, progress)
         return d
 
     def rows() -> Iterator[memoryview]:
         # In the writer's thread: each block is waited for in the reactor.
-        for _ in blocks:
+        for _ in range(blockCount):
             # (mypy cannot pick between the two signatures of the callable)
             block: bytes = blockingCallFromThread(
                 reactor, cast(Callable[[], Any], nextBlock)
@@ -117,16 +133,113 @@ async def render(
             yield from _rowsOf(block, view.nx)
 
     feeding = Deferred.fromCoroutine(feed())
+    writing = deferToThread(pngWriter(view).write, out, rows())
+    written: Deferred[None] = Deferred()
+    writing.addBoth(_passingOn, written)
+
+    def stopWriting() -> Deferred[None]:
+        # The reactor joins its threads as it stops: the writer's thread must
+        # not be left waiting for a block the reactor will never deliver.
+        nonlocal stopping
+        stopping = True
+        d = waiting[0]
+        if d is not None and not d.called:
+            d.cancel()
+        return written
+
+    trigger = reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+        "before", "shutdown", stopWriting
+    )
     try:
-        await deferToThread(pngWriter(view).write, out, rows())
+        await writing
     except BaseException:
         # Blocks still running end in the window, unread.
         ordered.stop()
         feeding.cancel()
         feeding.addErrback(lambda _: None)
         raise
+    finally:
+        if not stopping:
+            reactor.removeSystemEventTrigger(trigger)  # type: ignore[attr-defined]
     await feeding
     return RenderResult(view.pixels, time.perf_counter() - began, workers)
+
+
+def _passingOn(result: object, d: Deferred[None]) -> object:
+    """Fire C{d} when the writer is done, whatever its result."""
+    d.callback(None)
+    return result
+
+
+#: Bytes a worker holds per pixel of the block it computes (a dozen numpy
+#: arrays of float64 in L{mcmandelbrot.kernel.escapeValues}, and colouring).
+KERNEL_BYTES_PER_PIXEL = 160
+#: The largest width or height of a PNG image.
+PNG_MAX_SIDE = 2**31 - 1
+
+
+def memoryNeeded(view: View, workers: int, localWorkers: int) -> int:
+    """
+    About how many bytes a render of C{view} on C{workers} holds here at
+    once: the blocks in the window and the writer's copies in this process,
+    and what each of the C{localWorkers} worker processes computes with.
+
+    Bounded whatever the image's height, but not its width: a block holds
+    at least one row.
+    """
+    blockPixels = view.nx * view.rowsPerBlock(workers)
+    # Each block is also pickled on the way, and the writer packs its rows.
+    parent = 2 * (view.blocksInFlight(workers) + 4) * 3 * blockPixels
+    return parent + localWorkers * KERNEL_BYTES_PER_PIXEL * blockPixels
+
+
+def availableMemory() -> int | None:
+    """The bytes of memory free for new work here (C{None}: unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def checkSize(
+    view: View, workers: int, localWorkers: int, available: int | None = None
+) -> None:
+    """
+    Refuse a view that cannot be rendered here: too large for a PNG, or
+    needing more memory than is C{available} (default: L{availableMemory}).
+
+    @raise ValueError: In one line, saying why.
+    """
+    if max(view.nx, view.ny) > PNG_MAX_SIDE:
+        raise ValueError(
+            f"a {view.nx:,}x{view.ny:,} image is too large for a PNG file "
+            f"(at most {PNG_MAX_SIDE:,} pixels a side)"
+        )
+    if available is None:
+        available = availableMemory()
+    needed = memoryNeeded(view, workers, localWorkers)
+    if available is not None and needed > available:
+        rowBytes = 3 * view.nx
+        raise ValueError(
+            f"a {view.nx:,}x{view.ny:,} image needs some {_size(needed)} of "
+            f"memory at once (each row is {_size(rowBytes)}), and "
+            f"{_size(available)} is available: make it narrower"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def _advancing(block: bytes, progress: ProgressBar) -> bytes:

@@ -546,3 +546,64 @@ def test_withoutNumpyTheConsoleScriptNamesTheExtra(args: list[str]) -> None:
         "mcm needs numpy: pip install 'asynqueue[mcm]'"
     ], done.stderr
     assert done.stdout == ""
+
+
+def test_anImageTooLargeForTheMemoryIsRefused() -> None:
+    view = View(100_000_000, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError) as caught:
+        render.checkSize(view, 2, 2, available=16 * 10**9)
+    assert str(caught.value) == (
+        "a 100,000,000x100,000,000 image needs some 38.0 GB of memory at once "
+        "(each row is 300.0 MB), and 16.0 GB is available: make it narrower"
+    )
+    render.checkSize(DEFAULT_VIEW, 2, 2, available=10**9)
+    with pytest.raises(ValueError, match="too large for a PNG file"):
+        render.checkSize(View(2**31, 0.0, 0.0, 1.0), 1, 1, available=None)
+
+
+def mcmProcess(tmp_path: Path, *args: str) -> Any:
+    import subprocess
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "mcmandelbrot", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+
+
+def test_aTypodWidthIsRefusedAtOnce(tmp_path: Path) -> None:
+    """A width no machine has the memory for: one line, no file, no worker."""
+    child = mcmProcess(tmp_path, "-o", "m.png", "2000000000", "0", "0", "1")
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 1
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("mcm: a 2,000,000,000x2,000,000,000 image needs some ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigtermDuringARenderEndsItPromptly(tmp_path: Path) -> None:
+    """
+    SIGTERM while the writer's thread waits for blocks: mcm stops (the
+    reactor does not wait for ever to join that thread), says so in one
+    line, and leaves no file.
+    """
+    import signal
+
+    child = mcmProcess(
+        tmp_path, "-w", "1", "-N", "3000", "-o", "m.png", "3000", "-0.75", "0", "0.5"
+    )
+    assert child.stderr is not None
+    first = child.stderr.readline()
+    # The first block is written: the render is under way.
+    assert " tasks in " in first, first
+    child.send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert "Traceback" not in stderr, stderr
+    assert stderr.splitlines()[-1] == "mcm: interrupted", stderr
+    assert child.returncode == 1
+    assert list(tmp_path.iterdir()) == []
