@@ -29,6 +29,7 @@ from asynqueue.wire.commands import (
     runTasksBox,
 )
 from asynqueue.wire.framing import BoxReader, Value, writeBox
+from asynqueue.wire.functions import FunctionLedger
 from asynqueue.wire.pickling import dumps, loads
 from asynqueue.wire.results import Peer, deliverResult, reportResult
 
@@ -126,6 +127,8 @@ class NodeClient(amp.AMP):
         #: Calls waiting for this reactor turn's box, as C{(taskID, call)}.
         self.outgoing: list[tuple[int, bytes]] = []
         self.flushCall: IDelayedCall | None = None
+        #: The functions the node holds, which calls may name by key.
+        self.functions = FunctionLedger()
 
     def dataReceived(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -229,7 +232,11 @@ class NodeClient(amp.AMP):
             writeBox(self.transport, pairs)
 
     def sendTasks(self, batch: list[tuple[int, bytes]]) -> None:
-        """Send calls to run, as C{(taskID, pickled call)}, in one L{RunTasks}."""
+        """
+        Send calls to run, as C{(taskID, pickled call)}, in one L{RunTasks},
+        after the functions they name that the node does not hold yet.
+        """
+        batch = self.functions.prepare(batch, self.sendPairs)
         self.sendPairs(runTasksBox(dumps(batch)))
 
     def sendCancel(self, taskID: int) -> None:
