@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -108,39 +108,24 @@ class WriterTaker:
     def _take(
         self, source: Iterator[Any] | AsyncIterator[Any], desired: int, fresh: bool
     ) -> Deferred[Answer]:
-        if isinstance(source, Iterator):
-            return succeed(self._takeSync(source, desired, fresh))
-        return Deferred.fromCoroutine(self._takeAsync(source, desired, fresh))
+        # One coroutine for both kinds: from a plain iterator it never
+        # awaits, so the Deferred has fired when it comes back.
+        return Deferred.fromCoroutine(self._takeItems(source, desired, fresh))
 
-    def _takeSync(self, source: Iterator[Any], desired: int, fresh: bool) -> Answer:
-        items: list[Any] = []
-        self.source = None
-        try:
-            while len(items) < desired:
-                try:
-                    item = next(source)
-                except StopIteration:
-                    end = EXHAUSTED if fresh and not items else MORE
-                    return Answer(items, end)
-                if item is None:
-                    closeSource(source)
-                    return Answer(items, NONE)
-                items.append(item)
-        except Exception:
-            return Answer(items, MORE, Failure())
-        self.source = source
-        return Answer(items, MORE)
-
-    async def _takeAsync(
-        self, source: AsyncIterator[Any], desired: int, fresh: bool
+    async def _takeItems(
+        self, source: Iterator[Any] | AsyncIterator[Any], desired: int, fresh: bool
     ) -> Answer:
         items: list[Any] = []
         self.source = None
+        plain = source if isinstance(source, Iterator) else None
         try:
             while len(items) < desired:
                 try:
-                    item = await source.__anext__()
-                except StopAsyncIteration:
+                    if plain is not None:
+                        item = next(plain)
+                    else:
+                        item = await cast(AsyncIterator[Any], source).__anext__()
+                except (StopIteration, StopAsyncIteration):
                     end = EXHAUSTED if fresh and not items else MORE
                     return Answer(items, end)
                 if item is None:

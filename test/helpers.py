@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 
@@ -25,3 +28,19 @@ def failureOf(d: Deferred[Any]) -> Failure:
     d.addBoth(out.append)
     assert isinstance(out[0], Failure), f"expected a failure, got {out[0]!r}"
     return out[0]
+
+
+@contextmanager
+def capturedLog(namespace: str) -> Iterator[list[dict[str, Any]]]:
+    """The log events of C{namespace} while the block runs."""
+    events: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == namespace:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observer)

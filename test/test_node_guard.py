@@ -21,7 +21,6 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -32,6 +31,7 @@ from asynqueue.node.guard import ConnectionGuard, GuardedProtocol, defaultMaxCon
 from asynqueue.node.service import NodeOptions, NodeService, makeNodeService
 from asynqueue.wire.commands import NodeInfo
 from asynqueue.workers.connection import clientEndpoint
+from helpers import capturedLog
 
 # -- the guard over fake transports -------------------------------------------
 
@@ -105,15 +105,8 @@ def box(*pairs: tuple[bytes, bytes]) -> bytes:
 @pytest.fixture
 def logged() -> Iterator[list[dict[str, Any]]]:
     """The guard's log events."""
-    events: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "asynqueue.node.guard":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield events
-    globalLogPublisher.removeObserver(observer)
+    with capturedLog("asynqueue.node.guard") as events:
+        yield events
 
 
 @pytest.mark.parametrize("proof", ["tls", "box"])

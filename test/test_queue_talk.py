@@ -12,28 +12,21 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 
 from asynqueue import AsyncWorker, MemoryWorker, ProcessQueue, TaskQueue, ThreadQueue
 from asynqueue.errors import UnpicklableError
 from asynqueue.iteration import Deferator
 from asynqueue.settings import Settings
 from asynqueue.tasks import RawCall, RawResult
-from helpers import failureOf, result
+from helpers import capturedLog, failureOf, result
 
 
 @pytest.fixture
 def logged() -> Iterator[list[dict[str, Any]]]:
     """The log events of the C{asynqueue} namespace while the test runs."""
-    events: list[dict[str, Any]] = []
-
-    def observer(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "asynqueue":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield events
-    globalLogPublisher.removeObserver(observer)
+    with capturedLog("asynqueue") as events:
+        yield events
 
 
 def texts(events: list[dict[str, Any]]) -> list[str]:
