@@ -41,6 +41,7 @@ from asynqueue.wire.results import WireIterationSource
 from asynqueue.workers.base import AdaptiveBacklog, runReporting
 from asynqueue.workers.children import _Child, _Sent
 from asynqueue.workers.processextras import ProcessQueueExtras, ProcessWorkerExtras
+from asynqueue.workers.spawning import ChildStarter, startMethod
 
 #: The longest wait before starting a child after others died young (seconds).
 _MAX_RESPAWN_DELAY = 2.0
@@ -69,6 +70,11 @@ class ProcessWorker(ProcessWorkerExtras):
     @param capacity: How many tasks may be in flight to the child. C{None}
         adapts it to the tasks' run times (see L{ThreadWorker}); 1 keeps
         priorities exact.
+    @param start: C{"fork"}: children are forked, in milliseconds, by a
+        zygote process that has the child runtime and the initializer's
+        module imported; C{"spawn"}: each child is a fresh interpreter.
+        C{None} (the default): C{"fork"} where available (Linux), else
+        C{"spawn"}.
 
     Cancelling a running task, or its timeout, kills the child; a new one
     takes over the tasks queued behind it. Cancelling a task not yet
@@ -93,6 +99,7 @@ class ProcessWorker(ProcessWorkerExtras):
         maxCapacity: int = 64,
         maxStartFailures: int | None = 10,
         respawnDelay: float = 0.05,
+        start: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -120,6 +127,8 @@ class ProcessWorker(ProcessWorkerExtras):
         )
         self._maxTasks = maxTasksPerWorker
         self._executable = executable or sys.executable
+        # Forked by a zygote that has the initializer's module imported too.
+        self._starter = ChildStarter(startMethod(start), _preloadFor(initializer))
         self._env = dict(os.environ if env is None else env)
         # The child finds what the parent can import (functions pickled by
         # reference), then whatever PYTHONPATH says besides.
@@ -286,7 +295,8 @@ class ProcessWorker(ProcessWorkerExtras):
 
         for each in ds:
             each.addBoth(one)
-        return d
+        # Then the zygote, if no other worker uses it.
+        return d.addCallback(lambda _: self._starter.release())
 
     def crash(self) -> list[Task]:
         """Kill my child now; return the tasks it had not started."""
@@ -314,6 +324,8 @@ class ProcessWorker(ProcessWorkerExtras):
                 if sent.task is not None and sent.open:
                     sent.settled = True
                     unstarted.append(sent.task)
+        # The zygote ends once these children have, unless others use it.
+        self._starter.release()
         return unstarted
 
     def info(self) -> dict[str, Any]:
@@ -333,7 +345,7 @@ class ProcessWorker(ProcessWorkerExtras):
 
     def _spawn(self) -> _Child:
         child = _Child(self)
-        child.start(self.reactor, self._executable, self._env)
+        child.start(self.reactor, self._executable, self._env, self._starter)
         for i, call in enumerate(self._setup):
             d: Deferred[Any] = Deferred()
             if i == 0 and self._hasInitializer:
@@ -499,12 +511,20 @@ class ProcessWorker(ProcessWorkerExtras):
                     self._resend(sent)
 
 
+def _preloadFor(initializer: Callable[..., Any] | None) -> tuple[str, ...]:
+    """The module of C{initializer}, if a zygote can import it."""
+    module = getattr(initializer, "__module__", None)
+    if isinstance(module, str) and module != "__main__":
+        return (module,)
+    return ()
+
+
 class ProcessQueue(ProcessQueueExtras):
     """
     A L{TaskQueue} of C{n} L{ProcessWorker}s (one per core by default).
 
-    C{initializer}, C{initargs}, C{maxTasksPerWorker} and C{capacity} go
-    to each worker; other keywords to L{TaskQueue}. C{callStats=True}
+    C{initializer}, C{initargs}, C{maxTasksPerWorker}, C{capacity} and
+    C{start} go to each worker; other keywords to L{TaskQueue}. C{callStats=True}
     makes L{stats} AsynQueue's list of call times.
     """
 
@@ -516,6 +536,7 @@ class ProcessQueue(ProcessQueueExtras):
         maxTasksPerWorker: int | None = None,
         capacity: int | None = None,
         callStats: bool = False,
+        start: str | None = None,
         **kwargs: Any,
     ) -> None:
         if n is not None and n < 1:
@@ -532,6 +553,7 @@ class ProcessQueue(ProcessQueueExtras):
                     initargs=initargs,
                     maxTasksPerWorker=settings.maxTasksPerWorker,
                     capacity=settings.capacity,
+                    start=start,
                 )
             )
 
