@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -335,6 +335,20 @@ class ProcessWorker(ProcessWorkerExtras):
             "processDone": self._child.done,
             "replaced": self.replaced,
         }
+
+    def whenStarted(self) -> Deferred[int]:
+        """
+        Fire with my child's pid once it has one: at once for a spawned
+        child; for a forked one, once its zygote has forked it.
+        """
+        pid = self._child.pid
+        if pid is not None:
+            return succeed(pid)
+        whenStarted = getattr(self._child.transport, "whenStarted", None)
+        if whenStarted is None:
+            return fail(WorkerCrashed(f"{self.name} has no process"))
+        started: Deferred[int] = whenStarted()
+        return started
 
     def nodeInfo(self) -> Deferred[dict[str, Any]]:
         """Ask my child for its pid, resident memory (bytes) and tasks done."""

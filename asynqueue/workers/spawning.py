@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
@@ -368,6 +368,7 @@ class Forked:
         self.zygote = zygote
         self.protocol = protocol
         self.pid: int | None = None
+        self._startWaiters: list[Deferred[int]] = []
         self._signalWanted: int | None = None
         self._reason: Failure | None = None
         self._open = {1, 2}
@@ -383,6 +384,19 @@ class Forked:
             self.protocol.pid = pid
         if self._signalWanted is not None:
             self._kill(self._signalWanted)
+        waiters, self._startWaiters = self._startWaiters, []
+        for d in waiters:
+            d.callback(pid)
+
+    def whenStarted(self) -> Deferred[int]:
+        """Fire with my pid once the zygote has forked me (fail if it never does)."""
+        if self.pid is not None:
+            return succeed(self.pid)
+        if self._reason is not None:
+            return fail(self._reason)
+        d: Deferred[int] = Deferred()
+        self._startWaiters.append(d)
+        return d
 
     def closeStdin(self) -> None:
         """A forked child reads nothing on its stdin (it is C{/dev/null})."""
@@ -418,6 +432,9 @@ class Forked:
                 # Never forked: nothing will write to my output.
                 for reader in self._readers:
                     reader.close()
+                waiters, self._startWaiters = self._startWaiters, []
+                for d in waiters:
+                    d.errback(reason)
             self._maybeEnded()
 
     def outputClosed(self, childFD: int) -> None:
