@@ -15,6 +15,7 @@ import cloudpickle
 
 from asynqueue.errors import RemoteError, UnpicklableError
 from asynqueue.wire.framing import Value
+from asynqueue.wire.functions import definitionOf, dumpArguments, referenceCall
 
 PROTOCOL = 5
 
@@ -49,7 +50,19 @@ def dumpCall(
 ) -> bytes:
     """
     Pickle a call; raise L{UnpicklableError} naming what cannot be pickled.
+
+    A function pickled by value (defined in C{__main__}, a closure, a
+    lambda) is pickled once and named by key in its calls, as long as the
+    rule of L{asynqueue.wire.functions.definitionOf} allows; the node is
+    sent it once (see L{asynqueue.wire.functions}).
     """
+    definition = definitionOf(f)
+    if definition is not None:
+        try:
+            return referenceCall(definition, dumpArguments(args, kwargs))
+        except Exception:
+            # The whole call again, which names the culprit.
+            pass
     call = (f, args, kwargs)
     try:
         data = pickle.dumps(call, PROTOCOL)
