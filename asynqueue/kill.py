@@ -115,7 +115,7 @@ def killProcess(pid: int, timeout: float = 5.0, reactor: Any = None) -> Deferred
     """
     if reactor is None:
         from twisted.internet import reactor
-    if pid <= 0:
+    if not isinstance(pid, int) or pid <= 0:
         raise ValueError(f"killProcess needs a process id above 0, not {pid}")
     clock: IReactorTime = reactor
     d = _whenGone(pid, reactor)

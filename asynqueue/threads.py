@@ -1,5 +1,17 @@
-"""AsynQueue's import path of the thread workers (L{asynqueue.workers.threads})."""
+"""
+AsynQueue's import path of the thread workers (L{asynqueue.workers.threads}),
+with its L{ThreadLooper} (L{asynqueue.looper}) and its iterators for blocking
+code: L{Consumerator}, L{Filerator} and L{OrderedItemProducer}
+(L{asynqueue.blocking}).
+"""
 
+from asynqueue.blocking import (
+    Consumerator,
+    Filerator,
+    IterationGetter,
+    OrderedItemProducer,
+)
+from asynqueue.looper import ThreadLooper
 from asynqueue.workers.threads import (
     ThreadIterationSource,
     ThreadQueue,
@@ -7,4 +19,14 @@ from asynqueue.workers.threads import (
     deferToThread,
 )
 
-__all__ = ["ThreadWorker", "ThreadQueue", "deferToThread", "ThreadIterationSource"]
+__all__ = [
+    "Consumerator",
+    "Filerator",
+    "IterationGetter",
+    "OrderedItemProducer",
+    "ThreadIterationSource",
+    "ThreadLooper",
+    "ThreadQueue",
+    "ThreadWorker",
+    "deferToThread",
+]
