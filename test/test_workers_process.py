@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -192,6 +192,12 @@ def workerPids(q: ProcessQueue) -> dict[str, int]:
     return {name: w["pid"] for name, w in q.stats()["workers"].items()}
 
 
+async def pidsOf(q: ProcessQueue) -> dict[str, int]:
+    """The pids of the queue's children, once they have them (forked: soon)."""
+    await within(gatherResults([w.whenStarted() for w in q.workers()]))
+    return workerPids(q)
+
+
 def assertGone(pid: int) -> None:
     """No child process and no zombie of that pid is left."""
     try:
@@ -232,13 +238,23 @@ async def failureOf(d: Deferred[Any], seconds: float = 10) -> BaseException:
     raise AssertionError(f"expected a failure, got {result!r}")
 
 
+@pytest.fixture(params=["fork", "spawn"])
+def startMethod(request: pytest.FixtureRequest) -> str:
+    """Each test of process workers runs with children forked and spawned."""
+    method: str = request.param
+    return method
+
+
 @pytest.fixture
-def makeProcessQueue(clock: Clock) -> Iterator[Callable[..., ProcessQueue]]:
+def makeProcessQueue(
+    clock: Clock, startMethod: str
+) -> Iterator[Callable[..., ProcessQueue]]:
     """Make ProcessQueues; each is shut down after the test and leaves no child."""
     made: list[tuple[ProcessQueue, bool]] = []
 
     def make(n: int = 1, useClock: bool = False, **kwargs: Any) -> ProcessQueue:
         kwargs.setdefault("shutdownWithReactor", False)
+        kwargs.setdefault("start", startMethod)
         if useClock:
             kwargs["clock"] = clock
         q = ProcessQueue(n, **kwargs)
@@ -247,7 +263,7 @@ def makeProcessQueue(clock: Clock) -> Iterator[Callable[..., ProcessQueue]]:
 
     yield make
     for q, useClock in made:
-        pids = list(workerPids(q).values())
+        pids = [pid for pid in workerPids(q).values() if pid is not None]
         d = q.shutdown(timeout=3, cancelPending=True)
         if useClock:
             clock.advance(3)
@@ -296,7 +312,7 @@ async def test_callsRunInTheChild(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(1)
-    [pid] = workerPids(q).values()
+    [pid] = (await pidsOf(q)).values()
     assert pid != os.getpid()
     # A module-level function travels by reference: the child imports this module.
     assert await within(q.call(whereAmI)) == (__name__, pid)
@@ -347,7 +363,7 @@ async def test_moduleFunctionsWorkWhenPYTHONPATHIsSet(
     """The child finds what the parent imports even if the user set PYTHONPATH."""
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     q = makeProcessQueue(1)
-    [pid] = workerPids(q).values()
+    [pid] = (await pidsOf(q)).values()
     assert await within(q.call(whereAmI)) == (__name__, pid)
 
 
@@ -356,7 +372,7 @@ async def test_exceptionKeepsTypeAndChildTraceback(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(1)
-    [(name, pid)] = workerPids(q).items()
+    [(name, pid)] = (await pidsOf(q)).items()
     error = await failureOf(q.call(failDeep, "it broke"))
     assert type(error) is TaskFailed
     assert error.args == ("it broke",)
@@ -393,7 +409,7 @@ async def test_exceptionWithBrokenStrDoesNotKillTheChild(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(1)
-    [pid] = workerPids(q).values()
+    [pid] = (await pidsOf(q)).values()
     error = await failureOf(q.call(raiseBadStr))
     assert not isinstance(error, WorkerCrashed), error
     assert "BadStr" in repr(error) + str(getattr(error, "remoteTraceback", ""))
@@ -405,7 +421,7 @@ async def test_unpicklableCallFailsAtOnceAndQueueCarriesOn(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(1)
-    [pid] = workerPids(q).values()
+    [pid] = (await pidsOf(q)).values()
     lock = threading.Lock()
 
     def usesLock() -> bool:
@@ -450,7 +466,7 @@ async def test_unpicklableResultFails(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(1)
-    [pid] = workerPids(q).values()
+    [pid] = (await pidsOf(q)).values()
     error = await failureOf(q.call(threading.Lock))
     assert isinstance(error, UnpicklableError)
     assert "lock" in str(error) and "cannot be pickled" in str(error)
@@ -494,7 +510,7 @@ async def test_iteratorItemsAreMadeInTheChild(
     makeProcessQueue: Callable[..., ProcessQueue], tmp_path: Path
 ) -> None:
     q = makeProcessQueue(1)
-    [pid] = workerPids(q).values()
+    [pid] = (await pidsOf(q)).values()
     deferator = await within(q.call(guardedCount, 500, str(tmp_path / "m")))
     assert isinstance(deferator, Deferator)
     items = await within(deferator.toList())
@@ -546,7 +562,7 @@ async def test_unpicklableItemFailsIterationWithUnpicklableError(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(1)
-    [pid] = workerPids(q).values()
+    [pid] = (await pidsOf(q)).values()
     deferator = await within(q.call(lockAfterOne))
     error = await failureOf(deferator.toList())
     assert isinstance(error, UnpicklableError), repr(error)
@@ -563,8 +579,9 @@ async def test_closingOrDroppingDeferatorClosesChildGenerator(
     closed, dropped = tmp_path / "closed", tmp_path / "dropped"
     deferator = await within(q.call(guardedCount, 10_000, str(closed)))
     other = await within(q.call(guardedCount, 10_000, str(dropped)))
+    pid = (await pidsOf(q))[worker.name]
     assert [await deferator.__anext__() for _ in range(3)] == [
-        (i, workerPids(q)[worker.name]) for i in range(3)
+        (i, pid) for i in range(3)
     ]
     await within(worker.nodeInfo())
     assert not closed.exists() and not dropped.exists()
@@ -582,7 +599,7 @@ async def test_shutdownIsNotHeldUpByAnUnfinishedDeferator(
     makeProcessQueue: Callable[..., ProcessQueue], tmp_path: Path
 ) -> None:
     q = makeProcessQueue(1)
-    [pid] = workerPids(q).values()
+    [pid] = (await pidsOf(q)).values()
     deferator = await within(q.call(guardedCount, 10_000, str(tmp_path / "m")))
     try:
         await within(q.shutdown(), 5)
@@ -600,7 +617,7 @@ async def test_printGoesToLogWithWorkerName(
     logLines: Callable[[str], Deferred[dict[str, Any]]],
 ) -> None:
     q = makeProcessQueue(1)
-    [(name, pid)] = workerPids(q).items()
+    [(name, pid)] = (await pidsOf(q)).items()
     seen = logLines("flushed line from a task")
     assert await within(q.call(printAndFlush, "flushed line from a task")) == 6
     event = await within(seen)
@@ -617,7 +634,7 @@ async def test_unflushedPrintReachesLogWhileChildLives(
     # As for a user who has not set it: the child's stdout is then a buffered pipe.
     monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
     q = makeProcessQueue(1)
-    [name] = workerPids(q)
+    [name] = await pidsOf(q)
     out, err = logLines("plain print"), logLines("plain print on stderr")
     assert await within(q.call(printSomething, "plain print")) == 5
     assert (await within(err, 10))["worker"] == name
@@ -634,7 +651,7 @@ async def test_initializerContextInTasks(
 ) -> None:
     q = makeProcessQueue(2, initializer=setUpContext, initargs=("model", 3))
     contexts = await within(q.update(readContext))
-    assert sorted(c["pid"] for c in contexts) == sorted(workerPids(q).values())
+    assert sorted(c["pid"] for c in contexts) == sorted((await pidsOf(q)).values())
     assert all(c["tag"] == "model" and c["size"] == 3 for c in contexts)
     context = await within(q.call(lambda: (asynqueue.context(), os.getpid())))
     assert context[0]["pid"] == context[1]
@@ -657,7 +674,7 @@ async def test_updateStatsAndNodeInfoPerChild(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(2)
-    pids = workerPids(q)
+    pids = await pidsOf(q)
     assert len(set(pids.values())) == 2
     assert sorted(await within(q.update(os.getpid))) == sorted(pids.values())
     await within(DeferredList([q.call(os.getpid) for _ in range(6)]))
@@ -676,7 +693,7 @@ async def test_maxTasksPerWorkerReplacesChildAndReplaysKeptUpdates(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(1, maxTasksPerWorker=3)
-    [first] = workerPids(q).values()
+    [first] = (await pidsOf(q)).values()
     await within(q.update(lambda: setattr(sys, "_aqKept", "kept")))
     await within(q.update(lambda: setattr(sys, "_aqEphemeral", 1), ephemeral=True))
     results = await within(DeferredList([q.call(pidAndMarks) for _ in range(7)]))
@@ -702,14 +719,14 @@ async def test_crashFailsTaskAndNewChildRunsNextTasks(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(1, capacity=1)
-    [(name, old)] = workerPids(q).items()
+    [(name, old)] = (await pidsOf(q)).items()
     crash = q.call(os._exit, 1)
     queued = [q.call(os.getpid) for _ in range(3)]  # waiting in the queue
     error = await failureOf(crash)
     assert isinstance(error, WorkerCrashed)
     assert str(old) in str(error)
     after = await within(q.call(os.getpid))
-    assert after != old and after == workerPids(q)[name]
+    assert after != old and after == (await pidsOf(q))[name]
     assert (
         await within(DeferredList(queued, fireOnOneErrback=True)) == [(True, after)] * 3
     )
@@ -811,7 +828,7 @@ async def test_timeoutKillsChildAndNextTasksRun(
     logLines: Callable[[str], Deferred[dict[str, Any]]],
 ) -> None:
     q = makeProcessQueue(1, capacity=1, useClock=True)
-    [(name, old)] = workerPids(q).items()
+    [(name, old)] = (await pidsOf(q)).items()
     started = logLines("slow task started")
     slow = q.call(announceThenSleep, "slow task started", 30, timeout=5)
     queued = q.call(os.getpid)
@@ -822,7 +839,7 @@ async def test_timeoutKillsChildAndNextTasksRun(
     clock.advance(0.1)
     assert isinstance(await failureOf(slow), TimeoutError)
     assert await within(queued) != old
-    assert await within(q.call(os.getpid)) == workerPids(q)[name] != old
+    assert await within(q.call(os.getpid)) == (await pidsOf(q))[name] != old
     assert q.records()[0].state == "timedOut"
     await within(q.shutdown())
     assertGone(old)
@@ -834,13 +851,13 @@ async def test_cancelRunningTaskKillsChild(
     logLines: Callable[[str], Deferred[dict[str, Any]]],
 ) -> None:
     q = makeProcessQueue(1, capacity=1)
-    [(name, old)] = workerPids(q).items()
+    [(name, old)] = (await pidsOf(q)).items()
     started = logLines("slow task started")
     slow = q.call(announceThenSleep, "slow task started", 30)
     await within(started)
     slow.cancel()
     assert isinstance(await failureOf(slow), CancelledError)
-    assert await within(q.call(os.getpid)) == workerPids(q)[name] != old
+    assert await within(q.call(os.getpid)) == (await pidsOf(q))[name] != old
     await within(q.shutdown())
     assertGone(old)
 
@@ -852,7 +869,7 @@ async def test_cancelQueuedTaskWithdrawsIt(
     tmp_path: Path,
 ) -> None:
     q = makeProcessQueue(1, capacity=4)
-    [pid] = workerPids(q).values()
+    [pid] = (await pidsOf(q)).values()
     m2, m3, m4 = (str(tmp_path / f"m{i}") for i in (2, 3, 4))
     started = logLines("first task started")
     first = q.call(announceThenSleep, "first task started", 0.5)
@@ -880,7 +897,7 @@ async def test_shutdownLeavesNoChildAndNoZombie(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:
     q = makeProcessQueue(2)
-    pids = set(workerPids(q).values())
+    pids = set((await pidsOf(q)).values())
     await within(DeferredList([q.call(os.getpid) for _ in range(10)]))
     pids |= set(await within(q.update(os.getpid)))
     assert len(pids) == 2

@@ -44,6 +44,9 @@ ZYGOTE_FD = 3
 
 _PR_SET_PDEATHSIG = 1
 
+#: How the zygote is started (the modules to preload follow, as arguments).
+ZYGOTE_MAIN = "from asynqueue.node.zygote import zygoteMain; zygoteMain()"
+
 
 def _dieWithParent() -> None:
     """Have the kernel kill this process (SIGKILL) when its parent dies."""
@@ -74,6 +77,17 @@ def _preload(modules: list[str]) -> None:
             # The child imports it again when a call needs it, and reports
             # the error where the user can see it: with that call.
             pass
+    if "twisted.internet.reactor" in sys.modules:
+        # A module installed a reactor as it was imported; the children
+        # would share its descriptors. Start again without the modules:
+        # each child imports them itself, as a spawned one would.
+        sys.stderr.write(
+            f"zygote: not preloading {', '.join(modules)}: importing it "
+            "installs a reactor\n"
+        )
+        sys.stderr.flush()
+        os.set_inheritable(ZYGOTE_FD, True)
+        os.execv(sys.executable, [sys.executable, "-c", ZYGOTE_MAIN])
 
 
 def _becomeChild(fds: list[int], parentPid: int) -> NoReturn:

@@ -32,13 +32,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from asynqueue.node.zygote import ZYGOTE_MAIN
 from asynqueue.wire.pipes import _Pipe
 
 #: The ways to start a child.
 START_METHODS = ("fork", "spawn")
 
 _CHILD_MAIN = "from asynqueue.node.child import childMain; childMain()"
-_ZYGOTE_MAIN = "from asynqueue.node.zygote import zygoteMain; zygoteMain()"
 
 log = Logger()
 
@@ -204,7 +204,7 @@ class Zygote:
             self.process = reactor.spawnProcess(
                 _ZygoteProtocol(self),
                 executable,
-                [executable, "-c", _ZYGOTE_MAIN, *preload],
+                [executable, "-c", ZYGOTE_MAIN, *preload],
                 env=env,
                 childFDs={0: "w", 1: "r", 2: "r", 3: theirs.fileno()},
             )
@@ -234,6 +234,10 @@ class Zygote:
         fds = [outWrite, errWrite, *(childFDs[fd] for fd in (3, 4, 5, 6))]
         try:
             socket.send_fds(self.socket, [b"fork %d" % requestID], fds)
+        except (BrokenPipeError, ConnectionResetError):
+            # The zygote has just died: this child ends with it, and says
+            # why once its end is known (see processEnded).
+            pass
         except BaseException:
             for fd in (outRead, errRead):
                 os.close(fd)
