@@ -5,7 +5,8 @@ the result ring and start note, pipes, and the parent's side of the
 conversation with a node (L{NodeClient}).
 
 The names of AsynQueue's C{asynqueue.wire} (C{WireWorker}, C{WireServer},
-C{WireWorkerUniverse}) and of this package's first layout are here too.
+C{WireWorkerUniverse}, C{ServerManager}) and of this package's first layout
+are here too.
 """
 
 from asynqueue._lazy import lazyExports
@@ -45,6 +46,7 @@ _EXPORTS = {
     "WireWorkerUniverse": "asynqueue.wire.universe",
     "WireWorker": "asynqueue.workers.remote",
     "WireServer": "asynqueue.node.service",
+    "ServerManager": "asynqueue.wire.manager",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,101 @@
+"""
+AsynQueue 0.9.9's wire.ServerManager, as its tests used it: newSocket(),
+spawn() a node serving a universe, a WireWorker calling it, done().
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from asynqueue import TaskQueue, wire
+from asynqueue.wire import ServerManager, WireWorkerUniverse
+
+
+class TestUniverse(WireWorkerUniverse):
+    """What the spawned node runs."""
+
+    def add(self, x: int, y: int) -> int:
+        return x + y
+
+
+FQN = f"{TestUniverse.__module__}.TestUniverse"
+
+
+def within(d: Deferred[Any], seconds: float = 30) -> Deferred[Any]:
+    return d.addTimeout(seconds, reactor)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def manager() -> Iterator[ServerManager]:
+    wm = ServerManager(FQN)
+    yield wm
+    pytest_twisted.blockon(within(wm.shutdown()))
+    assert wm.tempDir is None
+    assert wm.processInfo == {}
+
+
+def test_newSocket(manager: ServerManager) -> None:
+    first, second = manager.newSocket(), manager.newSocket()
+    assert first.startswith("unix:") and second.startswith("unix:")
+    assert first != second
+    assert manager.tempDir is not None
+    assert os.stat(manager.tempDir).st_mode & 0o077 == 0
+
+
+def test_spawnRefusesANonDescription(manager: ServerManager) -> None:
+    with pytest.raises(ValueError, match="endpoint description"):
+        manager.spawn("nowhere")
+
+
+@pytest_twisted.inlineCallbacks
+def test_spawnAndCall(manager: ServerManager) -> Any:
+    description = manager.newSocket()
+    pid = yield within(manager.spawn(description))
+    assert isinstance(pid, int) and alive(pid)
+    assert pid in manager.processInfo
+    queue = TaskQueue(shutdownWithReactor=False)
+    try:
+        worker = wire.WireWorker(
+            TestUniverse(), description, insecurePlaintext=True, series=["wire"]
+        )
+        yield within(queue.attachWorker(worker))
+        result = yield within(queue.call("add", 1, 2, series="wire"))
+        assert result == 3
+    finally:
+        yield queue.shutdown()
+    yield within(manager.done(pid))
+    assert pid not in manager.processInfo
+    assert not alive(pid)
+
+
+@pytest_twisted.inlineCallbacks
+def test_spawnStdio(manager: ServerManager) -> Any:
+    node = yield within(manager.spawn(manager.newSocket(), stdio=True))
+    assert isinstance(node.pid, int)
+    yield within(manager.done())
+    assert manager.processInfo == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_spawnOfABadUniverseFails() -> Any:
+    wm = ServerManager("no.such.Universe")
+    try:
+        with pytest.raises(RuntimeError, match="ended before it listened"):
+            yield within(wm.spawn(wm.newSocket()))
+    finally:
+        yield wm.shutdown()
