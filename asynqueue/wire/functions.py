@@ -227,9 +227,8 @@ def _safe(value: object, nested: list[types.FunctionType], depth: int = 0) -> bo
         return True
     if depth > 8:
         return False
-    if kind is tuple or kind is frozenset:
-        items = value  # type: ignore[assignment]
-        return len(items) <= 256 and all(_safe(v, nested, depth + 1) for v in items)  # type: ignore[attr-defined]
+    if isinstance(value, (tuple, frozenset)) and kind in (tuple, frozenset):
+        return len(value) <= 256 and all(_safe(v, nested, depth + 1) for v in value)
     if isinstance(value, _BUILTIN):
         owner = getattr(value, "__self__", None)
         return owner is None or isinstance(owner, types.ModuleType)
