@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, invariant
+
+from asynqueue.errors import InvariantError
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from asynqueue.tasks import Task
 
 __all__ = [
+    "qualifications",
     "IWorker",
     "IReportingWorker",
     "ICapacityReporting",
@@ -41,6 +44,14 @@ __all__ = [
 ]
 
 
+def _checkQualifications(ob: Any) -> None:
+    """The qualifications are lists (AsynQueue's invariant)."""
+    for attrName in ("cQualified", "iQualified"):
+        x = getattr(ob, attrName, [])
+        if not isinstance(x, list):
+            raise InvariantError(ob)
+
+
 class IWorker(Interface):
     """
     Something that runs the tasks a L{TaskQueue} hands it.
@@ -48,7 +59,16 @@ class IWorker(Interface):
     A worker calls C{task.markStarted()} (in the reactor thread) when a task
     it accepted actually begins, so that the queue can start the task's
     timeout and record the time.
+
+    As in AsynQueue, a worker class may also list in a class attribute
+    C{cQualified} the series all its instances run (a process worker:
+    C{["process", "local"]}); L{qualifications} gives both lists together.
+    C{IWorker.validateInvariants(worker)} raises
+    L{asynqueue.errors.InvariantError} unless C{iQualified} (and
+    C{cQualified}, if there is one) is a list.
     """
+
+    invariant(_checkQualifications)
 
     name = Attribute("A short name for logs, records and statistics.")
 
@@ -97,6 +117,18 @@ class IWorker(Interface):
         Their Deferreds from L{run} are left unfired; the queue reassigns or
         fails the tasks.
         """
+
+
+def qualifications(worker: Any) -> list[Any]:
+    """
+    The series C{worker} runs besides those of no series: its C{iQualified}
+    and its class's C{cQualified} (AsynQueue's), without repeats.
+    """
+    series = list(worker.iQualified)
+    for name in getattr(type(worker), "cQualified", ()):
+        if name not in series:
+            series.append(name)
+    return series
 
 
 class IReportingWorker(IWorker):
