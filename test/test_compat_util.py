@@ -246,3 +246,27 @@ def test_delayWithTheReactorLeavesNoTrigger() -> Any:
     assert flag is True
     assert delay.triggerID is None
     del reactor
+
+
+# IWorker's cQualified and invariant ------------------------------------------------
+
+
+def test_qualificationsJoinClassAndInstanceSeries() -> None:
+    from asynqueue.interfaces import qualifications
+
+    class Worker(asynqueue.AsyncWorker):
+        cQualified = ["async", "local"]
+
+    worker = Worker(series=["logs", "local"])
+    assert qualifications(worker) == ["logs", "local", "async"]
+    assert qualifications(asynqueue.AsyncWorker(series=["x"])) == ["x"]
+
+
+def test_iWorkerInvariant() -> None:
+    from asynqueue.interfaces import IWorker
+
+    worker = asynqueue.AsyncWorker()
+    IWorker.validateInvariants(worker)
+    worker.iQualified = ("not", "a list")  # type: ignore[assignment]
+    with pytest.raises(InvariantError):
+        IWorker.validateInvariants(worker)
