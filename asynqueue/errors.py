@@ -29,6 +29,7 @@ __all__ = [
     "UnpicklableError",
     "RemoteError",
     "InvariantError",
+    "ProcessError",
 ]
 
 
@@ -54,6 +55,10 @@ class WorkerError(AsynQueueError):
 
 class ThreadError(WorkerError):
     """A worker thread failed outside the task it was running."""
+
+
+class ProcessError(WorkerError):
+    """A worker's process could not be reached (AsynQueue's name)."""
 
 
 class WorkerCrashed(WorkerError):

@@ -16,8 +16,7 @@ import functools
 import inspect
 import pickle
 import types
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, ClassVar, Self, TypeVar, cast
 
 from twisted.internet import defer
@@ -28,10 +27,13 @@ from twisted.python.failure import Failure
 
 from asynqueue.errors import QueueRunError
 from asynqueue.kill import killProcess
+from asynqueue.utilcompat import LockContext, callAfterDeferred
 
 __all__ = [
     "DeferredTracker",
     "DeferredLock",
+    "LockContext",
+    "callAfterDeferred",
     "callableName",
     "killProcess",
     "o2p",
@@ -159,9 +161,19 @@ class DeferredTracker:
 
     @param clock: What times the C{timeout}s; the global reactor (imported
         only when a first timeout is asked for) if L{None}.
+    @param interval: AsynQueue's polling interval: accepted and ignored.
+    @param backoff: AsynQueue's polling back-off: accepted and ignored.
     """
 
-    def __init__(self, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime | float | None = None,
+        interval: float | None = None,
+        backoff: float | None = None,
+    ) -> None:
+        # AsynQueue's interval and backoff set its polling; nothing polls now.
+        if isinstance(clock, (int, float)):
+            clock = None
         self._clock = clock
         # id -> Deferred: Deferred subclasses may define __eq__/__hash__.
         self._pending: dict[int, Deferred[Any]] = {}
@@ -357,7 +369,8 @@ class DeferredLock(defer.DeferredLock):
     lock for a block.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, allowZombies: bool = False) -> None:
+        # allowZombies: AsynQueue's, which ignored it too.
         super().__init__()
         # The VIP waiters are always the first _nVips entries of waiting.
         self._nVips = 0
@@ -401,19 +414,18 @@ class DeferredLock(defer.DeferredLock):
             self._nVips -= 1
         super().release()
 
-    @asynccontextmanager
-    async def context(self, vip: bool = False) -> AsyncIterator[Self]:
+    def context(self, vip: bool = False) -> LockContext:
         """
-        Hold me for an C{async with} block, released however the block ends.
+        Hold me for a block, released however the block ends:
+        C{async with lock.context(vip=True) as lock: ...}, or AsynQueue's
+        C{with lock.context() as d: yield d} (see L{LockContext}). Entering
+        fails with L{QueueRunError} after L{stop}.
+        """
+        return LockContext(self, vip)
 
-        C{async with lock.context(vip=True) as lock: ...}; fails with
-        L{QueueRunError} on entry after L{stop}.
-        """
-        await self.acquire(vip)
-        try:
-            yield self
-        finally:
-            self.release()
+    def acquireAndRelease(self, vip: bool = False) -> Deferred[None]:
+        """Acquire me and release me at once: wait for my turn (AsynQueue)."""
+        return self.acquire(vip).addCallback(lambda lock: lock.release())
 
     def addStopper(self, f: Callable[..., object], *args: Any, **kw: Any) -> None:
         """

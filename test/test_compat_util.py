@@ -270,3 +270,85 @@ def test_iWorkerInvariant() -> None:
     worker.iQualified = ("not", "a list")  # type: ignore[assignment]
     with pytest.raises(InvariantError):
         IWorker.validateInvariants(worker)
+
+
+# util: callAfterDeferred, DeferredLock's and DeferredTracker's 0.9.9 forms ----------
+
+
+class Holder:
+    d: Deferred[Any]
+
+
+def test_callAfterDeferredWaits() -> None:
+    holder = Holder()
+    holder.d = Deferred()
+    d2 = util.callAfterDeferred(holder, "d", pow, 2, 5)
+    assert not d2.called
+    holder.d.callback("ignored")
+    assert firedWith(d2) == 32
+    assert not hasattr(holder, "d")
+
+
+def test_callAfterDeferredWithoutOne() -> None:
+    assert firedWith(util.callAfterDeferred(Holder(), "d", pow, 2, 2)) == 4
+    holder = Holder()
+    holder.d = succeed(None)
+    assert firedWith(util.callAfterDeferred(holder, "d", pow, 3, 2)) == 9
+    assert not hasattr(holder, "d")
+
+
+def test_deferredLockAllowZombiesAndAcquireAndRelease() -> None:
+    lock = util.DeferredLock(allowZombies=True)
+    firedWith(lock.acquire())
+    d = lock.acquireAndRelease()
+    assert not d.called
+    lock.release()
+    assert firedWith(d) is None
+    assert not lock.locked
+
+
+def test_deferredLockWithContextUnderInlineCallbacks() -> None:
+    from twisted.internet.defer import inlineCallbacks
+
+    lock = util.DeferredLock()
+    seen: list[bool] = []
+
+    @inlineCallbacks
+    def hold() -> Any:
+        with lock.context() as d:
+            yield d
+            seen.append(lock.locked)
+        seen.append(lock.locked)
+
+    firedWith(hold())
+    assert seen == [True, False]
+
+
+def test_deferredLockWithContextNotWaitedFor() -> None:
+    lock = util.DeferredLock()
+    firedWith(lock.acquire())
+    with lock.context() as d:
+        assert not d.called
+    # The request was withdrawn: releasing frees the lock for good.
+    d.addErrback(lambda f: None)
+    lock.release()
+    assert not lock.locked
+
+
+def test_deferredTrackerTakesIntervalAndBackoff(clock: Clock) -> None:
+    for tracker in (
+        util.DeferredTracker(interval=0.01, backoff=1.1),
+        util.DeferredTracker(0.01),
+    ):
+        d: Deferred[None] = Deferred()
+        tracker.put(d)
+        done = tracker.deferToAll()
+        assert not done.called
+        d.callback(None)
+        assert firedWith(done) is True
+
+
+def test_processError() -> None:
+    from asynqueue.errors import ProcessError, WorkerError
+
+    assert issubclass(ProcessError, WorkerError)
