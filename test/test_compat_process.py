@@ -107,6 +107,10 @@ def test_processWorkerQualifications() -> None:
     assert asynqueue.ProcessWorker.cQualified == ["process", "local"]
 
 
+def test_cores() -> None:
+    assert ProcessQueue.cores() == asynqueue.ProcessWorker.cores() == os.cpu_count()
+
+
 @pytest_twisted.inlineCallbacks
 def test_crashWorkers(makeProcessQueue: Callable[..., ProcessQueue]) -> Any:
     q = makeProcessQueue(2)

@@ -1,7 +1,7 @@
 """
 AsynQueue's extras of the process workers: L{ProcessBase}, a worker's
-L{ProcessWorkerExtras.memUsage}, and a queue's C{callStats}, C{stats()}
-of AsynQueue's shape and L{ProcessQueueExtras.crashWorkers}.
+L{ProcessWorkerExtras.memUsage}, a queue's C{callStats}, C{stats()} of
+AsynQueue's shape and L{ProcessQueueExtras.crashWorkers}, and C{cores()}.
 """
 
 from __future__ import annotations
@@ -59,6 +59,11 @@ class ProcessWorkerExtras:
     #: The child's run time of the task whose result came last (seconds).
     lastRan: float | None = None
 
+    @staticmethod
+    def cores() -> int:
+        """The number of CPU cores (AsynQueue's; C{os.cpu_count()})."""
+        return os.cpu_count() or 1
+
     def info(self) -> dict[str, Any]:
         """My child's pid and more (the worker defines it)."""
         raise NotImplementedError
@@ -89,6 +94,11 @@ class ProcessQueueExtras(TaskQueue):
     """AsynQueue's call statistics and crashing of a process queue's workers."""
 
     _callStats = False
+
+    @staticmethod
+    def cores() -> int:
+        """The number of CPU cores (AsynQueue's; C{os.cpu_count()})."""
+        return os.cpu_count() or 1
 
     def _startCallStats(self, callStats: bool) -> None:
         """Keep C{(seconds to the result, seconds run in the child)} per call."""
