@@ -375,6 +375,7 @@ class Forked:
         self._startWaiters: list[Deferred[int]] = []
         self._signalWanted: int | None = None
         self._reason: Failure | None = None
+        self._ended = False
         self._open = {1, 2}
         self._readers = [
             _OutputReader(outFD, 1, self, zygote.reactor),
@@ -447,9 +448,9 @@ class Forked:
         self._maybeEnded()
 
     def _maybeEnded(self) -> None:
-        if self._reason is not None and not self._open:
-            reason, self._reason = self._reason, Failure(ProcessExitedAlready())
-            self.protocol.processEnded(reason)
+        if self._reason is not None and not self._open and not self._ended:
+            self._ended = True
+            self.protocol.processEnded(self._reason)
 
 
 class _OutputReader(_Pipe):
