@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import gatherResults
 
-from asynqueue.wire.ring import RING_MINIMUM, ResultRing
+from asynqueue.wire.ring import KEEP_FREED, RING_MINIMUM, ResultRing, keepFreedMemory
 
 
 @pytest.fixture
@@ -124,3 +124,41 @@ async def test_processResultsTravelThroughTheRing() -> None:
         assert len(big) == 20 << 20 and big[:3] == b"\x07\x07\x07"
     finally:
         await q.shutdown()
+
+
+def test_keepFreedMemoryIsBoundedAndCanBeRefused(monkeypatch: Any) -> None:
+    from asynqueue.wire import ring
+
+    monkeypatch.setattr(ring, "_kept", None)
+    monkeypatch.setenv("ASYNQUEUE_KEEP_FREED_MIB", "0")
+    assert keepFreedMemory() == 0
+    # Asked once per process: later rings leave it as it is.
+    monkeypatch.setenv("ASYNQUEUE_KEEP_FREED_MIB", "64")
+    assert keepFreedMemory() == 0
+    monkeypatch.setattr(ring, "_kept", None)
+    kept = keepFreedMemory()
+    if kept == 0:
+        pytest.skip("this allocator cannot be told (not glibc)")
+    assert kept == 64
+    monkeypatch.setattr(ring, "_kept", None)
+    assert keepFreedMemory(KEEP_FREED) == KEEP_FREED
+
+
+def test_freedResultsAreReusedWithoutFaultingPagesIn() -> None:
+    """What a burst of large results took, the next burst reuses."""
+    import resource
+
+    if keepFreedMemory(KEEP_FREED) == 0:
+        pytest.skip("this allocator cannot be told (not glibc)")
+    source = memoryview(os.urandom(1 << 20))
+
+    def burst() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        results = [bytes(source) for _ in range(32)]
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        del results
+        return faults
+
+    burst()
+    # 32 MiB is 8,192 pages: far fewer faults means the memory was reused.
+    assert min(burst() for _ in range(3)) < 1000

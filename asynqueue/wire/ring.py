@@ -21,6 +21,14 @@ loads (x86-64, where this was measured); on weakly ordered CPUs it relies on
 the child's next write into a freed region coming long after the parent's
 copy of it ended, as it does in practice (a pipe message and a whole task
 lie between them).
+
+The parent copies each result into a fresh C{bytes}: memory that the
+allocator takes from the system, and by default gives back as soon as the
+results are dropped, only to take it again (a page fault for every 4 KiB)
+for the next ones. That cost the parent more than the copy itself, and
+made the throughput of one long-lived queue swing from round to round, so
+L{keepFreedMemory} has the parent's allocator keep freed memory for reuse,
+up to a bound (see L{KEEP_FREED}).
 """
 
 from __future__ import annotations
@@ -31,13 +39,63 @@ import struct
 
 from asynqueue.wire.startnote import sharedMemory
 
-__all__ = ["ResultRing", "RING_SIZE", "RING_MINIMUM"]
+__all__ = ["ResultRing", "RING_SIZE", "RING_MINIMUM", "keepFreedMemory"]
 
 #: The ring's size: virtual memory, backed only as far as it is used.
 RING_SIZE = 32 << 20
 
 #: Results smaller than this (bytes) are not worth the ring.
 RING_MINIMUM = 1 << 16
+
+#: How much freed memory (MiB) the parent's allocator keeps for the next
+#: results, by default; C{ASYNQUEUE_KEEP_FREED_MIB} in the environment
+#: says otherwise (0: leave the allocator as it is).
+KEEP_FREED = 256
+
+#: glibc's own ceiling for its adaptive threshold (64-bit): blocks smaller
+#: than this come from the heap, where freed memory can be reused.
+_MMAP_THRESHOLD = 32 << 20
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_kept: int | None = None
+
+
+def keepFreedMemory(megabytes: int | None = None) -> int:
+    """
+    Have this process's allocator (glibc) keep up to C{megabytes} of freed
+    memory for reuse instead of giving it back at once; return what is now
+    kept (MiB; 0 where the allocator cannot be told, or was told 0).
+
+    glibc gives a freed block of 1 MiB back to the system, or trims the
+    heap, once more than about twice the largest freed block is free; the
+    next results then fault their pages in again. The change is for the
+    whole process, made once (the first ring made in it), and costs at most
+    that much resident memory after a burst of large results.
+    """
+    global _kept
+    if _kept is not None and megabytes is None:
+        return _kept
+    if megabytes is None:
+        try:
+            megabytes = int(os.environ.get("ASYNQUEUE_KEEP_FREED_MIB", KEEP_FREED))
+        except ValueError:
+            megabytes = KEEP_FREED
+    _kept = 0
+    if megabytes <= 0:
+        return 0
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return 0
+    # Setting either ends glibc's adaptive thresholds: set both.
+    if mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(
+        _M_TRIM_THRESHOLD, megabytes << 20
+    ):
+        _kept = megabytes
+    return _kept
+
 
 _HEADER = 64
 _TAKEN = struct.Struct("<Q")
@@ -63,7 +121,11 @@ class ResultRing:
 
     @classmethod
     def create(cls, size: int = RING_SIZE) -> ResultRing:
-        """A new ring, in memory a child can map through C{fd}."""
+        """
+        A new ring, in memory a child can map through C{fd}; the parent
+        keeps freed memory for the results it will copy (L{keepFreedMemory}).
+        """
+        keepFreedMemory()
         fd = sharedMemory("asynqueue-results", _HEADER + size)
         try:
             return cls(fd, size)
