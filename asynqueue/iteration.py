@@ -103,6 +103,11 @@ class Deferator(DeferatorCompat, Generic[T]):
     If the iterator raises, the items before the error arrive first, then
     the Deferred (or C{await}) for the failing position fails with the
     original exception, and iteration ends.
+
+    AsynQueue's forms work too, one call at a time: C{Deferator(repr,
+    getMore, *args, **kw)}, where C{getMore} gives (a Deferred of)
+    C{(value, isValid, moreLeft)}, and C{Deferator(iterator)}; so do its
+    C{d}, C{moreLeft} and C{isIterator} (see L{DeferatorCompat}).
     """
 
     @overload
