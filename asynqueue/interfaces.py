@@ -226,8 +226,9 @@ class IResignationExplaining(IWorker):
 
 class ITaskReporter(Interface):
     """
-    Who hears how a task goes: the queue that made it, or
-    L{asynqueue.workers.base.runReporting} for a task run outside a queue.
+    Who hears how a plain L{asynqueue.tasks.Task} goes, such as the run
+    L{asynqueue.workers.base.runReporting} makes of a task (a queue's own
+    tasks tell their queue directly).
 
     A worker never calls these itself: it calls the task's
     L{asynqueue.tasks.Task.markStarted} and L{asynqueue.tasks.Task.finished},

@@ -195,9 +195,9 @@ class Task:
         run ends.
 
     What the queue keeps of a task while it runs (its worker slot, timer,
-    whether it timed out or was cancelled) is the queue's own, in the
-    C{reporter} (L{asynqueue.queue.taskstate.TaskState}), which a worker
-    never reads.
+    whether it timed out or was cancelled) is the queue's own: a queue's
+    tasks are L{asynqueue.queue.taskstate.QueuedTask}s, whose extra fields
+    no worker reads.
 
     @ivar pickled: The call as an L{asynqueue.interfaces.ICallPickling}
         worker's C{prepareCall} pickled it when it was queued (for a queue
@@ -206,8 +206,9 @@ class Task:
         call, else C{None}.
     @ivar handle: Whatever the worker running the task keeps for it.
     @ivar runs: How many times a worker was given the task (L{attempt}).
-    @ivar reporter: Who hears of the task's start and end, or C{None}
-        (a call no one waits to hear of, such as an update).
+    @ivar reporter: Who hears of the task's start and end
+        (L{asynqueue.interfaces.ITaskReporter}), or C{None}; a queue's own
+        tasks tell their queue directly.
     """
 
     f: Callable[..., Any]

@@ -20,7 +20,6 @@ from asynqueue import (
     WorkerCrashed,
 )
 from asynqueue.errors import ImplementationError, LaneError
-from asynqueue.queue.taskstate import stateOf
 from helpers import failureOf, result
 
 
@@ -487,7 +486,7 @@ class CheckingWorker(MemoryWorker):
         key = (task.priority, task.record.id)
         for series in [None, *self.iQualified]:
             for other in self.queue._pending.lines.get(series, []):
-                if not stateOf(other).cancelled:
+                if not other.cancelled:
                     otherKey = (other.priority, other.record.id)
                     assert key <= otherKey, f"{task} went ahead of more urgent {other}"
         return super().run(task)

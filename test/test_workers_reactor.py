@@ -19,7 +19,6 @@ from asynqueue.errors import QueueRunError
 from asynqueue.interfaces import IReportingWorker
 from asynqueue.iteration import Deferator
 from asynqueue.queue.core import TaskQueue
-from asynqueue.queue.taskstate import stateOf
 from asynqueue.tasks import Task, TaskOptions, TaskRecord
 from asynqueue.workers.base import WorkerBase, runReporting
 from asynqueue.workers.threads import ThreadWorker
@@ -701,7 +700,7 @@ def test_delegatedRunKeepsTheQueuesTimeout(makeQueue: Any, clock: Clock) -> None
     run.markStarted()
     # The start reached the queue's own task, whose timer runs.
     assert task.record.started is not None
-    assert stateOf(task).timeoutCall is not None
+    assert task.timeoutCall is not None
     clock.advance(5)
     assert failureOf(d).check(TimeoutError)
     assert inner.abandoned == [run]

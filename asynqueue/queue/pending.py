@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from twisted.python.failure import Failure
 
 from asynqueue.interfaces import IWorker
-from asynqueue.queue.taskstate import stateOf
-from asynqueue.tasks import Task
+from asynqueue.queue.taskstate import QueuedTask
 
 __all__ = ["PendingStore"]
 
@@ -34,10 +33,10 @@ class _Line:
     __slots__ = ("levels", "priorities")
 
     def __init__(self) -> None:
-        self.levels: dict[float, deque[Task]] = {}
+        self.levels: dict[float, deque[QueuedTask]] = {}
         self.priorities: list[float] = []
 
-    def push(self, task: Task) -> None:
+    def push(self, task: QueuedTask) -> None:
         record = task.record
         priority = record.priority
         level = self.levels.get(priority)
@@ -52,26 +51,26 @@ class _Line:
             return
         level.append(task)
 
-    def head(self) -> Task | None:
+    def head(self) -> QueuedTask | None:
         """The most urgent task not cancelled, left in line."""
         priorities, levels = self.priorities, self.levels
         while priorities:
             level = levels[priorities[0]]
             while level:
-                if not stateOf(level[0]).cancelled:
+                if not level[0].cancelled:
                     return level[0]
                 level.popleft()
             del levels[heapq.heappop(priorities)]
         return None
 
-    def pop(self) -> Task | None:
+    def pop(self) -> QueuedTask | None:
         """Take the most urgent task not cancelled."""
         task = self.head()
         if task is not None:
             self.levels[self.priorities[0]].popleft()
         return task
 
-    def __iter__(self) -> Iterator[Task]:
+    def __iter__(self) -> Iterator[QueuedTask]:
         for level in self.levels.values():
             yield from level
 
@@ -80,8 +79,8 @@ class _Line:
 class _Lane:
     """Tasks of one lane: the one at the front, and those waiting behind it."""
 
-    front: Task | None = None
-    waiting: deque[Task] = field(default_factory=deque)
+    front: QueuedTask | None = None
+    waiting: deque[QueuedTask] = field(default_factory=deque)
     failure: Failure | None = None
 
 
@@ -102,7 +101,7 @@ class PendingStore:
         self.count = 0
         self.lanes: dict[Hashable, _Lane] = {}
 
-    def push(self, task: Task) -> None:
+    def push(self, task: QueuedTask) -> None:
         """Put a task in its series' line."""
         line = self.lines.get(task.series)
         if line is None:
@@ -110,7 +109,7 @@ class PendingStore:
         line.push(task)
         self.count += 1
 
-    def popFor(self, worker: IWorker) -> Task | None:
+    def popFor(self, worker: IWorker) -> QueuedTask | None:
         """Take the most urgent pending task C{worker} may run."""
         best: _Line | None = None
         if not worker.iQualified:
@@ -144,23 +143,23 @@ class PendingStore:
         """How many tasks are pending, in lines and behind lanes."""
         return self.count + self.backlog()
 
-    def cancelled(self, task: Task) -> None:
+    def cancelled(self, task: QueuedTask) -> None:
         """A pending task was cancelled: it stays in line, but counts no more."""
         lane = self.lanes.get(task.lane) if task.lane is not None else None
         if lane is None or task not in lane.waiting:
             # Left in its line and skipped when it reaches the front.
             self.count -= 1
 
-    def takeSeries(self, series: Hashable | None) -> list[Task]:
+    def takeSeries(self, series: Hashable | None) -> list[QueuedTask]:
         """Take the line of C{series}; return its tasks not cancelled."""
         line = self.lines.pop(series, None)
         if line is None:
             return []
-        tasks = [task for task in line if not stateOf(task).cancelled]
+        tasks = [task for task in line if not task.cancelled]
         self.count -= len(tasks)
         return tasks
 
-    def takeAll(self) -> list[Task]:
+    def takeAll(self) -> list[QueuedTask]:
         """
         Take every pending task: those behind a lane's front first, so that
         ending a front moves no other task of its lane into the lines.
@@ -168,16 +167,14 @@ class PendingStore:
         tasks = [t for lane in self.lanes.values() for t in lane.waiting]
         lines, self.lines = self.lines, {}
         self.count = 0
-        tasks.extend(
-            t for line in lines.values() for t in line if not stateOf(t).cancelled
-        )
+        tasks.extend(t for line in lines.values() for t in line if not t.cancelled)
         return tasks
 
-    def __iter__(self) -> Iterator[Task]:
+    def __iter__(self) -> Iterator[QueuedTask]:
         """Every pending task not cancelled, those behind lanes first."""
         for lane in list(self.lanes.values()):
             yield from list(lane.waiting)
         for line in list(self.lines.values()):
             for task in list(line):
-                if not stateOf(task).cancelled:
+                if not task.cancelled:
                     yield task

@@ -30,8 +30,8 @@ from asynqueue.errors import (
 )
 from asynqueue.queue.pending import PendingStore
 from asynqueue.queue.talk import Talk
-from asynqueue.queue.taskstate import TaskState, cancelTimeout
-from asynqueue.tasks import RawResult, Task, TaskOptions, TaskRecord, nameFor
+from asynqueue.queue.taskstate import QueuedTask, cancelTimeout
+from asynqueue.tasks import RawResult, TaskOptions, TaskRecord, nameFor
 
 if TYPE_CHECKING:
     from asynqueue.interfaces import IReportingWorker, IWorker
@@ -58,7 +58,7 @@ class _Running:
     _pending: PendingStore
     _slots: dict[IWorker, _WorkerSlot]
     _slotList: list[_WorkerSlot]
-    _running: set[Task]
+    _running: set[QueuedTask]
     _seq: itertools.count[int]
     _records: deque[TaskRecord]
     _observers: list[Callable[[str, TaskRecord], object]]
@@ -81,8 +81,11 @@ class _Running:
         kwargs: dict[str, Any],
         options: TaskOptions,
         recorded: bool = True,
-    ) -> Task:
-        """A new task; an unrecorded one (an update) has no ID, record or canceller."""
+    ) -> QueuedTask:
+        """
+        A new task. An unrecorded one (an update) has no ID, record or
+        canceller, and tells the queue nothing of how it goes.
+        """
         qualname = getattr(f, "__qualname__", None) or type(f).__qualname__
         record = TaskRecord(
             next(self._seq) if recorded else -1,
@@ -94,12 +97,12 @@ class _Running:
             self._clock.seconds(),
         )
         if not recorded:
-            return Task(f, args, kwargs, options, record, Deferred())
+            return QueuedTask(f, args, kwargs, options, record, Deferred())
         self._records.append(record)
         if self._observers:
             self._tell("submitted", record)
         d: Deferred[Any] = Deferred(self._canceller)
-        task = Task(f, args, kwargs, options, record, d, reporter=TaskState(self))
+        task = QueuedTask(f, args, kwargs, options, record, d, hearing=self)
         d.task = task  # type: ignore[attr-defined]
         return task
 
@@ -114,15 +117,14 @@ class _Running:
         """The canceller of every task's Deferred."""
         self._cancelTask(d.task)  # type: ignore[attr-defined]
 
-    def _requeue(self, task: Task) -> None:
+    def _requeue(self, task: QueuedTask) -> None:
         """Put a task that never started (or may be retried) back in line."""
         self._running.discard(task)
         task.record.state = "pending"
         task.record.worker = None
         task.record.started = None
-        state = cast(TaskState, task.reporter)
-        state.workerDeferred = None
-        state.slot = None
+        task.workerDeferred = None
+        task.slot = None
         task.handle = None
         if task.series is not None and not self._qualifiedFor(task.series):
             self._finish(
@@ -131,7 +133,7 @@ class _Running:
             return
         self._pending.push(task)
 
-    def _stopsOnLaneError(self, task: Task) -> bool:
+    def _stopsOnLaneError(self, task: QueuedTask) -> bool:
         option = task.options.stopOnLaneError
         return self._stopOnLaneError if option is None else option
 
@@ -170,7 +172,7 @@ class _Running:
         finally:
             self._dispatching = False
 
-    def _start(self, slot: _WorkerSlot, task: Task) -> None:
+    def _start(self, slot: _WorkerSlot, task: QueuedTask) -> None:
         slot.outstanding.add(task)
         slot.free -= 1
         self._running.add(task)
@@ -179,8 +181,7 @@ class _Running:
         record.worker = slot.worker.name
         record.attempts += 1
         task.runs += 1
-        state = cast(TaskState, task.reporter)
-        state.slot = slot
+        task.slot = slot
         if slot.reporting:
             # The fast path: the worker calls task.finished, no Deferred.
             try:
@@ -192,18 +193,17 @@ class _Running:
             d = slot.worker.run(task)
         except Exception:
             d = fail()
-        state.workerDeferred = d
+        task.workerDeferred = d
         d.addBoth(self._ran, task, slot, d)
 
-    def _taskStarted(self, task: Task, ago: float) -> None:
-        state = cast(TaskState, task.reporter)
-        if state.slot is None:
+    def _taskStarted(self, task: QueuedTask, ago: float) -> None:
+        if task.slot is None:
             # News of a run that has ended already (cancelled, timed out).
             return
         task.record.started = self._clock.seconds() - ago
         timeout = task.options.timeout
         if timeout is not None:
-            state.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
+            task.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
         # Observers come last: what they do may depend on the timer being set.
         if self._observers:
             self._tell("started", task.record)
@@ -211,21 +211,19 @@ class _Running:
     # ------------------------------------------------------------------
     # Timeouts and cancelling
 
-    def _timeOut(self, task: Task) -> None:
-        state = cast(TaskState, task.reporter)
-        state.timeoutCall = None
-        if state.slot is not None:
-            state.timedOut = True
+    def _timeOut(self, task: QueuedTask) -> None:
+        task.timeoutCall = None
+        if task.slot is not None:
+            task.timedOut = True
             self._abandon(task)
 
-    def _abandon(self, task: Task) -> None:
+    def _abandon(self, task: QueuedTask) -> None:
         """Give up a running task (cancelled, or timed out)."""
-        state = cast(TaskState, task.reporter)
-        wd = state.workerDeferred
+        wd = task.workerDeferred
         if wd is not None:
             wd.cancel()
             return
-        slot = state.slot
+        slot = task.slot
         if slot is None or not slot.reporting:
             # Not started yet, or still inside a plain worker's run(): there
             # is nothing to cancel yet.
@@ -244,9 +242,9 @@ class _Running:
             # Deferred would.
             self._taskDone(task, Failure(CancelledError()), attempt)
 
-    def _cancelTask(self, task: Task) -> None:
+    def _cancelTask(self, task: QueuedTask) -> None:
         """The canceller of a task's Deferred."""
-        cast(TaskState, task.reporter).cancelled = True
+        task.cancelled = True
         state = task.record.state
         if state == "pending":
             self._pending.cancelled(task)
@@ -259,35 +257,31 @@ class _Running:
     # How a run ends
 
     def _ran(
-        self, result: object, task: Task, slot: _WorkerSlot, d: Deferred[Any]
+        self, result: object, task: QueuedTask, slot: _WorkerSlot, d: Deferred[Any]
     ) -> None:
         """A worker's Deferred for a task fired."""
-        state = cast(TaskState, task.reporter)
-        if state.workerDeferred is not d:
+        if task.workerDeferred is not d:
             # A worker fired a task it had handed back (crash); it was rerun.
             return
-        state.workerDeferred = None
-        state.slot = None
-        self._ended(task, state, slot, result)
+        task.workerDeferred = None
+        task.slot = None
+        self._ended(task, slot, result)
 
-    def _taskDone(self, task: Task, result: object, attempt: int) -> None:
+    def _taskDone(self, task: QueuedTask, result: object, attempt: int) -> None:
         """A reporting worker says how run C{attempt} of a task ended."""
-        state = cast(TaskState, task.reporter)
-        slot = state.slot
+        slot = task.slot
         if slot is None or attempt != task.runs:
             # Ended already (cancelled, timed out), or an earlier run's news.
             return
-        state.slot = None
-        self._ended(task, state, slot, result)
+        task.slot = None
+        self._ended(task, slot, result)
 
-    def _ended(
-        self, task: Task, state: TaskState, slot: _WorkerSlot, result: object
-    ) -> None:
+    def _ended(self, task: QueuedTask, slot: _WorkerSlot, result: object) -> None:
         """A task's run on a worker ended with C{result} (a Failure if it failed)."""
         # What the worker kept for the run (it may refer back to the task,
         # and hold the pickled call) goes now, not when the collector comes.
         task.handle = None
-        if state.timeoutCall is not None:
+        if task.timeoutCall is not None:
             cancelTimeout(task)
         outstanding = slot.outstanding
         if task in outstanding:
@@ -297,7 +291,7 @@ class _Running:
                 slot.free = int(slot.worker.capacity) - len(outstanding)
         self._running.discard(task)
         if isinstance(result, Failure):
-            if state.timedOut and result.check(CancelledError):
+            if task.timedOut and result.check(CancelledError):
                 result = Failure(
                     TimeoutError(
                         f"task {task.record.name!r} ran longer than its timeout of "
@@ -340,7 +334,7 @@ class _Running:
         if self._idleWaiters:
             self._checkIdle()
 
-    def _finish(self, task: Task, result: object) -> None:
+    def _finish(self, task: QueuedTask, result: object) -> None:
         """Record how a task ended, move its lane along, fire its Deferred."""
         options = task.options
         if options.raw and type(result) is RawResult:
@@ -350,10 +344,9 @@ class _Running:
         failed = isinstance(result, Failure)
         if failed:
             result = cast(Failure, result)
-            state = cast(TaskState, task.reporter)
-            if state.timedOut and result.check(TimeoutError):
+            if task.timedOut and result.check(TimeoutError):
                 record.state = "timedOut"
-            elif result.check(CancelledError) or state.cancelled:
+            elif result.check(CancelledError) or task.cancelled:
                 record.state = "cancelled"
             else:
                 record.state = "failed"
@@ -393,7 +386,7 @@ class _Running:
     # ------------------------------------------------------------------
     # Lanes
 
-    def _advanceLane(self, task: Task, result: object) -> None:
+    def _advanceLane(self, task: QueuedTask, result: object) -> None:
         lanes = self._pending.lanes
         lane = lanes.get(task.lane)
         if lane is None:
@@ -407,7 +400,7 @@ class _Running:
             return
         if (
             isinstance(result, Failure)
-            and not cast(TaskState, task.reporter).cancelled
+            and not task.cancelled
             and not result.check(LaneError)
             and self._stopsOnLaneError(task)
         ):

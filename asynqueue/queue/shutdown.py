@@ -15,7 +15,6 @@ from twisted.python.failure import Failure
 from asynqueue.interfaces import IStopPreparing
 from asynqueue.queue.running import _STOPPED, _STOPPING
 from asynqueue.queue.slots import _Workers
-from asynqueue.queue.taskstate import stateOf
 from asynqueue.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,7 +105,7 @@ class _Shutdown(_Workers):
 
     def _cancelPending(self) -> None:
         for task in list(self._pending):
-            if not stateOf(task).cancelled:
+            if not task.cancelled:
                 task.deferred.cancel()
 
     def _cancelEverything(self) -> None:

@@ -32,8 +32,8 @@ from asynqueue.interfaces import (
     IWorker,
 )
 from asynqueue.queue.running import _RUNNING, _Running
-from asynqueue.queue.taskstate import cancelTimeout, stateOf
-from asynqueue.tasks import Task, TaskOptions
+from asynqueue.queue.taskstate import QueuedTask, cancelTimeout
+from asynqueue.tasks import TaskOptions
 
 __all__ = ["_WorkerSlot"]
 
@@ -48,7 +48,7 @@ class _WorkerSlot:
     """
 
     worker: IWorker
-    outstanding: set[Task] = field(default_factory=set)
+    outstanding: set[QueuedTask] = field(default_factory=set)
     reporting: bool = False
     ready: bool = False
     leaving: bool = False
@@ -64,7 +64,7 @@ class _WorkerSlot:
         else:
             self.free = 0
 
-    def release(self, task: Task) -> None:
+    def release(self, task: QueuedTask) -> None:
         """The worker is done with a task."""
         if task in self.outstanding:
             self.outstanding.discard(task)
@@ -130,7 +130,8 @@ class _Workers(_Running):
         slot.leaving = True
         slot.countFree()
         if crash:
-            for task in worker.crash():
+            # The tasks it was given are the queue's own.
+            for task in cast(list[QueuedTask], worker.crash()):
                 slot.release(task)
                 self._running.discard(task)
                 cancelTimeout(task)
@@ -220,11 +221,10 @@ class _Workers(_Running):
             # A crashed worker fails its running tasks itself; whatever it
             # left unfired must not strand its caller.
             lost = Failure(WorkerCrashed(f"{slot.worker.name} left without finishing"))
-            state = stateOf(task)
-            wd = state.workerDeferred
+            wd = task.workerDeferred
             if wd is not None and not wd.called:
                 wd.errback(lost)
-            elif wd is None and state.slot is slot:
+            elif wd is None and task.slot is slot:
                 self._taskDone(task, lost, task.runs)
 
     def _failOrphans(self) -> None:

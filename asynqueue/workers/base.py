@@ -6,7 +6,6 @@ workers) and how a call's result is settled.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from inspect import isawaitable
@@ -80,10 +79,19 @@ def runReporting(worker: Any, task: Task) -> Deferred[Any]:
     # A run of its own: the same task may be run again meanwhile. It tells
     # the task when it starts (so a queue's timer, if any, is the task's),
     # and holds none of the queue's run state.
-    run = copy.copy(task)
-    run.handle = None
     d: Deferred[Any] = Deferred(lambda _: worker.abandon(run))
-    run.reporter = _RunReporter(task if task.reporter is not None else None, d)
+    run = Task(
+        task.f,
+        task.args,
+        task.kwargs,
+        task.options,
+        task.record,
+        task.deferred,
+        pickled=task.pickled,
+        update=task.update,
+        runs=task.runs,
+        reporter=_RunReporter(task, d),
+    )
     worker.start(run)
     return d
 
@@ -94,13 +102,12 @@ class _RunReporter:
 
     __slots__ = ("task", "d")
 
-    def __init__(self, task: Task | None, d: Deferred[Any]) -> None:
+    def __init__(self, task: Task, d: Deferred[Any]) -> None:
         self.task = task
         self.d = d
 
     def started(self, run: Task, ago: float) -> None:
-        if self.task is not None:
-            self.task.markStarted(ago)
+        self.task.markStarted(ago)
 
     def done(self, run: Task, result: object, attempt: int) -> None:
         d = self.d
