@@ -23,10 +23,48 @@ from zope.interface import implementer
 
 from asynqueue.util import DeferredTracker
 
-__all__ = ["Consumerator", "Filerator", "IterationGetter", "OrderedItemProducer"]
+__all__ = [
+    "Consumerator",
+    "Filerator",
+    "IterationGetter",
+    "OrderedItemProducer",
+    "PoolUser",
+]
 
 
-class IterationGetter:
+class PoolUser:
+    """
+    AsynQueue's base of the objects below, which shared a thread pool of
+    their own; they now need none but the reactor's, which these use.
+    """
+
+    @classmethod
+    def setup(cls, maxThreads: int | None = None) -> None:
+        """Accepted for AsynQueue's code: there is no pool of mine to size."""
+
+    @classmethod
+    def shutdown(cls) -> Deferred[None]:
+        """Nothing of mine to stop (the reactor stops its own pool)."""
+        return succeed(None)
+
+    @classmethod
+    def deferToThreadInPool(
+        cls, f: Callable[..., Any], *args: Any, **kw: Any
+    ) -> Deferred[Any]:
+        """Run C{f(*args, **kw)} in a thread of the reactor's pool."""
+        from twisted.internet.threads import deferToThread
+
+        return deferToThread(f, *args, **kw)
+
+    @property
+    def pool(self) -> Any:
+        """The reactor's thread pool."""
+        from twisted.internet import reactor
+
+        return reactor.getThreadPool()  # type: ignore[attr-defined]
+
+
+class IterationGetter(PoolUser):
     """
     A blocking iterator over items written to me: C{next()} waits in its
     own thread for the next item, and ends once I am ended and every item
@@ -237,7 +275,7 @@ class Filerator(IterationGetter):
 
 
 @implementer(IPushProducer)
-class OrderedItemProducer:
+class OrderedItemProducer(PoolUser):
     """
     Feed a blocking function, in a thread, items made by non-blocking calls,
     in the order of the calls (not the order the items come in).

@@ -10,8 +10,10 @@ from asynqueue.blocking import (
     Filerator,
     IterationGetter,
     OrderedItemProducer,
+    PoolUser,
 )
 from asynqueue.looper import ThreadLooper
+from asynqueue.queue.core import TaskQueue
 from asynqueue.workers.threads import (
     ThreadIterationSource,
     ThreadQueue,
@@ -24,6 +26,8 @@ __all__ = [
     "Filerator",
     "IterationGetter",
     "OrderedItemProducer",
+    "PoolUser",
+    "TaskQueue",
     "ThreadIterationSource",
     "ThreadLooper",
     "ThreadQueue",

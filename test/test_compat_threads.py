@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
+import asynqueue
 from asynqueue import Deferator, ThreadQueue, threads
 from asynqueue.errors import QueueRunError
 from asynqueue.iteration import iteratorToProducer
@@ -345,3 +346,19 @@ def test_orderedItemProducerBlockingFunctionFails() -> Any:
     yield within(oip.start(fails))
     with pytest.raises(Boom):
         yield within(oip.stop())
+
+
+# PoolUser: AsynQueue's shared-pool class methods ------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_poolUserClassMethods() -> Any:
+    for cls in (Consumerator, Filerator, OrderedItemProducer):
+        cls.setup(maxThreads=3)
+        assert (yield cls.shutdown()) is None
+    name = yield within(
+        Filerator.deferToThreadInPool(lambda: threading.current_thread())
+    )
+    assert name is not threading.current_thread()
+    assert Filerator().pool is reactor.getThreadPool()  # type: ignore[attr-defined]
+    assert threads.TaskQueue is asynqueue.TaskQueue
