@@ -27,6 +27,7 @@ import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from operator import is_
 from typing import Any
 
 import cloudpickle
@@ -144,19 +145,27 @@ _BUILTIN = (
 
 
 class _Kept:
-    """What L{definitionOf} keeps of one function: its snapshot and pickle."""
+    """
+    What L{definitionOf} keeps of one function: the functions pickled with
+    it (itself first), each with the global names its code reads, the
+    snapshot of what they captured, and the pickle.
+    """
 
-    __slots__ = ("snapshot", "nested", "definition")
+    __slots__ = ("functions", "snapshot", "definition")
 
     def __init__(
         self,
-        snapshot: list[object],
-        nested: tuple[types.FunctionType, ...],
+        functions: tuple[tuple[types.FunctionType, tuple[str, ...]], ...],
         definition: Definition | None,
     ) -> None:
-        self.snapshot = snapshot
-        self.nested = nested
+        self.functions = functions
+        self.snapshot = _snapshot(functions)
         self.definition = definition
+
+    def holds(self) -> bool:
+        """Whether everything pickled then is the very same object still."""
+        now = _snapshot(self.functions)
+        return len(now) == len(self.snapshot) and all(map(is_, now, self.snapshot))
 
 
 _kept: weakref.WeakKeyDictionary[types.FunctionType, _Kept] = (
@@ -179,41 +188,41 @@ def _byValue(f: types.FunctionType) -> bool:
     return not byReference
 
 
-def _shallow(f: types.FunctionType, into: list[object]) -> None:
+def _names(f: types.FunctionType) -> tuple[str, ...]:
+    """The global names C{f}'s code (nested code included) reads or writes."""
+    return tuple(_cloudpickle._extract_code_globals(f.__code__))
+
+
+def _shallow(f: types.FunctionType, names: tuple[str, ...], into: list[object]) -> None:
     """Add to C{into} everything C{f} itself captures: pickled with it by value."""
-    code = f.__code__
-    into += (code, f.__name__, f.__qualname__, f.__module__, f.__defaults__)
-    for mapping in (f.__kwdefaults__, f.__dict__):
-        if mapping:
-            for name, value in mapping.items():
-                into += (name, value)
-    for cell in f.__closure__ or ():
-        try:
-            into.append(cell.cell_contents)
-        except ValueError:
-            into.append(_EMPTY_CELL)
-    globalValues = f.__globals__
-    for name in _cloudpickle._extract_code_globals(code):
-        into.append(globalValues.get(name, _MISSING))
+    into += (f.__code__, f.__name__, f.__qualname__, f.__module__, f.__defaults__)
+    keywords, attributes = f.__kwdefaults__, f.__dict__
+    if keywords:
+        for item in keywords.items():
+            into += item
+    if attributes:
+        for item in attributes.items():
+            into += item
+    closure = f.__closure__
+    if closure:
+        for cell in closure:
+            try:
+                into.append(cell.cell_contents)
+            except ValueError:
+                into.append(_EMPTY_CELL)
+    found = f.__globals__.get
+    into += [found(name, _MISSING) for name in names]
 
 
 def _snapshot(
-    f: types.FunctionType, nested: tuple[types.FunctionType, ...]
+    functions: tuple[tuple[types.FunctionType, tuple[str, ...]], ...],
 ) -> list[object]:
+    # Names read from a code object since replaced do not matter: the code
+    # itself comes first, and differs.
     values: list[object] = []
-    _shallow(f, values)
-    for g in nested:
-        _shallow(g, values)
+    for f, names in functions:
+        _shallow(f, names, values)
     return values
-
-
-def _same(a: list[object], b: list[object]) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):
-        if x is not y:
-            return False
-    return True
 
 
 def _safe(value: object, nested: list[types.FunctionType], depth: int = 0) -> bool:
@@ -257,7 +266,7 @@ def _examine(f: types.FunctionType) -> tuple[bool, tuple[types.FunctionType, ...
     while functions:
         g = functions.pop()
         values: list[object] = []
-        _shallow(g, values)
+        _shallow(g, _names(g), values)
         # values[0] is the code: a code object is immutable anyway.
         if not all(_safe(value, nested) for value in values[1:]):
             return False, ()
@@ -284,14 +293,15 @@ def definitionOf(f: Callable[..., Any]) -> Definition | None:
     as before, so that a change made to it in place always reaches the
     child.
     """
-    if type(f) is not types.FunctionType or not _byValue(f):
+    if type(f) is not types.FunctionType:
         return None
     kept = _kept.get(f)
     if kept is not None:
-        if _same(kept.snapshot, _snapshot(f, kept.nested)):
+        if kept.holds():
             return kept.definition
+    elif not _byValue(f):
+        return None
     safe, nested = _examine(f)
-    snapshot = _snapshot(f, nested)
     definition = None
     if safe:
         try:
@@ -301,7 +311,8 @@ def definitionOf(f: Callable[..., Any]) -> Definition | None:
             data = b""
         if data:
             definition = Definition(keyOf(data), data)
-    _kept[f] = _Kept(snapshot, nested, definition)
+    functions = tuple((g, _names(g)) for g in (f, *nested))
+    _kept[f] = _Kept(functions, definition)
     return definition
 
 
