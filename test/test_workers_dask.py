@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import CancelledError, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 
 from asynqueue import TaskQueue, TimeoutError
 from asynqueue.iteration import Deferator
@@ -150,3 +150,102 @@ async def test_closingADeferatorReleasesItsIterator(queue: TaskQueue) -> None:
     d.close()
     await d._source.released  # type: ignore[attr-defined]
     assert daskside.liveIterators() == before
+
+
+def remember(value: Any) -> str:
+    from distributed import get_worker
+
+    worker = get_worker()
+    worker.asynqueueTest = value  # type: ignore[attr-defined]
+    return str(worker.address)
+
+
+def remembered() -> Any:
+    from distributed import get_worker
+
+    return getattr(get_worker(), "asynqueueTest", None)
+
+
+def recallEverywhere(dask_worker: Any) -> Any:
+    return getattr(dask_worker, "asynqueueTest", None)
+
+
+def makeContext(base: int) -> dict[str, int]:
+    return {"base": base}
+
+
+def fromContext(x: int) -> int:
+    import asynqueue
+
+    context = asynqueue.context()
+    return int(context["base"]) + x
+
+
+def brokenInitializer() -> None:
+    raise RuntimeError("no context today")
+
+
+@pytest.fixture
+def smallCluster() -> Iterator[Any]:
+    """A LocalCluster of threads with one worker of one thread, for one test."""
+    c = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    )
+    yield c
+    c.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_updateRunsOnEveryDaskWorkerAndOnLaterOnes(smallCluster: Any) -> None:
+    w = DaskWorker(smallCluster)
+    q = TaskQueue(w, shutdownWithReactor=False)
+    try:
+        await w.whenConnected()
+        [byAddress] = await q.update(remember, "kept")
+        assert sorted(byAddress.values()) == sorted(byAddress)
+        [ephemeral] = await q.update(remembered, ephemeral=True)
+        assert list(ephemeral.values()) == ["kept"]
+        grown: Deferred[None] = Deferred()
+        w.setCapacityObserver(lambda: w.threads == 2 and grown.callback(None))
+        # A Dask worker joining later, on the DaskWorker's own loop.
+        joined = await w._bridge.call(
+            distributed.Worker,
+            smallCluster.scheduler_address,
+            nthreads=1,
+            dashboard_address=None,
+        )
+        await grown
+        client = w._link.client
+        seen = await w._bridge.call(client.run, recallEverywhere)
+        assert list(seen.values()) == ["kept", "kept"]
+        await w._bridge.call(joined.close)
+    finally:
+        await q.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_initializerGivesEachDaskWorkerItsContext(smallCluster: Any) -> None:
+    w = DaskWorker(smallCluster, initializer=makeContext, initargs=(100,))
+    q = TaskQueue(w, shutdownWithReactor=False)
+    try:
+        assert await q.call(fromContext, 5) == 105
+    finally:
+        await q.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aFailedInitializerFailsEveryCall(smallCluster: Any) -> None:
+    from asynqueue.errors import WorkerError
+
+    w = DaskWorker(smallCluster, initializer=brokenInitializer)
+    q = TaskQueue(w, shutdownWithReactor=False)
+    try:
+        with pytest.raises(WorkerError, match="no context today"):
+            await q.call(square, 2)
+    finally:
+        await q.shutdown()
+        # The process-wide context of the threads cluster: not the next test's.
+        from asynqueue.node import child
+
+        child._setupError = None
+        child._context = None

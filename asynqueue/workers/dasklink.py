@@ -17,7 +17,7 @@ import threading
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -111,9 +111,12 @@ class Bridge:
             f(*args)
 
     def call(
-        self, coroutine: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+        self,
+        coroutine: Callable[..., Awaitable[Any]],
+        *args: Any,
+        **kwargs: Any,
     ) -> Deferred[Any]:
-        """Run C{coroutine(*args)} on the Dask loop; a Deferred of its result."""
+        """Run C{coroutine(*args, **kwargs)} on the Dask loop; a Deferred of it."""
         d: Deferred[Any] = Deferred()
 
         def done(future: asyncio.Future[Any]) -> None:
@@ -125,9 +128,9 @@ class Bridge:
                 self.toReactor(d.callback, future.result())
 
         def begin() -> None:
-            asyncio.ensure_future(coroutine(*args), loop=self.loop).add_done_callback(
-                done
-            )
+            asyncio.ensure_future(
+                coroutine(*args, **kwargs), loop=self.loop
+            ).add_done_callback(done)
 
         self.toLoop(begin)
         return d
@@ -228,13 +231,17 @@ class DaskLink:
                 asynchronous=True, security=self.security, **options
             )
             self.address = self._cluster.scheduler_address
-        client = await distributed.Client(
+        client = distributed.Client(
             self.address,
             asynchronous=True,
             security=self.security,
             timeout=self.timeout,
             set_as_default=False,
         )
+        # Asked before connecting, the subscription goes with the client's
+        # first messages: workers joining or leaving change my capacity.
+        client.subscribe_topic("all", self._clusterEvent)
+        await client
         self.client = client
         self._wake = asyncio.Event()
         self._ac = as_completed(loop=client.loop)
@@ -248,7 +255,6 @@ class DaskLink:
                     initializer=True,
                 )
             )
-        client.subscribe_topic("all", self._clusterEvent)
         asyncio.ensure_future(self._harvest())
         threads = await self._countThreads()
         address = client.scheduler.address
@@ -282,6 +288,7 @@ class DaskLink:
         try:
             threads = await self._countThreads()
         except Exception:
+            # The scheduler is going away: what fails with it says so.
             return
         self.bridge.toReactor(self.owner._setCapacity, threads)
 

@@ -135,11 +135,39 @@ def liveIterators() -> int:
     return len(_iterators)
 
 
+def _asWorker(worker: Any, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """
+    Call C{f} as if in a task of C{worker}, so that C{get_worker()} works in
+    an update as it does in a call.
+    """
+    try:
+        from distributed.worker import _worker_cvar
+    except ImportError:  # pragma: no cover - another version of distributed
+        return f(*args, **kwargs)
+    token = _worker_cvar.set(worker)
+    try:
+        return f(*args, **kwargs)
+    finally:
+        _worker_cvar.reset(token)
+
+
+def _bare(error: BaseException) -> BaseException:
+    """C{error} without the frames it was raised through, which may not pickle."""
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    return error
+
+
 def runUpdate(
-    f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    dask_worker: Any = None,
 ) -> Any:
-    """Run an update call here, by C{Client.run}."""
-    return f(*args, **kwargs)
+    """Run an update call here, by C{Client.run} (which passes C{dask_worker})."""
+    try:
+        return _asWorker(dask_worker, f, *args, **kwargs)
+    except Exception as e:
+        raise _bare(e) from None
 
 
 class AsynQueuePlugin(WorkerPlugin):
@@ -178,9 +206,12 @@ class AsynQueuePlugin(WorkerPlugin):
                 pass
             return
         try:
-            outcome: tuple[bool, Any] = (True, self.f(*self.args, **self.kwargs))
+            outcome: tuple[bool, Any] = (
+                True,
+                _asWorker(worker, self.f, *self.args, **self.kwargs),
+            )
         except Exception as e:
-            outcome = (False, e)
+            outcome = (False, _bare(e))
         with _lock:
             _updateResults[(self.name, str(worker.address))] = outcome
 
@@ -199,5 +230,5 @@ def updateResult(name: str, dask_worker: Any = None) -> Any:
     with _lock:
         ok, value = _updateResults[(name, address)]
     if not ok:
-        raise value
+        raise value from None
     return value
