@@ -34,7 +34,7 @@ from asynqueue.queue.taskstate import QueuedTask, cancelTimeout
 from asynqueue.tasks import RawResult, TaskOptions, TaskRecord, nameFor
 
 if TYPE_CHECKING:
-    from asynqueue.interfaces import IReportingWorker, IWorker
+    from asynqueue.interfaces import IWorker
     from asynqueue.queue.slots import _WorkerSlot
 
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
@@ -182,10 +182,11 @@ class _Running:
         record.attempts += 1
         task.runs += 1
         task.slot = slot
-        if slot.reporting:
+        reporting = slot.reportingWorker
+        if reporting is not None:
             # The fast path: the worker calls task.finished, no Deferred.
             try:
-                cast("IReportingWorker", slot.worker).start(task)
+                reporting.start(task)
             except Exception:
                 self._taskDone(task, Failure(), task.runs)
             return
@@ -224,13 +225,14 @@ class _Running:
             wd.cancel()
             return
         slot = task.slot
-        if slot is None or not slot.reporting:
+        reporting = slot.reportingWorker if slot is not None else None
+        if slot is None or reporting is None:
             # Not started yet, or still inside a plain worker's run(): there
             # is nothing to cancel yet.
             return
         attempt = task.runs
         try:
-            cast("IReportingWorker", slot.worker).abandon(task)
+            reporting.abandon(task)
         except Exception:
             self.log.failure(
                 "Worker {worker} failed to abandon {task}",

@@ -44,12 +44,13 @@ class _WorkerSlot:
     The queue's bookkeeping for one attached worker.
 
     C{free} is how many more tasks it may take now: 0 until it is ready
-    and once it is leaving.
+    and once it is leaving. C{reportingWorker} is the worker again when it
+    provides L{IReportingWorker} (the fast path), else C{None}.
     """
 
     worker: IWorker
     outstanding: set[QueuedTask] = field(default_factory=set)
-    reporting: bool = False
+    reportingWorker: IReportingWorker | None = None
     ready: bool = False
     leaving: bool = False
     free: int = 0
@@ -95,7 +96,10 @@ class _Workers(_Running):
             raise QueueRunError(f"{self.name} is shut down")
         if worker in self._slots:
             return succeed(None)
-        slot = _WorkerSlot(worker, reporting=IReportingWorker.providedBy(worker))
+        slot = _WorkerSlot(
+            worker,
+            reportingWorker=worker if IReportingWorker.providedBy(worker) else None,
+        )
         self._noWorkers = None
         self._slots[worker] = slot
         self._slotList = list(self._slots.values())
