@@ -88,6 +88,29 @@ def test_callStats(makeProcessQueue: Callable[..., ProcessQueue]) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_workerCallStats() -> Any:
+    worker = asynqueue.ProcessWorker(callStats=True)
+    q = asynqueue.TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        for x in range(3):
+            yield within(q.call(pow, x, 2))
+        stats = yield worker.stats()
+        assert len(stats) == 3
+        assert all(roundTrip >= inChild >= 0 for roundTrip, inChild in stats)
+    finally:
+        yield within(q.shutdown(timeout=3))
+
+
+def test_statsNeedsCallStats() -> None:
+    worker = asynqueue.ProcessWorker()
+    try:
+        with pytest.raises(ValueError, match="callStats=True"):
+            worker.stats()  # type: ignore[attr-defined]
+    finally:
+        worker.crash()
+
+
+@pytest_twisted.inlineCallbacks
 def test_statsWithoutCallStats(makeProcessQueue: Callable[..., ProcessQueue]) -> Any:
     q = makeProcessQueue()
     yield within(q.call(pow, 2, 3))

@@ -67,6 +67,7 @@ class ProcessWorker(ProcessWorkerExtras):
         every task given to the worker fails with L{WorkerError}.
     @param maxTasksPerWorker: Replace the child after this many tasks (its
         tasks are finished, none is lost).
+    @param callStats: Keep AsynQueue's call statistics (see L{stats}).
     @param capacity: How many tasks may be in flight to the child. C{None}
         adapts it to the tasks' run times (see L{ThreadWorker}); 1 keeps
         priorities exact.
@@ -100,6 +101,7 @@ class ProcessWorker(ProcessWorkerExtras):
         maxStartFailures: int | None = 10,
         respawnDelay: float = 0.05,
         start: str | None = None,
+        callStats: bool = False,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -116,6 +118,7 @@ class ProcessWorker(ProcessWorkerExtras):
                 f"maxTasksPerWorker must be at least 1, not {maxTasksPerWorker}"
             )
         self.reactor = reactor
+        self._keepCallStats(callStats)
         self.name = name or f"ProcessWorker-{next(self._ids)}"
         self.iQualified: list[Any] = list(series)
         self.capacity = capacity or 2
@@ -234,6 +237,7 @@ class ProcessWorker(ProcessWorkerExtras):
 
     def _send(self, sent: _Sent) -> None:
         """Send a call to my child, or keep it for the next one if it is dead."""
+        self._noteSent()
         if self._respawnCall is not None:
             self._waiting.append(sent)
         else:
@@ -396,12 +400,13 @@ class ProcessWorker(ProcessWorkerExtras):
 
     def ran(self, seconds: float) -> None:
         """A child reported a task's run time: adapt my capacity."""
-        self.lastRan = seconds
+        self._noteRan(seconds)
         if self._backlog is not None:
             self.capacity = self._backlog.ran(seconds)
 
     def childEnded(self, child: _Child, reason: Failure) -> None:
         """A child's process and pipe are both gone."""
+        self._forgetSent()
         maybeRan, neverRan = child.unanswered()
         child.inFlight.clear()
         if not maybeRan and not neverRan and (child.stopping or self._stopped):
@@ -559,7 +564,7 @@ class ProcessQueue(ProcessQueueExtras):
             kwargs, workers=n, capacity=capacity, maxTasksPerWorker=maxTasksPerWorker
         )
         super().__init__(settings=settings, **kwargs)
-        self._startCallStats(callStats)
+        self._callStats = callStats
         for _ in range(settings.workers or os.cpu_count() or 1):
             self.attachWorker(
                 ProcessWorker(
@@ -568,6 +573,7 @@ class ProcessQueue(ProcessQueueExtras):
                     maxTasksPerWorker=settings.maxTasksPerWorker,
                     capacity=settings.capacity,
                     start=start,
+                    callStats=callStats,
                 )
             )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -56,8 +57,10 @@ class ProcessWorkerExtras:
     #: The series every process worker runs (AsynQueue's class qualifications).
     cQualified: ClassVar[list[Any]] = ["process", "local"]
 
-    #: The child's run time of the task whose result came last (seconds).
-    lastRan: float | None = None
+    #: Whether I keep call statistics (C{ProcessWorker(callStats=True)}).
+    callStats = False
+
+    reactor: Any
 
     @staticmethod
     def cores() -> int:
@@ -67,6 +70,36 @@ class ProcessWorkerExtras:
     def info(self) -> dict[str, Any]:
         """My child's pid and more (the worker defines it)."""
         raise NotImplementedError
+
+    def _keepCallStats(self, callStats: bool) -> None:
+        self.callStats = bool(callStats)
+        self.callTimes: list[tuple[float, float]] = []
+        # When each call not yet answered was sent: a child answers its
+        # calls in the order they were sent.
+        self._sentAt: deque[float] = deque()
+
+    def _noteSent(self) -> None:
+        if self.callStats:
+            self._sentAt.append(self.reactor.seconds())
+
+    def _noteRan(self, seconds: float) -> None:
+        if self.callStats and self._sentAt:
+            sentAt = self._sentAt.popleft()
+            self.callTimes.append((self.reactor.seconds() - sentAt, seconds))
+
+    def _forgetSent(self) -> None:
+        # A dead child's calls are sent again (and noted again) or lost.
+        self._sentAt.clear()
+
+    def stats(self) -> Deferred[list[tuple[float, float]]]:
+        """
+        AsynQueue's call statistics: a Deferred of a list of C{(seconds from
+        sending the call until its result came, seconds it ran in the
+        child)}, one per call, for a worker made with C{callStats=True}.
+        """
+        if not self.callStats:
+            raise ValueError("make the worker with callStats=True to have stats()")
+        return succeed(list(self.callTimes))
 
     def memUsage(self) -> int | None:
         """
@@ -100,35 +133,24 @@ class ProcessQueueExtras(TaskQueue):
         """The number of CPU cores (AsynQueue's; C{os.cpu_count()})."""
         return os.cpu_count() or 1
 
-    def _startCallStats(self, callStats: bool) -> None:
-        """Keep C{(seconds to the result, seconds run in the child)} per call."""
-        self._callStats = bool(callStats)
-        if callStats:
-            self.callTimes: list[tuple[float, float]] = []
-            self.observe(self._noteCall)
-
-    def _noteCall(self, event: str, record: TaskRecord) -> None:
-        if event != "ended" or record.state not in ("done", "failed"):
-            return
-        # The worker hears the child's run time just before the result is
-        # reported, so lastRan is this call's.
-        for worker in self.workers():
-            if getattr(worker, "name", None) == record.worker:
-                ran = getattr(worker, "lastRan", None)
-                if ran is not None and record.runTime is not None:
-                    self.callTimes.append((record.runTime, ran))
-                    worker.lastRan = None  # type: ignore[attr-defined]
-                return
-
     def stats(self) -> Any:
         """
-        With C{callStats=True}, AsynQueue's statistics: a Deferred of a list
-        of C{(seconds until the result came, seconds it ran in the child)},
-        one per call. Otherwise L{TaskQueue.stats}.
+        With C{callStats=True}, AsynQueue's statistics: a Deferred of the
+        lists of L{ProcessWorkerExtras.stats} of all my workers, joined.
+        Otherwise L{TaskQueue.stats}.
         """
-        if self._callStats:
-            return succeed(list(self.callTimes))
-        return super().stats()
+        if not self._callStats:
+            return super().stats()
+        workers = [
+            w
+            for w in self.workers()
+            if isinstance(w, ProcessWorkerExtras) and w.callStats
+        ]
+
+        def joined(lists: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+            return [times for one in lists for times in one]
+
+        return gatherResults([w.stats() for w in workers]).addCallback(joined)
 
     def crashWorkers(self) -> Deferred[list[TaskRecord]]:
         """
