@@ -118,6 +118,12 @@ def killProcess(pid: int, timeout: float = 5.0, reactor: Any = None) -> Deferred
     if not isinstance(pid, int) or pid <= 0:
         raise ValueError(f"killProcess needs a process id above 0, not {pid}")
     clock: IReactorTime = reactor
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return succeed(False)
+    except PermissionError:
+        raise PermissionError(f"not allowed to signal process {pid}") from None
     d = _whenGone(pid, reactor)
     if d is None:
         _reap(pid)

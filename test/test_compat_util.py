@@ -352,3 +352,10 @@ def test_processError() -> None:
     from asynqueue.errors import ProcessError, WorkerError
 
     assert issubclass(ProcessError, WorkerError)
+
+
+def test_killProcessNotAllowed() -> None:
+    if os.getuid() == 0:
+        pytest.skip("root may signal any process")
+    with pytest.raises(PermissionError, match="not allowed"):
+        util.killProcess(1)
