@@ -188,6 +188,15 @@ class QueueView:
         self._stop = self.queue.observe(self.observe)
         for name in self._workerNames():
             self._tally(name)
+        # What was submitted before: once, from the records the queue keeps.
+        for record in self.queue.records():
+            if record.state == "pending":
+                self.observe("submitted", record)
+            elif record.state == "running":
+                if record.started is None:
+                    self.observe("submitted", record)
+                else:
+                    self.observe("started", record)
 
     def detach(self) -> None:
         """Stop observing the queue."""
