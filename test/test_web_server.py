@@ -264,3 +264,13 @@ async def test_theDashboardStopsWithItsQueue() -> None:
     # The page's stream was ended.
     await collector.done
     assert q._observers == [] and "_finish" not in q.__dict__
+
+
+@pytest_twisted.ensureDeferred
+async def test_serveDashboardIsTheOneLiner() -> None:
+    q = TaskQueue(MemoryWorker(), shutdownWithReactor=False)
+    dash = await q.serveDashboard(LOOPBACK)
+    assert isinstance(dash, Dashboard) and dash.url is not None
+    assert (await get(dash.url + "state"))[0] == 200
+    await q.shutdown()
+    assert dash.port is None

@@ -55,6 +55,7 @@ from asynqueue.tasks import (
 if TYPE_CHECKING:
     from asynqueue.feed import Feeder, Writer
     from asynqueue.iteration import Deferator
+    from asynqueue.web import Dashboard
 
 __all__ = ["TaskQueue"]
 
@@ -424,6 +425,22 @@ class TaskQueue(_Shutdown):
                 self._observers.remove(observer)
 
         return stop
+
+    def serveDashboard(
+        self, endpoint: str = "tcp:8765:interface=127.0.0.1", **options: Any
+    ) -> Deferred[Dashboard]:
+        """
+        Serve a live view of this queue to browsers; fire with the started
+        L{asynqueue.web.Dashboard} (its C{url} is the page's address).
+
+        It listens on loopback unless C{endpoint} says otherwise, which
+        needs a C{token}; see L{asynqueue.web.Dashboard} for C{options}. It
+        stops when the queue has shut down.
+        """
+        from asynqueue.web import Dashboard
+
+        dashboard = Dashboard(self, endpoint, **options)
+        return dashboard.start().addCallback(lambda _: dashboard)
 
     # ------------------------------------------------------------------
     # Feeders
