@@ -20,7 +20,7 @@ from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
 from asynqueue import MemoryWorker, TaskQueue
-from asynqueue.web import Dashboard, DashboardError
+from asynqueue.web import Dashboard, DashboardError, TokenRequired
 from helpers import failureOf
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -167,7 +167,7 @@ async def test_noTokenOffLoopbackIsRefusedAtStart(
     for endpoint in ("tcp:0", "tcp:0:interface=0.0.0.0", "tcp6:0:interface=\\:\\:"):
         dash = Dashboard(q, endpoint)
         error = failureOf(dash.start()).value
-        assert isinstance(error, DashboardError)
+        assert isinstance(error, TokenRequired)
         assert "not only loopback: give it a token" in str(error)
         assert dash.port is None
     assert q._observers == []

@@ -8,7 +8,7 @@ derived from the queue's events (L{asynqueue.web.state}). See
 C{doc/dashboard.rst}.
 """
 
-from asynqueue.web.server import Dashboard, DashboardError
+from asynqueue.web.server import Dashboard, DashboardError, TokenRequired
 from asynqueue.web.state import QueueView
 
-__all__ = ["Dashboard", "DashboardError", "QueueView"]
+__all__ = ["Dashboard", "DashboardError", "QueueView", "TokenRequired"]

@@ -36,7 +36,7 @@ from zope.interface import implementer
 from asynqueue.web.state import QueueView
 from asynqueue.web.taps import findTask, onShutdown
 
-__all__ = ["Dashboard", "EventClient", "DashboardError"]
+__all__ = ["Dashboard", "EventClient", "DashboardError", "TokenRequired"]
 
 _COOKIE = b"asynqueue_dashboard"
 _STATIC = {
@@ -60,6 +60,10 @@ _HEADERS = {
 
 class DashboardError(ValueError):
     """A dashboard cannot start as asked (an unsafe or unusable endpoint)."""
+
+
+class TokenRequired(DashboardError):
+    """The endpoint is not loopback only, and the dashboard has no token."""
 
 
 def isLoopback(host: str) -> bool:
@@ -336,7 +340,7 @@ class Dashboard:
 
     def _refuse(self, interface: str) -> None:
         shown = interface or "every interface"
-        raise DashboardError(
+        raise TokenRequired(
             f"the dashboard would listen on {shown}, not only loopback: give it a "
             f"token (token=... or token=True) or listen on 127.0.0.1"
         )
