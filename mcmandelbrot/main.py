@@ -3,9 +3,11 @@ The C{mcm} command: render the Mandelbrot set on every core (or on remote
 worker nodes) into a PNG file, or serve it to browsers.
 
   mcm [-N maxIter] [-o out.png] [-w workers] [-d endpoint ...]
-      [--certificate F --ca F] [--compare] [-q] [Nx cr ci crPM [ciPM]]
+      [--certificate F --ca F] [--compare] [-q] [--dashboard [ENDPOINT]]
+      [Nx cr ci crPM [ciPM]]
   mcm serve [--listen tcp:8080:interface=127.0.0.1] [-N maxIter]
       [-w workers] [-d endpoint ...] [--certificate F --ca F]
+      [--dashboard [ENDPOINT]]
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = ["main", "parseArguments", "run", "serve"]
 
 #: Where the image goes when stdout is a terminal and no -o is given.
 DEFAULT_FILE = "mandelbrot.png"
+#: Where C{--dashboard} listens unless told.
+DASHBOARD = "tcp:8765:interface=127.0.0.1"
 
 
 def _addWorkerOptions(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +57,16 @@ def _addWorkerOptions(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ca", metavar="FILE", help="the certificate of the CA of the nodes (PEM)"
+    )
+    parser.add_argument(
+        "--dashboard",
+        nargs="?",
+        const=DASHBOARD,
+        default=None,
+        metavar="ENDPOINT",
+        help=f"show the queue live in a browser (default endpoint: {DASHBOARD}; "
+        "one not on loopback gets a token, in the address printed; put it after "
+        "the view, or write --dashboard=ENDPOINT)",
     )
     parser.add_argument(
         "--connect-timeout",
@@ -220,6 +234,29 @@ async def makeQueue(options: argparse.Namespace) -> tuple[TaskQueue, int, str]:
     return queue, concurrency, " and ".join(parts)
 
 
+async def startDashboard(
+    queue: TaskQueue, endpoint: str, messages: IO[str], expected: int | None = None
+) -> Any:
+    """Serve C{queue}'s dashboard at C{endpoint}; say where; return it."""
+    from twisted.internet.error import CannotListenError
+
+    from asynqueue.web import DashboardError, TokenRequired
+
+    try:
+        try:
+            dashboard = await queue.serveDashboard(endpoint)
+        except TokenRequired:
+            # Off loopback: a token of its own, given only in what is printed here.
+            dashboard = await queue.serveDashboard(endpoint, token=True)
+    except (DashboardError, CannotListenError) as e:
+        await queue.shutdown()
+        raise SystemExit(f"mcm: no dashboard at {endpoint!r}: {e}") from None
+    if expected is not None:
+        dashboard.expect(expected)
+    print(f"Dashboard at {dashboard.url}", file=messages, flush=True)
+    return dashboard
+
+
 def _s(n: int, plural: str = "s") -> str:
     return "" if n == 1 else plural
 
@@ -292,6 +329,9 @@ async def renderCommand(
             finally:
                 await single.shutdown()
         queue, concurrency, workers = await makeQueue(options)
+        if options.dashboard:
+            blocks = -(-view.ny // view.rowsPerBlock(concurrency))
+            await startDashboard(queue, options.dashboard, out.messages, blocks)
         bar = None
         if not options.quiet:
             bar = ProgressBar(description=f"{view.nx}x{view.ny}", file=stderr)
@@ -329,6 +369,8 @@ async def serve(options: argparse.Namespace, stdout: IO[str]) -> tuple[Any, Task
     except ValueError as e:
         raise SystemExit(f"mcm: cannot listen on {options.listen!r}: {e}") from None
     queue, concurrency, workers = await makeQueue(options)
+    if options.dashboard:
+        await startDashboard(queue, options.dashboard, stdout)
     site = makeSite(queue, options.maxIter, concurrency)
     try:
         port = await endpoint.listen(site)
