@@ -274,3 +274,26 @@ async def test_serveDashboardIsTheOneLiner() -> None:
     assert (await get(dash.url + "state"))[0] == 200
     await q.shutdown()
     assert dash.port is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_mcmDashboard() -> None:
+    import io
+
+    from mcmandelbrot import main
+
+    options = main.parseArguments(["-w", "1", "--dashboard"])
+    assert options.dashboard == main.DASHBOARD
+    options = main.parseArguments(["-w", "1", "--dashboard=tcp:0"])
+    assert options.dashboard == "tcp:0"
+    q = TaskQueue(MemoryWorker(), shutdownWithReactor=False)
+    out = io.StringIO()
+    # Off loopback, mcm makes a token and prints the address with it.
+    dash = await main.startDashboard(q, "tcp:0", out, expected=12)
+    assert out.getvalue() == f"Dashboard at {dash.url}\n" and "?token=" in dash.url
+    assert dash.view.expected == 12
+    await q.shutdown()
+    with pytest.raises(SystemExit, match="mcm: no dashboard at 'nonsense:1'"):
+        await main.startDashboard(
+            TaskQueue(MemoryWorker(), shutdownWithReactor=False), "nonsense:1", out
+        )
