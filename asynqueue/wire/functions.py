@@ -369,7 +369,7 @@ class FunctionLedger:
     ) -> list[tuple[int, bytes]]:
         """
         Send (through C{send}) the definitions the peer lacks for C{batch},
-        and return the batch as plain bytes, ready to pickle.
+        and return the batch ready to pickle: each call pickles as plain bytes.
         """
         out = batch
         used: set[bytes] = set()
@@ -380,7 +380,9 @@ class FunctionLedger:
             definition: Definition | None = getattr(call, "definition", None)
             if out is batch:
                 out = list(batch)
-            out[i] = (taskID, bytes(call))
+            # Pickled as plain bytes (a read-only buffer in-band is), without
+            # a copy of a large call first.
+            out[i] = (taskID, pickle.PickleBuffer(call))  # type: ignore[assignment]
             if definition is None:
                 continue
             key = definition.key
