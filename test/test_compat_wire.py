@@ -99,3 +99,16 @@ def test_spawnOfABadUniverseFails() -> Any:
             yield within(wm.spawn(wm.newSocket()))
     finally:
         yield wm.shutdown()
+
+
+@pytest_twisted.inlineCallbacks
+def test_spawnNiceness(manager: ServerManager) -> Any:
+    pid = yield within(manager.spawn(manager.newSocket(), niceness=3))
+    assert (
+        os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 3
+    )
+
+
+def test_spawnRefusesNegativeNiceness(manager: ServerManager) -> None:
+    with pytest.raises(ValueError, match="niceness"):
+        manager.spawn(manager.newSocket(), niceness=-1)

@@ -108,7 +108,8 @@ class ServerManager:
         such as L{newSocket} gives); fire once it listens, with its pid
         (with C{stdio}, with its L{NodeProcess}, whose C{pid} it is).
 
-        C{niceness} lowers the node's priority (as C{nice} does).
+        C{niceness} lowers the priority of the node and its children (as
+        C{nice} does).
         """
         if not isinstance(description, str) or ":" not in description:
             raise ValueError(
@@ -137,10 +138,16 @@ class ServerManager:
         env["PYTHONPATH"] = os.pathsep.join(paths)
         node = NodeProcess()
 
-        self.reactor.spawnProcess(node, sys.executable, args, env=env)
+        executable = sys.executable
+        nice = shutil.which("nice") if niceness else None
+        if nice is not None:
+            # The node and the children it starts all run at the lower priority.
+            executable = nice
+            args = [nice, "-n", str(niceness), *args]
+        self.reactor.spawnProcess(node, executable, args, env=env)
         if node.pid is not None:
             self.processInfo[node.pid] = node
-            if niceness:
+            if niceness and nice is None:
                 _renice(node.pid, niceness)
         node.ended.addCallback(lambda _: self.processInfo.pop(node.pid or -1, None))
 
