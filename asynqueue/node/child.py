@@ -266,6 +266,11 @@ class LocalRunner:
                 if taskID in self._cancelled:
                     self._cancelled.discard(taskID)
                     continue
+            if self._unsent and self._heldResults is not None:
+                # Results wait while this call runs: the thread sends them if
+                # it runs long. Woken only then, not after every result (an
+                # idle child's wake of it cost a round trip some 10 us).
+                self._heldResults.set()
             self._runOne(taskID, call)
             ran += 1
             if perf_counter() > deadline:
@@ -346,12 +351,9 @@ class LocalRunner:
         self.done += 1
         now = perf_counter()
         with self._resultsLock:
-            held = not self._unsent
-            if held:
+            if not self._unsent:
                 self._unsentSince = now
             self._unsent.append((taskID, status, payload, now - began))
-        if held and self._heldResults is not None:
-            self._heldResults.set()
         self._lastRunTime = now - began
         self._averageRunTime = 0.9 * self._averageRunTime + 0.1 * self._lastRunTime
         if len(payload) > BATCH_BYTES:
