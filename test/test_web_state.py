@@ -36,7 +36,7 @@ def test_countsPendingByBandSeriesAndLane(makeQueue: Any, clock: Clock) -> None:
     worker = MemoryWorker(capacity=1, series=["s"])
     queue = makeQueue(worker)
     view = attached(queue, clock)
-    # Taken by the worker at once, but not started: it waits to start.
+    # Taken by the worker at once: running, as the queue counts it.
     queue.call(sleepy)
     queue.call(sleepy, priority=-2)
     queue.call(sleepy, doNext=True)
@@ -46,11 +46,12 @@ def test_countsPendingByBandSeriesAndLane(makeQueue: Any, clock: Clock) -> None:
     headline, _ = view.headline(clock.seconds())
     assert headline["pending"] == 5 and headline["running"] == 1
     assert headline["pendingBy"] == {
-        "priority": {"-2": 1, "next": 1, "0": 4},
+        "priority": {"-2": 1, "next": 1, "0": 3},
         "series": {"s": 1},
         "lane": {"L": 2},
     }
-    assert [t["name"] for t in view.pendingTasks(limit=2)] == ["sleepy", "sleepy"]
+    # The most urgent first; one of a lane waits behind its front.
+    assert [t["priority"] for t in view.pendingTasks()] == ["next", "-2", "0", "0", "0"]
     worker.runAll()
     headline, _ = view.headline(clock.seconds())
     assert headline["pending"] == 0 and headline["done"] == 6
@@ -69,8 +70,11 @@ def test_workerRowsRunningTasksAndUtilisation(makeQueue: Any, clock: Clock) -> N
     (row,) = snapshot["workers"]
     assert row["name"] == "mem" and row["kind"] == "reactor"
     assert row["state"] == "busy" and row["running"] == 2
-    assert [t["name"] for t in row["tasks"]] == ["first"]
-    assert row["tasks"][0]["started"] == 0.0
+    # Both were handed to it; one has started.
+    assert [(t["name"], t["started"]) for t in row["tasks"]] == [
+        ("first", 0.0),
+        ("second", None),
+    ]
     # One slot of two busy for the 4 s seen so far.
     assert row["utilisation"] == 0.5
     assert first is not None

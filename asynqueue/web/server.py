@@ -268,6 +268,8 @@ class Dashboard:
         self.url: str | None = None
         self.port: IListeningPort | None = None
         self._timer: IDelayedCall | None = None
+        #: A push is due within C{interval}.
+        self._soon = False
         self._static: dict[str, bytes] = {}
         self._stopShutdownHook: Callable[[], None] | None = None
         self._trigger: Any = None
@@ -465,8 +467,10 @@ class Dashboard:
 
     def _changed(self) -> None:
         """The queue changed: push within C{interval}, coalescing what follows."""
-        if not self.clients:
+        # Called for every event of every task: one test in the common case.
+        if self._soon or not self.clients:
             return
+        self._soon = True
         timer = self._timer
         if timer is None or not timer.active():
             self._timer = self.clock.callLater(self.interval, self.pushNow)
@@ -477,6 +481,7 @@ class Dashboard:
         """Send every page (or C{only} one) the newest snapshot."""
         if only is None:
             self._timer = None
+            self._soon = False
         clients = [only] if only is not None else list(self.clients)
         if not clients:
             return

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from asynqueue.tasks import TaskRecord
-from asynqueue.web.taps import EndTap, slotStates
+from asynqueue.web.taps import EndTap, pendingRecords, runningRecords, slotStates
 
 __all__ = ["QueueView", "workerKind", "priorityBand", "shortCall"]
 
@@ -119,17 +119,6 @@ def describeFailure(result: object) -> tuple[str, str, str]:
     return kind, message[:MAX_MESSAGE], text
 
 
-class _WorkerTally:
-    """What the view adds up of one worker from the events."""
-
-    __slots__ = ("firstSeen", "busy", "running")
-
-    def __init__(self, now: float) -> None:
-        self.firstSeen = now
-        self.busy = 0.0
-        self.running: dict[int, TaskRecord] = {}
-
-
 class QueueView:
     """
     A queue as the dashboard shows it, kept up to date by the queue's events.
@@ -159,20 +148,19 @@ class QueueView:
         self.ended = 0
         self.expected: int | None = None
         self._endedAtExpect = 0
-        self._pending: dict[int, TaskRecord] = {}
-        self.pendingBy: dict[str, dict[str, int]] = {
-            "priority": {},
-            "series": {},
-            "lane": {},
-        }
-        self._workers: dict[str, _WorkerTally] = {}
-        #: The worker each running task runs on, by record ID.
-        self._where: dict[int, str] = {}
+        #: How many tasks have not ended, by (priority, series, lane): those
+        #: pending and those running (which a snapshot takes away).
+        self._openKeys: dict[tuple[float, Any, Any], int] = {}
+        #: By worker name: seconds spent running tasks, and when first seen.
+        self._busy: dict[str | None, float] = {}
+        self._firstSeen: dict[str, float] = {}
         self.recent: deque[TaskRecord] = deque(maxlen=keep)
         #: Records ended since the server last took them (for its deltas).
         self.fresh: deque[TaskRecord] = deque(maxlen=keep)
         self.failures: deque[dict[str, Any]] = deque(maxlen=20)
         self._slowest: list[tuple[float, int, dict[str, Any]]] = []
+        #: The run time a task must beat to be among the slowest.
+        self._slowFloor = -math.inf
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)
         self._tap: EndTap | None = None
         self._stop: Callable[[], None] | None = None
@@ -186,17 +174,13 @@ class QueueView:
             return
         self._tap = EndTap(self.queue)
         self._stop = self.queue.observe(self.observe)
+        now = self.clock.seconds()
         for name in self._workerNames():
-            self._tally(name)
+            self._firstSeen.setdefault(name, now)
         # What was submitted before: once, from the records the queue keeps.
         for record in self.queue.records():
-            if record.state == "pending":
+            if record.state in ("pending", "running"):
                 self.observe("submitted", record)
-            elif record.state == "running":
-                if record.started is None:
-                    self.observe("submitted", record)
-                else:
-                    self.observe("started", record)
 
     def detach(self) -> None:
         """Stop observing the queue."""
@@ -213,71 +197,52 @@ class QueueView:
         self._endedAtExpect = self.ended
 
     # ------------------------------------------------------------------
-    # Events: O(1) each
+    # Events: O(1) each, and few operations (they run for every task)
 
     def observe(self, event: str, record: TaskRecord) -> None:
         """The queue's observer: C{submitted}, C{started} or C{ended}."""
         if event == "submitted":
-            self._pending[record.id] = record
-            self._countPending(record, 1)
-        elif event == "started":
-            if self._pending.pop(record.id, None) is not None:
-                self._countPending(record, -1)
-            worker = record.worker
-            if worker is not None:
-                before = self._where.get(record.id)
-                if before is not None and before != worker:
-                    # Run again elsewhere (its worker crashed): not there any more.
-                    self._tally(before).running.pop(record.id, None)
-                self._where[record.id] = worker
-                self._tally(worker).running[record.id] = record
+            counts = self._openKeys
+            key = (record.priority, record.series, record.lane)
+            counts[key] = counts.get(key, 0) + 1
         elif event == "ended":
             self._ended(record)
-        if self.onChange is not None:
-            self.onChange()
-
-    def _tally(self, worker: str) -> _WorkerTally:
-        tally = self._workers.get(worker)
-        if tally is None:
-            tally = self._workers[worker] = _WorkerTally(self.clock.seconds())
-        return tally
-
-    def _countPending(self, record: TaskRecord, n: int) -> None:
-        by = self.pendingBy
-        _count(by["priority"], priorityBand(record.priority), n)
-        if record.series is not None:
-            _count(by["series"], _label(record.series), n)
-        if record.lane is not None:
-            _count(by["lane"], _label(record.lane), n)
+        # A start changes nothing counted here: the running tasks are read
+        # from the queue when a snapshot is made.
+        onChange = self.onChange
+        if onChange is not None:
+            onChange()
 
     def _ended(self, record: TaskRecord) -> None:
         self.ended += 1
-        if self._pending.pop(record.id, None) is not None:
-            self._countPending(record, -1)
-        worker = self._where.pop(record.id, record.worker)
-        if worker is not None:
-            tally = self._workers.get(worker)
-            if tally is not None:
-                tally.running.pop(record.id, None)
-                runTime = record.runTime
-                if runTime is not None:
-                    tally.busy += runTime
-        if record.started is not None:
+        counts = self._openKeys
+        key = (record.priority, record.series, record.lane)
+        n = counts.get(key, 0) - 1
+        if n > 0:
+            counts[key] = n
+        else:
+            counts.pop(key, None)
+        started = record.started
+        if started is not None:
+            runTime = (record.ended or started) - started
+            busy = self._busy
+            worker = record.worker
+            busy[worker] = busy.get(worker, 0.0) + runTime
             self.recent.append(record)
             self.fresh.append(record)
+            if runTime > self._slowFloor:
+                self._noteSlow(record, runTime, self._taskOf(record))
+        state = record.state
+        if state == "failed" or state == "timedOut":
+            task = self._taskOf(record)
+            tap = self._tap
+            self._noteFailure(record, tap.result if task is not None and tap else None)
+
+    def _taskOf(self, record: TaskRecord) -> Any:
+        """The task of C{record}, as it ends (its arguments still held), or None."""
         tap = self._tap
         task = tap.task if tap is not None else None
-        if task is None or task.record is not record:
-            task = None
-        if record.state in ("failed", "timedOut"):
-            self._noteFailure(
-                record, tap.result if tap is not None and task is not None else None
-            )
-        runTime = record.runTime
-        if runTime is not None and (
-            len(self._slowest) < 10 or runTime > self._slowest[0][0]
-        ):
-            self._noteSlow(record, runTime, task)
+        return task if task is not None and task.record is record else None
 
     def _noteFailure(self, record: TaskRecord, result: object) -> None:
         if isinstance(result, Failure):
@@ -316,6 +281,8 @@ class QueueView:
             heapq.heappush(self._slowest, item)
         else:
             heapq.heapreplace(self._slowest, item)
+        if len(self._slowest) == 10:
+            self._slowFloor = self._slowest[0][0]
 
     # ------------------------------------------------------------------
     # What the page is sent
@@ -335,9 +302,28 @@ class QueueView:
         average = self.ended / span if span > 0 else 0.0
         return rateNow, average
 
-    def headline(self, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    def pendingBy(self, running: list[TaskRecord]) -> dict[str, dict[str, int]]:
+        """How many tasks wait to start, by priority band, series and lane."""
+        counts = dict(self._openKeys)
+        for record in running:
+            key = (record.priority, record.series, record.lane)
+            counts[key] = counts.get(key, 0) - 1
+        by: dict[str, dict[str, int]] = {"priority": {}, "series": {}, "lane": {}}
+        for (priority, series, lane), n in counts.items():
+            _count(by["priority"], priorityBand(priority), n)
+            if series is not None:
+                _count(by["series"], _label(series), n)
+            if lane is not None:
+                _count(by["lane"], _label(lane), n)
+        return by
+
+    def headline(
+        self, now: float, running: list[TaskRecord] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The counts, rates and ETA at the top of the page; and C{queue.stats()}."""
         stats = self.queue.stats()
+        if running is None:
+            running = runningRecords(self.queue)
         rateNow, average = self.rates(now)
         eta = None
         progress = None
@@ -352,7 +338,7 @@ class QueueView:
             "done": stats["done"],
             "failed": stats["failed"],
             "cancelled": stats["cancelled"],
-            "pendingBy": {k: dict(v) for k, v in self.pendingBy.items()},
+            "pendingBy": self.pendingBy(running),
             "rateNow": rateNow,
             "rateAverage": average,
             "expected": self.expected,
@@ -360,20 +346,25 @@ class QueueView:
             "eta": eta,
         }, stats
 
-    def workers(self, now: float, stats: dict[str, Any]) -> list[dict[str, Any]]:
+    def workers(
+        self, now: float, stats: dict[str, Any], running: list[TaskRecord]
+    ) -> list[dict[str, Any]]:
         """One row per attached worker."""
         rows = []
         special = slotStates(self.queue)
+        runningOn: dict[str | None, list[TaskRecord]] = {}
+        for record in running:
+            runningOn.setdefault(record.worker, []).append(record)
+        firstSeen = self._firstSeen
         for worker in self.queue.workers():
             name = worker.name
             info = stats["workers"].get(name, {})
-            tally = self._tally(name)
+            mine = runningOn.get(name, [])
             capacity = max(1, int(info.get("capacity", 1) or 1))
-            busy = tally.busy + sum(
-                now - r.started for r in tally.running.values() if r.started is not None
+            busy = self._busy.get(name, 0.0) + sum(
+                now - r.started for r in mine if r.started is not None
             )
-            wall = (now - tally.firstSeen) * capacity
-            restarts = int(info.get("replaced", 0) or 0)
+            wall = (now - firstSeen.setdefault(name, now)) * capacity
             state = special.get(name)
             if state is None:
                 if info.get("connected") is False:
@@ -395,39 +386,31 @@ class QueueView:
                     "done": info.get("done", 0),
                     "failed": info.get("failed", 0),
                     "utilisation": min(1.0, busy / wall) if wall > 0 else 0.0,
-                    "restarts": restarts,
+                    "restarts": int(info.get("replaced", 0) or 0),
                     "tasks": [
-                        {
-                            "id": r.id,
-                            "name": r.name,
-                            "started": r.started,
-                        }
-                        for r in list(tally.running.values())[:8]
+                        {"id": r.id, "name": r.name, "started": r.started}
+                        for r in mine[:8]
                     ],
                 }
             )
-        # Workers gone for good are forgotten, so that their tallies do not pile up.
+        # Workers gone for good are forgotten, so that nothing piles up.
         names = {row["name"] for row in rows}
-        for name in [n for n in self._workers if n not in names]:
-            if not self._workers[name].running:
-                del self._workers[name]
+        for gone in [n for n in firstSeen if n not in names]:
+            del firstSeen[gone]
+            self._busy.pop(gone, None)
         return rows
 
     def pendingTasks(self, limit: int = 10) -> list[dict[str, Any]]:
-        """The oldest pending tasks (at most C{limit})."""
-        out = []
-        for record in self._pending.values():
-            out.append(
-                {
-                    "id": record.id,
-                    "name": record.name,
-                    "priority": priorityBand(record.priority),
-                    "submitted": record.submitted,
-                }
-            )
-            if len(out) >= limit:
-                break
-        return out
+        """Pending tasks (at most C{limit}), the most urgent of each series first."""
+        return [
+            {
+                "id": record.id,
+                "name": record.name,
+                "priority": priorityBand(record.priority),
+                "submitted": record.submitted,
+            }
+            for record in pendingRecords(self.queue, limit)
+        ]
 
     @staticmethod
     def bar(record: TaskRecord) -> list[Any]:
@@ -458,19 +441,16 @@ class QueueView:
         """
         if now is None:
             now = self.clock.seconds()
-        headline, stats = self.headline(now)
-        running = [
-            self.bar(r)
-            for tally in self._workers.values()
-            for r in tally.running.values()
-        ]
+        records = runningRecords(self.queue)
+        headline, stats = self.headline(now, records)
+        running = [self.bar(r) for r in records if r.started is not None]
         return {
             "queue": str(self.queue.name),
             "open": bool(self.queue.isRunning()),
             "now": now,
             "window": self.window,
             "headline": headline,
-            "workers": self.workers(now, stats),
+            "workers": self.workers(now, stats, records),
             "pendingTasks": self.pendingTasks(),
             "stream": {
                 "full": full,

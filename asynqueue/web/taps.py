@@ -16,7 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EndTap", "onShutdown", "findTask", "slotStates"]
+__all__ = [
+    "EndTap",
+    "onShutdown",
+    "findTask",
+    "slotStates",
+    "runningRecords",
+    "pendingRecords",
+]
 
 
 class EndTap:
@@ -123,3 +130,35 @@ def slotStates(queue: Any) -> dict[str, str]:
         elif not slot.ready:
             states[slot.worker.name] = "starting"
     return states
+
+
+def runningRecords(queue: Any) -> list[Any]:
+    """The records of the tasks handed to workers (a few: the workers' capacity)."""
+    records = [task.record for task in list(getattr(queue, "_running", ()))]
+    records.sort(key=lambda record: record.id)
+    return records
+
+
+def pendingRecords(queue: Any, limit: int) -> list[Any]:
+    """
+    The records of at most C{limit} pending tasks: each series' most urgent
+    first, then those waiting behind their lane's front. It reads only as
+    far as it must, however many are pending.
+    """
+    store = getattr(queue, "_pending", None)
+    out: list[Any] = []
+    if store is None:
+        return out
+    for line in list(store.lines.values()):
+        for priority in sorted(line.levels):
+            for task in line.levels[priority]:
+                if not task.cancelled:
+                    out.append(task.record)
+                    if len(out) >= limit:
+                        return out
+    for lane in list(store.lanes.values()):
+        for task in lane.waiting:
+            out.append(task.record)
+            if len(out) >= limit:
+                return out
+    return out
