@@ -6,10 +6,12 @@ C{builtIns}; and the container types that are never streamed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, ItemsView, KeysView, Sized, ValuesView
-from typing import Any
+from collections import deque
+from collections.abc import Callable, ItemsView, KeysView, ValuesView
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 __all__ = ["CONTAINERS", "DeferatorCompat"]
 
@@ -44,7 +46,49 @@ class DeferatorCompat:
     d: Deferred[bool]
     _closed: bool
     _exhausted: bool
-    _buffer: Sized
+    _buffer: deque[Any]
+    _failure: Failure | None
+    _handedOut: Deferred[Any] | None
+
+    #: Made AsynQueue's way: next() may be asked before the next item is in.
+    _lenient = False
+
+    if TYPE_CHECKING:
+
+        def _decided(self) -> bool: ...
+
+        def _whenDecided(self) -> Deferred[None]: ...
+
+        def _pump(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    def _waitForNext(self) -> Deferred[Any]:
+        """
+        AsynQueue's next() before the next item is in: a Deferred of it.
+
+        If it turns out there is none, it fires with C{None}, as AsynQueue's
+        bogus last value did.
+        """
+        d = self._whenDecided().addCallback(self._takeWhenDecided)
+        self._handedOut = d
+        return d
+
+    def _takeWhenDecided(self, _: object) -> Any:
+        if self._buffer:
+            item = self._buffer.popleft()
+            self._pump()
+            if self._decided():
+                return item
+            # Held until it is known whether another follows (see __next__).
+            return self._whenDecided().addCallback(lambda _: item)
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            self.close()
+            return failure
+        self._markDone(True)
+        self.close()
+        return None
 
     @property
     def moreLeft(self) -> bool:

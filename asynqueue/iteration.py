@@ -144,7 +144,16 @@ class Deferator(DeferatorCompat, Generic[T]):
                 raise ImplementationError(
                     f"{source!r} is neither an iteration source nor an iterator"
                 )
+            self._lenient = True
             self._setUp(source, 1, 1, representation)
+        elif (
+            isinstance(source, Prefetcherator)
+            and source.asynQueueForm
+            and not (args or kwargs)
+        ):
+            # Set up AsynQueue's way: iterated as AsynQueue did, too.
+            self._lenient = True
+            self._setUp(source, 1, 1)
         else:
             self._setUp(source, *args, **kwargs)
         self.representation = self.name
@@ -334,6 +343,8 @@ class Deferator(DeferatorCompat, Generic[T]):
                     f"wait for the Deferred of the previous item of {self!r} "
                     "before asking for the next one"
                 )
+            if self._lenient:
+                return self._waitForNext()
             raise NotReadyError(
                 f"{self!r} has no items yet: wait for ready() before a plain for loop"
             )

@@ -127,6 +127,11 @@ class Prefetcherator(_Batches, Generic[T]):
         """The value fetched ahead and whether it is one (AsynQueue's name)."""
         return self._ahead or (None, False)
 
+    @property
+    def asynQueueForm(self) -> bool:
+        """Whether I was made AsynQueue's way (an ID, then L{setup})."""
+        return not self._pairs
+
     def isBusy(self) -> bool:
         """Whether I have been set up and may give more values."""
         return self._call is not None and not self._done

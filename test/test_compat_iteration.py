@@ -389,3 +389,74 @@ def test_listConsumerProcessError() -> None:
     firedWith(iteratorToProducer(generatorFunction(1, N=3), consumer))
     with pytest.raises(Boom):
         firedWith(consumer())
+
+
+# AsynQueue's loop over a Deferator whose items come later --------------------------
+
+
+class LaterGetter:
+    """getMore whose answers the test gives, one call at a time."""
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = list(values)
+        self.pending: list[Deferred[tuple[Any, bool, bool]]] = []
+
+    def getNext(self) -> Deferred[tuple[Any, bool, bool]]:
+        d: Deferred[tuple[Any, bool, bool]] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def answer(self) -> None:
+        d = self.pending.pop(0)
+        if self.values:
+            value = self.values.pop(0)
+            d.callback((value, True, bool(self.values)))
+        else:
+            d.callback((None, False, False))
+
+
+def test_deferatorLoopNeedsNoReady() -> None:
+    getter = LaterGetter([1, 2, 3])
+    dr: Deferator[Any] = Deferator("later", getter.getNext)
+    looped = _iterate(dr)
+    # The loop asked for the first item before any was in, as in AsynQueue.
+    assert not looped.called
+    while getter.pending:
+        getter.answer()
+    got, moreLeft, status = firedWith(looped)
+    assert got == [1, 2, 3]
+    assert moreLeft == [True, True, False]
+    assert status is True
+
+
+def test_deferatorOverAnEmptyGetMore() -> None:
+    getter = LaterGetter([])
+    dr: Deferator[Any] = Deferator("nothing", getter.getNext)
+    looped = _iterate(dr)
+    getter.answer()
+    # AsynQueue's bogus value for an empty iteration: one None.
+    got, _, status = firedWith(looped)
+    assert got == [None]
+    assert status is True
+
+
+def test_prefetcheratorOverLaterValues() -> None:
+    pending: list[Deferred[Any]] = []
+
+    def later() -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        pending.append(d)
+        return d
+
+    pf: Prefetcherator[Any] = Prefetcherator("later")
+    ok = pf.setup(later)
+    pending.pop(0).callback("a")
+    assert firedWith(ok) is True
+    dr: Deferator[Any] = Deferator(pf)
+    looped = _iterate(dr)
+    assert not looped.called
+    pending.pop(0).callback("b")
+    pending.pop(0).errback(StopIteration())
+    got, _, status = firedWith(looped)
+    assert got == ["a", "b"]
+    assert status is True
