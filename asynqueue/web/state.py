@@ -127,6 +127,9 @@ class QueueView:
     @param clock: The queue's clock (its records' times are in it).
     @param window: Seconds of task bars the task stream shows.
     @param keep: How many ended records the stream keeps at most.
+    @param perPush: How many bars of ended tasks a push carries at most
+        (the newest): at thousands of tasks a second the stream shows a
+        sample of them.
     @param onChange: Called (with no argument) after each event; the
         server coalesces what it does then.
     """
@@ -136,7 +139,8 @@ class QueueView:
         queue: Any,
         clock: IReactorTime,
         window: float = 60.0,
-        keep: int = 2000,
+        keep: int = 1000,
+        perPush: int = 200,
         onChange: Callable[[], object] | None = None,
     ) -> None:
         self.queue = queue
@@ -155,8 +159,9 @@ class QueueView:
         self._busy: dict[str | None, float] = {}
         self._firstSeen: dict[str, float] = {}
         self.recent: deque[TaskRecord] = deque(maxlen=keep)
-        #: Records ended since the server last took them (for its deltas).
-        self.fresh: deque[TaskRecord] = deque(maxlen=keep)
+        #: Records ended since the server last took them (for its deltas):
+        #: the newest C{perPush}, so that a push stays small at any rate.
+        self.fresh: deque[TaskRecord] = deque(maxlen=perPush)
         self.failures: deque[dict[str, Any]] = deque(maxlen=20)
         self._slowest: list[tuple[float, int, dict[str, Any]]] = []
         #: The run time a task must beat to be among the slowest.
