@@ -5,7 +5,8 @@ A task that returns an iterator leaves it where it was made; its caller gets
 a L{Deferator} that pulls the items from an L{IIterationSource} in batches,
 with back-pressure, and hands them out in order: as Deferreds to a plain
 C{for} loop, to C{async for}, as a list (L{Deferator.toList}) or written to
-an C{IConsumer} by an L{IterationProducer}.
+an C{IConsumer} by an L{IterationProducer}. AsynQueue's other names of this
+module are here too: C{Delay}, C{deferToDelay} and C{ListConsumer}.
 """
 
 from __future__ import annotations
