@@ -259,7 +259,11 @@ def test_qualificationsJoinClassAndInstanceSeries() -> None:
 
     worker = Worker(series=["logs", "local"])
     assert qualifications(worker) == ["logs", "local", "async"]
-    assert qualifications(asynqueue.AsyncWorker(series=["x"])) == ["x"]
+    assert qualifications(asynqueue.AsyncWorker(series=["x"])) == [
+        "x",
+        "async",
+        "local",
+    ]
 
 
 def test_iWorkerInvariant() -> None:

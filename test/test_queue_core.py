@@ -11,6 +11,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 
 from asynqueue import (
+    AsyncWorker,
     MemoryWorker,
     NoQualifiedWorker,
     QueueRunError,
@@ -620,3 +621,24 @@ def test_waitWithProgressShowsABar(makeQueue: Any, capsys: Any) -> None:
     w.runAll()
     assert d.called
     assert "3/3" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------
+# AsynQueue's class qualifications
+
+
+def test_classQualificationsAreQualifications(makeQueue: Any) -> None:
+    from asynqueue.workers.threads import ThreadWorker
+
+    class Local(MemoryWorker):
+        cQualified = ["local"]
+
+    local, other = Local(), MemoryWorker()
+    q = makeQueue(other, local)
+    # No qualifyWorker(): the class says it runs the "local" series.
+    d = q.call(lambda: "here", series="local")
+    local.runAll()
+    assert other.runAll() == 0
+    assert result(d) == "here"
+    assert ThreadWorker.cQualified == ["thread", "local"]
+    assert AsyncWorker.cQualified == ["async", "local"]

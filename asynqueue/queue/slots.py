@@ -30,6 +30,7 @@ from asynqueue.interfaces import (
     IReportingWorker,
     IResignationExplaining,
     IWorker,
+    qualifications,
 )
 from asynqueue.queue.running import _RUNNING, _Running
 from asynqueue.queue.taskstate import QueuedTask, cancelTimeout
@@ -96,6 +97,11 @@ class _Workers(_Running):
             raise QueueRunError(f"{self.name} is shut down")
         if worker in self._slots:
             return succeed(None)
+        # AsynQueue's class qualifications (cQualified) join the worker's
+        # own now, so that dispatch reads one list.
+        for series in qualifications(worker):
+            if series not in worker.iQualified:
+                worker.iQualified.append(series)
         slot = _WorkerSlot(
             worker,
             reportingWorker=worker if IReportingWorker.providedBy(worker) else None,

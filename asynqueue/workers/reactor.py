@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
@@ -30,6 +30,9 @@ class AsyncWorker(WorkerBase):
     short. Cancelling a running task (or its timeout) cancels the Deferred
     or coroutine it is waiting on.
     """
+
+    #: AsynQueue's class qualifications: series every reactor worker runs.
+    cQualified: ClassVar[list[Any]] = ["async", "local"]
 
     def __init__(
         self, concurrency: int = 1, name: str | None = None, series: Iterable[Any] = ()

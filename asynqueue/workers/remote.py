@@ -13,7 +13,7 @@ import itertools
 import pickle
 import random
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -417,6 +417,9 @@ class WireWorker(RemoteWorker):
     (AsynQueue passed the universe instance first; it is accepted and
     ignored, since the node has its own.)
     """
+
+    #: AsynQueue's class qualifications: series every wire worker runs.
+    cQualified: ClassVar[list[Any]] = ["wire", "remote"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args and isinstance(args[0], WireWorkerUniverse):

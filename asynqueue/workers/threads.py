@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
@@ -106,6 +106,9 @@ class ThreadWorker(WorkerBase):
     worker's remaining tasks. Threads are daemon threads, so an abandoned
     one never keeps the process from exiting.
     """
+
+    #: AsynQueue's class qualifications: series every thread worker runs.
+    cQualified: ClassVar[list[Any]] = ["thread", "local"]
 
     def __init__(
         self,
