@@ -112,12 +112,14 @@ class PendingStore:
     def popFor(self, worker: IWorker) -> QueuedTask | None:
         """Take the most urgent pending task C{worker} may run."""
         best: _Line | None = None
-        if not worker.iQualified:
-            best = self.lines.get(None)
+        lines = self.lines
+        if not worker.iQualified or (len(lines) == 1 and None in lines):
+            # The common case: no series pending, or a worker of none.
+            best = lines.get(None)
         else:
             bestKey: tuple[float, int] | None = None
             for series in itertools.chain((None,), worker.iQualified):
-                line = self.lines.get(series)
+                line = lines.get(series)
                 head = line.head() if line is not None else None
                 if head is not None:
                     key = (head.record.priority, head.record.id)
