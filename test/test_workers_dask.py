@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 
 from asynqueue import TaskQueue, TimeoutError
@@ -16,7 +17,7 @@ from asynqueue.iteration import Deferator
 distributed = pytest.importorskip("distributed")
 
 from asynqueue.workers import daskside  # noqa: E402
-from asynqueue.workers.dask import DaskWorker  # noqa: E402
+from asynqueue.workers.dask import DaskError, DaskWorker  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def cluster() -> Iterator[Any]:
         threads_per_worker=2,
         processes=False,
         dashboard_address=None,
+        worker_dashboard_address=None,
     )
     yield c
     c.close()
@@ -189,7 +191,11 @@ def brokenInitializer() -> None:
 def smallCluster() -> Iterator[Any]:
     """A LocalCluster of threads with one worker of one thread, for one test."""
     c = distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=None,
+        worker_dashboard_address=None,
     )
     yield c
     c.close()
@@ -212,7 +218,7 @@ async def test_updateRunsOnEveryDaskWorkerAndOnLaterOnes(smallCluster: Any) -> N
             distributed.Worker,
             smallCluster.scheduler_address,
             nthreads=1,
-            dashboard_address=None,
+            dashboard=False,
         )
         await grown
         client = w._link.client
@@ -249,3 +255,148 @@ async def test_aFailedInitializerFailsEveryCall(smallCluster: Any) -> None:
 
         child._setupError = None
         child._context = None
+
+
+_order: list[Any] = []
+_started: dict[str, Deferred[None]] = {}
+
+
+def note(name: Any) -> Any:
+    """Note that this call ran, in the order of the calls (threads clusters only)."""
+    _order.append(name)
+    return name
+
+
+def holdUntil(name: str) -> None:
+    """Say so in the reactor when started; then block until gate C{name} opens."""
+    reactor.callFromThread(_started[name].callback, None)  # type: ignore[attr-defined]
+    blockUntil(name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ourPrioritiesBecomeDasks() -> None:
+    """Lower runs sooner here; of two calls waiting in Dask, -5 runs before 5."""
+    import dask
+
+    # One task per thread on the worker: the rest wait, by priority, in the scheduler.
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        cluster = distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        )
+    w = DaskWorker(cluster, tasksPerThread=4)
+    q = TaskQueue(w, shutdownWithReactor=False)
+    try:
+        await w.whenConnected()
+        _order.clear()
+        _started["priorities"] = Deferred()
+        held = q.call(holdUntil, "priorities")
+        await _started["priorities"]
+        later = q.call(note, "later", priority=5)
+        sooner = q.call(note, "sooner", priority=-5)
+        # Both are in Dask before the thread is free (the queue could hold 4).
+        openGate("priorities")
+        await gatherResults([held, later, sooner])
+        assert _order == ["sooner", "later"]
+    finally:
+        await q.shutdown()
+        cluster.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lanesSeriesAndRecordsWorkUnchanged(queue: TaskQueue) -> None:
+    _order.clear()
+    calls = [queue.call(note, i, lane="one") for i in range(10)]
+    assert await gatherResults(calls) == list(range(10))
+    assert _order == list(range(10))
+    with pytest.raises(Exception, match="no worker"):
+        await queue.call(square, 2, series="elsewhere")
+    queue.qualifyWorker(queue.workers()[0], "elsewhere")
+    assert await queue.call(square, 3, series="elsewhere") == 9
+    assert queue.records()[-1].state == "done"
+
+
+@pytest_twisted.ensureDeferred
+async def test_aLargeArgumentTravelsOnce(queue: TaskQueue, worker: DaskWorker) -> None:
+    big = bytes(100 * 2**20)
+    before = worker.info()["scattered"]
+    sizes = await gatherResults([queue.call(len, big) for _ in range(100)])
+    assert sizes == [len(big)] * 100
+    assert worker.info()["scattered"] == before + 1
+    small = await queue.call(len, b"x" * 100)
+    assert small == 100
+    assert worker.info()["scattered"] == before + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_losingTheSchedulerFailsWhatRunsWithNodeLost(smallCluster: Any) -> None:
+    """The connection drops: calls in flight fail; calls go on once it is back."""
+    from asynqueue.errors import NodeLost
+
+    w = DaskWorker(smallCluster)
+    q = TaskQueue(w, shutdownWithReactor=False)
+    try:
+        await w.whenConnected()
+        _started["lost"] = Deferred()
+        running = q.call(holdUntil, "lost")
+        await _started["lost"]
+        back: Deferred[None] = Deferred()
+        queueObserver = w._capacityObserver
+        assert queueObserver is not None
+
+        def observe() -> None:
+            queueObserver()
+            if w.capacity and not back.called:
+                back.callback(None)
+
+        w.setCapacityObserver(observe)
+        client = w._link.client
+        await w._bridge.call(client.scheduler_comm.comm.abort)
+        with pytest.raises(NodeLost, match="lost the connection"):
+            await running
+        assert w.capacity == 0
+        openGate("lost")
+        await back
+        assert await q.call(square, 3) == 9
+    finally:
+        openGate("lost")
+        await q.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aSchedulerThatNeverAnswersMakesTheWorkerResign() -> None:
+    from asynqueue.errors import NoWorkers
+
+    w = DaskWorker("tcp://127.0.0.1:1", timeout=0.2)
+    q = TaskQueue(w, shutdownWithReactor=False)
+    pending = q.call(square, 2)
+    with pytest.raises(DaskError, match="could not connect"):
+        await w.whenConnected()
+    # It resigned: the queue, with no worker left, fails what waits.
+    with pytest.raises(NoWorkers):
+        await pending
+    await q.shutdown()
+
+
+def test_importDoesNotLoadDask() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, asynqueue; asynqueue.TaskQueue; asynqueue.workers; "
+        "assert 'distributed' not in sys.modules and 'dask' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_importErrorNamesTheExtra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # type: ignore[arg-type]
+    monkeypatch.delitem(sys.modules, "asynqueue.workers.dask")
+    with pytest.raises(ImportError, match=r"asynqueue\[dask\]"):
+        importlib.import_module("asynqueue.workers.dask")

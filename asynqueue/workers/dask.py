@@ -142,6 +142,9 @@ class DaskWorker:
         self._resignator: Callable[[Any], object] | None = None
         self._capacityObserver: Callable[[], object] | None = None
         self._runs: dict[str, _Run] = {}
+        self._outgoing: list[
+            tuple[str, Any, tuple[Any, ...], dict[str, Any], float]
+        ] = []
         self._stopped = False
         self._idleWaiters: list[Deferred[None]] = []
         self._connectWaiters: list[Deferred[DaskWorker]] = []
@@ -202,14 +205,21 @@ class DaskWorker:
         run = _Run(task, Deferred(lambda _: self._cancel(key)), key)
         self._runs[key] = run
         priority = -max(-_PRIORITY_BOUND, min(_PRIORITY_BOUND, task.priority))
-        self._bridge.toLoop(
-            self._link.enqueue, key, task.f, task.args, task.kwargs, priority
-        )
+        self._outgoing.append((key, task.f, task.args, task.kwargs, priority))
+        if len(self._outgoing) == 1:
+            # The calls of this turn of the reactor go to the cluster together.
+            self._bridge.reactor.callLater(0, self._send)
         task.markStarted()
         return run.deferred
 
+    def _send(self) -> None:
+        batch, self._outgoing = self._outgoing, []
+        if batch:
+            self._bridge.toLoop(self._link.enqueue, batch)
+
     def _cancel(self, key: str) -> None:
         if self._runs.pop(key, None) is not None:
+            self._outgoing = [call for call in self._outgoing if call[0] != key]
             self._bridge.toLoop(self._link.cancel, key)
             self._idleCheck()
 

@@ -12,6 +12,7 @@ thread (unless the two are the same, under the asyncio reactor).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import threading
 import traceback
@@ -128,9 +129,16 @@ class Bridge:
                 self.toReactor(d.callback, future.result())
 
         def begin() -> None:
-            asyncio.ensure_future(
-                coroutine(*args, **kwargs), loop=self.loop
-            ).add_done_callback(done)
+            try:
+                result = coroutine(*args, **kwargs)
+            except BaseException as e:
+                self.toReactor(d.errback, Failure(e))
+                return
+            if not inspect.isawaitable(result):
+                # A plain function: its result is the answer.
+                self.toReactor(d.callback, result)
+                return
+            asyncio.ensure_future(result, loop=self.loop).add_done_callback(done)
 
         self.toLoop(begin)
         return d
@@ -218,6 +226,7 @@ class DaskLink:
         self._cancelled: set[str] = set()
         self._scatterCache: dict[int, tuple[Any, Any]] = {}
         self._closing = False
+        self._watching = False
 
     @property
     def closing(self) -> bool:
@@ -257,7 +266,7 @@ class DaskLink:
             )
         asyncio.ensure_future(self._harvest())
         threads = await self._countThreads()
-        address = client.scheduler.address
+        address = str(getattr(client.scheduler, "address", self.address))
         self.bridge.toReactor(self.owner._connectedNow, address, threads)
 
     async def _register(self, plugin: AsynQueuePlugin) -> None:
@@ -292,18 +301,37 @@ class DaskLink:
             return
         self.bridge.toReactor(self.owner._setCapacity, threads)
 
+    def _schedulerLost(self) -> None:
+        """
+        The client lost the scheduler: take no calls until it is back (the
+        client reconnects by itself), or give up once it gives up.
+        """
+        if self._watching or self._closing:
+            return
+        self._watching = True
+        self.bridge.toReactor(self.owner._setCapacity, 0)
+        asyncio.ensure_future(self._awaitScheduler())
+
+    async def _awaitScheduler(self) -> None:
+        try:
+            # One call that returns once the scheduler answers again.
+            threads = await asyncio.wait_for(self._countThreads(), self.timeout)
+        except Exception:
+            if not self._closing:
+                self.bridge.toReactor(self.owner._lost, "the Dask scheduler is gone")
+            return
+        finally:
+            self._watching = False
+        self.bridge.toReactor(self.owner._setCapacity, threads)
+
     def enqueue(
-        self,
-        key: str,
-        f: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        priority: float,
+        self, batch: list[tuple[str, Any, tuple[Any, ...], dict[str, Any], float]]
     ) -> None:
-        self._toSubmit.append((key, f, args, kwargs, priority))
+        """Submit calls C{(key, f, args, kwargs, priority)} soon, in one batch."""
+        self._toSubmit += batch
         if not self._submitting:
             self._submitting = True
-            # After the calls that came with this one: they go in one batch.
+            # After the calls that came with these: they go in one batch.
             self.bridge.loop.call_soon(self._submitSoon)
 
     def _submitSoon(self) -> None:
@@ -365,7 +393,8 @@ class DaskLink:
                 continue
             byPriority.setdefault(item[4], []).append(item)
         made = []
-        for priority, items in byPriority.items():
+        # Most urgent first: the scheduler sees them in this order.
+        for priority, items in sorted(byPriority.items(), reverse=True):
             made += client.map(
                 daskside.runCall,
                 [item[1] for item in items],
@@ -433,7 +462,12 @@ class DaskLink:
                     (key, "error", _remoteError(error, tb, "a worker"), None)
                 )
             else:
-                outcomes.append((key, "lost", "the scheduler cancelled the call", None))
+                if self.client.status != "running":
+                    why = "lost the connection to the Dask scheduler"
+                    self._schedulerLost()
+                else:
+                    why = "the Dask scheduler cancelled the call"
+                outcomes.append((key, "lost", why, None))
         if finished:
             try:
                 results = await self.client.gather(finished)
