@@ -17,7 +17,7 @@ from asynqueue.iteration import Deferator
 distributed = pytest.importorskip("distributed")
 
 from asynqueue.workers import daskside  # noqa: E402
-from asynqueue.workers.dask import DaskError, DaskWorker  # noqa: E402
+from asynqueue.workers.dask import DaskError, DaskQueue, DaskWorker  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -400,3 +400,72 @@ def test_importErrorNamesTheExtra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "asynqueue.workers.dask")
     with pytest.raises(ImportError, match=r"asynqueue\[dask\]"):
         importlib.import_module("asynqueue.workers.dask")
+
+
+def pidThenWait(name: str) -> int:
+    """Say which process runs me (a Dask Queue), then wait for a Dask Event."""
+    import os
+
+    from distributed import Event, Queue
+
+    Queue(name).put(os.getpid())
+    Event(name).wait()
+    return os.getpid()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aDaskWorkerKilledMidTaskIsAbsorbedByDask() -> None:
+    """SIGKILL the process running a call: Dask runs it again elsewhere."""
+    import os
+    import signal
+
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        worker_dashboard_address=None,
+    )
+    w = DaskWorker(cluster)
+    q = TaskQueue(w, shutdownWithReactor=False)
+    try:
+        await w.whenConnected()
+        client = w._link.client
+        started = distributed.Queue("kill", client=client)
+        d = q.call(pidThenWait, "kill")
+        first = await w._bridge.call(started.get)
+        os.kill(first, signal.SIGKILL)
+        second = await w._bridge.call(started.get)
+        assert second != first
+        await w._bridge.call(distributed.Event("kill", client=client).set)
+        assert await d == second
+        assert queue_stats_ok(q, w)
+    finally:
+        await q.shutdown()
+        cluster.close()
+
+
+def queue_stats_ok(q: TaskQueue, w: DaskWorker) -> bool:
+    stats = q.stats()
+    return bool(stats["done"] == 1 and stats["failed"] == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_daskQueueStartsAndClosesALocalCluster() -> None:
+    before = {t.ident for t in threading.enumerate()}
+    q = DaskQueue(
+        None,
+        workerOptions={"processes": False, "n_workers": 1, "threads_per_worker": 1},
+        shutdownWithReactor=False,
+    )
+    worker = q.daskWorker
+    await worker.whenConnected()
+    assert worker.info()["scheduler"].startswith("inproc://")
+    assert await q.call(square, 5) == 25
+    await q.shutdown()
+    assert worker.info()["connected"] is False
+    # No thread of the worker's, its client's or its cluster's is left.
+    left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    for t in left:
+        t.join(5)
+    assert [t.name for t in left if t.is_alive()] == []
