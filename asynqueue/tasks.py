@@ -56,6 +56,7 @@ class TaskOptions:
     @ivar raw: AsynQueue's C{raw}: an iterator result comes back as it is,
         not as a L{Deferator} (from a child process or a node it must then
         be picklable itself: a list's iterator is, a generator is not).
+        C{None} takes the queue's default.
     @ivar returnFailure: AsynQueue's C{returnFailure}: accepted either way;
         a task's exception always fails its Deferred with a C{Failure}.
     @ivar warn: Log the task's failure (AsynQueue's C{warn}). C{None}
@@ -77,7 +78,7 @@ class TaskOptions:
     retries: int = 0
     consumer: IConsumer | None = None
     name: str | None = None
-    raw: bool = False
+    raw: bool | None = None
     returnFailure: bool | None = None
     warn: bool | None = None
     verbose: bool | None = None

@@ -131,6 +131,25 @@ def test_rawIteratorComesBackAsItIs(makeQueue: Callable[..., TaskQueue]) -> None
     assert q.records()[-1].name == "numbers"
 
 
+def test_rawAsTheQueuesDefault(makeQueue: Callable[..., TaskQueue]) -> None:
+    q = makeQueue(AsyncWorker(), raw=True)
+    assert list(result(q.call(numbers, 2))) == [0, 1]
+    # A call can still ask for a Deferator.
+    wrapped = result(q.call(numbers, 2, raw=False))
+    assert isinstance(wrapped, Deferator)
+    wrapped.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_threadQueueTakesRaw() -> Any:
+    q = ThreadQueue(1, raw=True, shutdownWithReactor=False)
+    try:
+        it = yield q.call(letters, 2)
+        assert list(it) == ["a", "b"]
+    finally:
+        yield q.shutdown()
+
+
 def test_rawWaitsForADeferred(makeQueue: Callable[..., TaskQueue]) -> None:
     q = makeQueue(AsyncWorker())
     d: Deferred[Any] = Deferred()

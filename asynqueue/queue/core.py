@@ -90,6 +90,8 @@ class TaskQueue(_Shutdown):
     @param returnFailure: AsynQueue's C{returnFailure}, accepted either
         way: a task's exception always fails its Deferred, never stops the
         reactor.
+    @param raw: The default of the calls' C{raw} (AsynQueue's
+        C{ThreadQueue(raw=True)}): iterator results come back as they are.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class TaskQueue(_Shutdown):
         verbose: bool = False,
         spew: bool = False,
         returnFailure: bool = True,
+        raw: bool = False,
     ) -> None:
         from twisted.internet import reactor
 
@@ -123,6 +126,7 @@ class TaskQueue(_Shutdown):
             )
         )
         self._talk = Talk(warn, verbose, spew)
+        self._raw = raw
         self._feeders = set()
         self.name = name or f"TaskQueue-{id(self):x}"
         self._reactor = reactor
@@ -203,7 +207,7 @@ class TaskQueue(_Shutdown):
             return fail(NoWorkers(self._noWorkers))
         if options.timeout is None and self.settings.timeout is not None:
             options = dataclasses.replace(options, timeout=self.settings.timeout)
-        if options.raw:
+        if options.raw or (options.raw is None and self._raw):
             # The record keeps the function's own name.
             options = dataclasses.replace(options, name=nameFor(f, options))
             f = RawCall(f)

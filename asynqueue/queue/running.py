@@ -339,7 +339,7 @@ class _Running:
     def _finish(self, task: QueuedTask, result: object) -> None:
         """Record how a task ended, move its lane along, fire its Deferred."""
         options = task.options
-        if options.raw and type(result) is RawResult:
+        if type(result) is RawResult:
             result = result.value
         record = task.record
         record.ended = self._clock.seconds()
