@@ -36,6 +36,8 @@ _EXPORTS = {
     "ProcessQueue": "asynqueue.workers.process",
     "ProcessWorker": "asynqueue.workers.process",
     "RemoteWorker": "asynqueue.workers.remote",
+    "DaskQueue": "asynqueue.workers.dask",
+    "DaskWorker": "asynqueue.workers.dask",
     "WireWorker": "asynqueue.workers.remote",
     "ThreadQueue": "asynqueue.workers.threads",
     "ThreadWorker": "asynqueue.workers.threads",
@@ -50,6 +52,8 @@ __getattr__ = lazyExports(__name__, _EXPORTS)
 __all__ = [
     "AsyncWorker",
     "AsynQueueError",
+    "DaskQueue",
+    "DaskWorker",
     "Deferator",
     "DeferredLock",
     "DeferredTracker",

@@ -1,6 +1,7 @@
 """
 Workers, one module per kind: in the reactor (and in memory, for tests),
-in threads, in child processes and on remote nodes, on one shared base.
+in threads, in child processes, on remote nodes and on a Dask cluster, on
+one shared base.
 
 AsynQueue's C{asynqueue.workers} names (C{ThreadWorker}, C{ProcessWorker},
 C{AsyncWorker}, C{IWorker}) are here too.
@@ -26,6 +27,8 @@ _EXPORTS = {
     "RemoteWorker": "asynqueue.workers.remote",
     "WireWorker": "asynqueue.workers.remote",
     "clientEndpoint": "asynqueue.workers.connection",
+    "DaskWorker": "asynqueue.workers.dask",
+    "DaskQueue": "asynqueue.workers.dask",
     "IWorker": "asynqueue.interfaces",
 }
 
