@@ -19,6 +19,7 @@ import numpy as np
 import png
 import pytest
 import pytest_twisted
+from twisted.internet.defer import CancelledError, Deferred
 
 from asynqueue import AsyncWorker, ProcessQueue, TaskQueue, ThreadWorker
 from asynqueue.node.certs import makeCluster
@@ -607,3 +608,67 @@ def test_sigtermDuringARenderEndsItPromptly(tmp_path: Path) -> None:
     assert stderr.splitlines()[-1] == "mcm: interrupted", stderr
     assert child.returncode == 1
     assert list(tmp_path.iterdir()) == []
+
+
+class _StuckOutput:
+    """A file whose first write blocks its thread until released."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.entered: Deferred[None] = Deferred()
+        self.release = threading.Event()
+        self.writes = 0
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes == 1:
+            self.reactor.callFromThread(self.entered.callback, None)
+            self.release.wait()
+        return len(data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_theWriterEndsBeforeTheReactorJoinsItsThreads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    As the reactor stops (SIGTERM), it joins its threads: the render's
+    trigger before that tells the writer's thread to stop asking for blocks
+    and waits until it has ended, however busy the thread was.
+    """
+    from twisted.internet import reactor
+
+    triggers: list[tuple[str, str, Any]] = []
+    realAdd = reactor.addSystemEventTrigger
+
+    def add(phase: str, event: str, f: Any, *a: Any) -> Any:
+        triggers.append((phase, event, f))
+        return realAdd(phase, event, f, *a)
+
+    monkeypatch.setattr(reactor, "addSystemEventTrigger", add)
+    view = View(200, -0.75, 0.0, 1.5, maxIter=20)
+    out = _StuckOutput()
+    queue = TaskQueue(ThreadWorker(), shutdownWithReactor=False)
+    try:
+        rendering = Deferred.fromCoroutine(
+            render.render(view, queue, out, workers=1)  # type: ignore[arg-type]
+        )
+        await out.entered
+        (stopWriting,) = [
+            f
+            for phase, event, f in triggers
+            if (phase, event) == ("before", "shutdown")
+        ]
+        written = stopWriting()
+        assert not written.called, "the writer's thread is still busy"
+        out.release.set()
+        await written
+        with pytest.raises(CancelledError):
+            await rendering
+    finally:
+        out.release.set()
+        await queue.shutdown()
