@@ -180,6 +180,14 @@ def test_cancelledPendingTaskLeavesTheCounts(makeQueue: Any, clock: Clock) -> No
     assert failureOf(d).check(CancelledError)
     headline, _ = view.headline(clock.seconds())
     assert headline["pendingBy"]["lane"] == {} and headline["cancelled"] == 1
+    # A cancelled task stays in its line until it reaches the front: not counted.
+    ds = [queue.call(sleepy, priority=5) for _ in range(3)]
+    for d in ds:
+        d.addErrback(lambda _: None)
+    ds[1].cancel()
+    headline, _ = view.headline(clock.seconds())
+    assert headline["pendingBy"]["priority"] == {"5": 2}
+    assert headline["pending"] == 2
 
 
 def test_detachGivesTheQueueBackItsOwn(makeQueue: Any, clock: Clock) -> None:
@@ -247,7 +255,7 @@ def test_pushesAreCoalesced(makeQueue: Any, clock: Clock) -> None:
     for _ in range(100):
         queue.call(sleepy)
     worker.runAll()
-    assert len(request.written) == 1  # nothing yet: 300 events wait for the timer
+    assert len(request.written) == 1  # nothing yet: 100 ends wait for the timer
     clock.advance(0.25)
     assert len(request.written) == 2
     data = json.loads(request.written[-1].split(b"data: ", 1)[1])

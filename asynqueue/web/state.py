@@ -1,12 +1,14 @@
 """
 The dashboard's view of a queue: counts, workers, recent task bars,
-failures and the slowest tasks, derived from the queue's events.
+failures and the slowest tasks, derived from the queue's records.
 
-L{QueueView} observes a queue (C{queue.observe}); what it does per event
-is O(1) and its memory is bounded (rings of the newest records), so a
-queue may run for days with it attached. L{QueueView.snapshot} builds the
-JSON-ready dict the page draws; it is built only when a page is open, at
-most a few times a second (see L{asynqueue.web.server}).
+L{QueueView} hears of each task as it ends (L{asynqueue.web.taps.EndTap});
+what it does then is O(1), a few operations, and its memory is bounded
+(rings of the newest records), so a queue may run for days with it
+attached. What is pending and running is read from the queue when a
+snapshot is made: L{QueueView.snapshot} builds the JSON-ready dict the
+page draws, only while a page is open, at most a few times a second (see
+L{asynqueue.web.server}).
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from asynqueue.tasks import TaskRecord
-from asynqueue.web.taps import EndTap, pendingRecords, runningRecords, slotStates
+from asynqueue.web.taps import (
+    EndTap,
+    pendingCounts,
+    pendingRecords,
+    runningRecords,
+    slotStates,
+)
 
 __all__ = ["QueueView", "workerKind", "priorityBand", "shortCall"]
 
@@ -152,9 +160,6 @@ class QueueView:
         self.ended = 0
         self.expected: int | None = None
         self._endedAtExpect = 0
-        #: How many tasks have not ended, by (priority, series, lane): those
-        #: pending and those running (which a snapshot takes away).
-        self._openKeys: dict[tuple[float, Any, Any], int] = {}
         #: By worker name: seconds spent running tasks, and when first seen.
         self._busy: dict[str | None, float] = {}
         self._firstSeen: dict[str, float] = {}
@@ -168,30 +173,21 @@ class QueueView:
         self._slowFloor = -math.inf
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)
         self._tap: EndTap | None = None
-        self._stop: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------
     # Attaching
 
     def attach(self) -> None:
-        """Start observing the queue (what is pending or running now is counted)."""
-        if self._stop is not None:
+        """Start hearing of the queue's tasks as they end."""
+        if self._tap is not None:
             return
-        self._tap = EndTap(self.queue)
-        self._stop = self.queue.observe(self.observe)
         now = self.clock.seconds()
         for name in self._workerNames():
             self._firstSeen.setdefault(name, now)
-        # What was submitted before: once, from the records the queue keeps.
-        for record in self.queue.records():
-            if record.state in ("pending", "running"):
-                self.observe("submitted", record)
+        self._tap = EndTap(self.queue, self._ended)
 
     def detach(self) -> None:
-        """Stop observing the queue."""
-        if self._stop is not None:
-            self._stop()
-            self._stop = None
+        """Stop hearing of the queue's tasks."""
         if self._tap is not None:
             self._tap.remove()
             self._tap = None
@@ -204,29 +200,11 @@ class QueueView:
     # ------------------------------------------------------------------
     # Events: O(1) each, and few operations (they run for every task)
 
-    def observe(self, event: str, record: TaskRecord) -> None:
-        """The queue's observer: C{submitted}, C{started} or C{ended}."""
-        if event == "submitted":
-            counts = self._openKeys
-            key = (record.priority, record.series, record.lane)
-            counts[key] = counts.get(key, 0) + 1
-        elif event == "ended":
-            self._ended(record)
-        # A start changes nothing counted here: the running tasks are read
-        # from the queue when a snapshot is made.
-        onChange = self.onChange
-        if onChange is not None:
-            onChange()
-
-    def _ended(self, record: TaskRecord) -> None:
+    def _ended(
+        self, record: TaskRecord, args: Any, kwargs: Any, result: object
+    ) -> None:
+        """A task ended (L{EndTap}'s callback): a few operations, every task."""
         self.ended += 1
-        counts = self._openKeys
-        key = (record.priority, record.series, record.lane)
-        n = counts.get(key, 0) - 1
-        if n > 0:
-            counts[key] = n
-        else:
-            counts.pop(key, None)
         started = record.started
         if started is not None:
             runTime = (record.ended or started) - started
@@ -236,18 +214,13 @@ class QueueView:
             self.recent.append(record)
             self.fresh.append(record)
             if runTime > self._slowFloor:
-                self._noteSlow(record, runTime, self._taskOf(record))
+                self._noteSlow(record, runTime, args, kwargs)
         state = record.state
         if state == "failed" or state == "timedOut":
-            task = self._taskOf(record)
-            tap = self._tap
-            self._noteFailure(record, tap.result if task is not None and tap else None)
-
-    def _taskOf(self, record: TaskRecord) -> Any:
-        """The task of C{record}, as it ends (its arguments still held), or None."""
-        tap = self._tap
-        task = tap.task if tap is not None else None
-        return task if task is not None and task.record is record else None
+            self._noteFailure(record, result)
+        onChange = self.onChange
+        if onChange is not None:
+            onChange()
 
     def _noteFailure(self, record: TaskRecord, result: object) -> None:
         if isinstance(result, Failure):
@@ -267,10 +240,12 @@ class QueueView:
             }
         )
 
-    def _noteSlow(self, record: TaskRecord, runTime: float, task: Any) -> None:
+    def _noteSlow(
+        self, record: TaskRecord, runTime: float, args: Any, kwargs: Any
+    ) -> None:
         call = (
-            shortCall(record.name, task.args, task.kwargs)
-            if task is not None
+            shortCall(record.name, args, kwargs)
+            if args is not None
             else f"{record.name}(...)"
         )
         entry = {
@@ -307,12 +282,9 @@ class QueueView:
         average = self.ended / span if span > 0 else 0.0
         return rateNow, average
 
-    def pendingBy(self, running: list[TaskRecord]) -> dict[str, dict[str, int]]:
-        """How many tasks wait to start, by priority band, series and lane."""
-        counts = dict(self._openKeys)
-        for record in running:
-            key = (record.priority, record.series, record.lane)
-            counts[key] = counts.get(key, 0) - 1
+    def pendingBy(self) -> dict[str, dict[str, int]]:
+        """How many tasks are pending, by priority band, series and lane."""
+        counts = pendingCounts(self.queue)
         by: dict[str, dict[str, int]] = {"priority": {}, "series": {}, "lane": {}}
         for (priority, series, lane), n in counts.items():
             _count(by["priority"], priorityBand(priority), n)
@@ -322,13 +294,9 @@ class QueueView:
                 _count(by["lane"], _label(lane), n)
         return by
 
-    def headline(
-        self, now: float, running: list[TaskRecord] | None = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def headline(self, now: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """The counts, rates and ETA at the top of the page; and C{queue.stats()}."""
         stats = self.queue.stats()
-        if running is None:
-            running = runningRecords(self.queue)
         rateNow, average = self.rates(now)
         eta = None
         progress = None
@@ -343,7 +311,7 @@ class QueueView:
             "done": stats["done"],
             "failed": stats["failed"],
             "cancelled": stats["cancelled"],
-            "pendingBy": self.pendingBy(running),
+            "pendingBy": self.pendingBy(),
             "rateNow": rateNow,
             "rateAverage": average,
             "expected": self.expected,
@@ -447,7 +415,7 @@ class QueueView:
         if now is None:
             now = self.clock.seconds()
         records = runningRecords(self.queue)
-        headline, stats = self.headline(now, records)
+        headline, stats = self.headline(now)
         running = [self.bar(r) for r in records if r.started is not None]
         return {
             "queue": str(self.queue.name),

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.logger import Logger
+
 __all__ = [
     "EndTap",
     "onShutdown",
@@ -23,42 +25,53 @@ __all__ = [
     "slotStates",
     "runningRecords",
     "pendingRecords",
+    "pendingCounts",
 ]
+
+
+#: What hears of each task's end: its record (its state set), the call's
+#: arguments and keywords (or C{None}, C{None} when unknown), and what it
+#: ended with (a C{Failure} if it failed; C{None} when unknown).
+OnEnd = Callable[[Any, Any, Any, object], None]
 
 
 class EndTap:
     """
-    While a queue's observers hear of a task's end, C{task} and C{result}
-    are the task (its arguments still held) and what it ended with (a
-    C{Failure} if it failed); C{None} at any other time.
+    Call C{onEnd(record, args, kwargs, result)} as each task of a queue ends.
 
-    It wraps the queue's C{_finish}, which tells the observers before it
-    lets the arguments go: one attribute store per task, no more.
+    It wraps the queue's C{_finish}, which ends every recorded task (run,
+    failed, timed out or cancelled, started or not): the arguments are
+    read before C{_finish} lets them go, and C{onEnd} is called once it
+    has set the record's state. This costs a task one call; it is cheaper
+    than C{queue.observe} (three calls, one per event), which is used
+    instead if the queue has no C{_finish}, without arguments or failures.
     """
 
-    task: Any = None
-    result: object = None
+    log = Logger()
 
-    def __init__(self, queue: Any) -> None:
+    def __init__(self, queue: Any, onEnd: OnEnd) -> None:
         self._queue = queue
-        self._original: Callable[[Any, object], None] | None = getattr(
-            queue, "_finish", None
-        )
-        self._active = self._original is not None
-        if self._original is None:
+        self._active = True
+        self._stopObserving: Callable[[], None] | None = None
+        original: Callable[[Any, object], None] | None = getattr(queue, "_finish", None)
+        self._original = original
+        if original is None:
+
+            def observer(event: str, record: Any) -> None:
+                if event == "ended":
+                    onEnd(record, None, None, None)
+
+            self._stopObserving = queue.observe(observer)
             return
-        original = self._original
 
         def finish(task: Any, result: object) -> None:
-            if not self._active:
-                original(task, result)
-                return
-            self.task, self.result = task, result
-            try:
-                original(task, result)
-            finally:
-                # No reference outlives the end of the task.
-                self.task = self.result = None
+            args, kwargs = task.args, task.kwargs
+            original(task, result)
+            if self._active:
+                try:
+                    onEnd(task.record, args, kwargs, result)
+                except Exception:
+                    self.log.failure("The dashboard failed to note a task's end")
 
         self._wrapper = finish
         queue._finish = finish
@@ -68,6 +81,9 @@ class EndTap:
         if not self._active:
             return
         self._active = False
+        if self._stopObserving is not None:
+            self._stopObserving()
+            return
         queue = self._queue
         if queue.__dict__.get("_finish") is self._wrapper:
             if getattr(type(queue), "_finish", None) is getattr(
@@ -162,3 +178,46 @@ def pendingRecords(queue: Any, limit: int) -> list[Any]:
             if len(out) >= limit:
                 return out
     return out
+
+
+def pendingCounts(queue: Any) -> dict[tuple[float, Any, Any], int]:
+    """
+    How many tasks of C{queue} are pending, by C{(priority, series, lane)}.
+
+    Read from the sizes of the pending store's lines, so it costs the
+    number of series and priorities, not of tasks; only a line holding
+    cancelled tasks (skipped when they reach its front) and the tasks
+    waiting behind their lane's front are looked at one by one.
+    """
+    store = getattr(queue, "_pending", None)
+    counts: dict[tuple[float, Any, Any], int] = {}
+    if store is None:
+        return counts
+
+    def add(key: tuple[float, Any, Any], n: int) -> None:
+        if n > 0:
+            counts[key] = counts.get(key, 0) + n
+
+    lines = list(store.lines.items())
+    exact = sum(len(level) for _, line in lines for level in line.levels.values())
+    exact = exact == store.count
+    for series, line in lines:
+        for priority, level in list(line.levels.items()):
+            if exact:
+                add((priority, series, None), len(level))
+            else:
+                for task in list(level):
+                    if not task.cancelled:
+                        add((priority, series, task.lane), 1)
+    for lane, state in list(store.lanes.items()):
+        front = state.front
+        if exact and front is not None and front.record.state == "pending":
+            # Counted above without its lane.
+            key = (front.record.priority, front.series, None)
+            counts[key] -= 1
+            if not counts[key]:
+                del counts[key]
+            add((front.record.priority, front.series, lane), 1)
+        for task in list(state.waiting):
+            add((task.record.priority, task.series, lane), 1)
+    return counts
