@@ -245,3 +245,59 @@ def test_processQueueTakesTheSameKeywords() -> None:
     assert settings.shutdownTimeout == 4 and settings.timeout == 1
     # What is the queue's own stays for TaskQueue.
     assert keywords == {"warn": True}
+
+
+# ----------------------------------------------------------------------
+# AsynQueue's worker keywords
+
+
+def test_workersTakeTheirSeriesFirst() -> None:
+    from asynqueue.workers.threads import ThreadWorker
+
+    worker = ThreadWorker(["big"])
+    assert worker.iQualified == ["big"] and worker.name.startswith("ThreadWorker")
+    assert AsyncWorker(1, "named").name == "named"
+    with pytest.raises(TypeError, match="name is a string"):
+        ThreadWorker(["big"], series=["small"])
+
+
+@pytest_twisted.inlineCallbacks
+def test_rawThreadWorker() -> Any:
+    from asynqueue.workers.threads import ThreadWorker
+
+    q = TaskQueue(ThreadWorker(raw=True), shutdownWithReactor=False)
+    try:
+        it = yield q.call(letters, 3)
+        assert not isinstance(it, Deferator) and list(it) == ["a", "b", "c"]
+    finally:
+        yield q.shutdown()
+
+
+@pytest_twisted.inlineCallbacks
+def test_rawProcessWorker() -> Any:
+    from asynqueue.workers.process import ProcessWorker
+
+    worker = ProcessWorker(raw=True, useReactor=True)
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        it = yield q.call(numbers, 3)
+        assert not isinstance(it, Deferator) and list(it) == [0, 1, 2]
+        assert worker.useReactor
+    finally:
+        yield q.shutdown()
+
+
+def test_wireWorkerTakesAsynQueuesKeywords() -> None:
+    from asynqueue.wire import WireWorker, WireWorkerUniverse
+
+    worker = WireWorker(
+        WireWorkerUniverse(),
+        "unix:/nonexistent/node.sock",
+        series=["logs"],
+        raw=True,
+        thread=True,
+        N_concurrent=3,
+        insecurePlaintext=True,
+        reactor=Clock(),
+    )
+    assert worker.iQualified[0] == "logs"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from inspect import isawaitable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
@@ -141,10 +141,25 @@ class AdaptiveBacklog:
         return max(self.floor, min(self.ceiling, 1 + int(backlog)))
 
 
+def nameAndSeries(
+    name: object, series: Iterable[Any]
+) -> tuple[str | None, Iterable[Any]]:
+    """
+    A worker's C{name} and C{series} as given, or as AsynQueue's workers
+    took them, series first: C{ThreadWorker(["big"])}.
+    """
+    if name is None or isinstance(name, str):
+        return name, series
+    if series:
+        raise TypeError(f"a worker's name is a string, not {name!r}")
+    return None, cast(Iterable[Any], name)
+
+
 class WorkerBase:
     """What every worker here shares: a name, its series and its resignator."""
 
     def __init__(self, name: str | None, series: Iterable[Any], capacity: int) -> None:
+        name, series = nameAndSeries(name, series)
         if capacity < 1:
             raise ValueError(f"a worker's capacity must be at least 1, not {capacity}")
         self.name = name or f"{type(self).__name__}-{next(_names)}"

@@ -38,7 +38,7 @@ from asynqueue.tasks import Task
 from asynqueue.wire.commands import NodeInfo
 from asynqueue.wire.pickling import dumpCall, pickledCall
 from asynqueue.wire.results import WireIterationSource
-from asynqueue.workers.base import AdaptiveBacklog, runReporting
+from asynqueue.workers.base import AdaptiveBacklog, nameAndSeries, runReporting
 from asynqueue.workers.children import _Child, _Sent
 from asynqueue.workers.processextras import ProcessQueueExtras, ProcessWorkerExtras
 from asynqueue.workers.spawning import ChildStarter, startMethod
@@ -102,7 +102,10 @@ class ProcessWorker(ProcessWorkerExtras):
         respawnDelay: float = 0.05,
         start: str | None = None,
         callStats: bool = False,
+        raw: bool = False,
+        useReactor: bool = False,
     ) -> None:
+        name, series = nameAndSeries(name, series)
         if reactor is None:
             from twisted.internet import reactor
         if capacity is not None and capacity < 1:
@@ -119,6 +122,7 @@ class ProcessWorker(ProcessWorkerExtras):
             )
         self.reactor = reactor
         self._keepCallStats(callStats)
+        self._keepAsynQueueOptions(raw, useReactor)
         self.name = name or f"ProcessWorker-{next(self._ids)}"
         self.iQualified: list[Any] = list(series)
         self.capacity = capacity or 2
@@ -194,7 +198,7 @@ class ProcessWorker(ProcessWorkerExtras):
             task.finished(Failure(self._setupError()), attempt)
             return
         try:
-            call = pickledCall(task)
+            call = self._rawCall(task) if self.raw else pickledCall(task)
         except UnpicklableError:
             task.finished(Failure(), attempt)
             return

@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
 from asynqueue.queue.core import TaskQueue
-from asynqueue.tasks import TaskRecord
+from asynqueue.tasks import RawCall, Task, TaskRecord
+from asynqueue.wire.pickling import dumpCall
 
 __all__ = ["ProcessBase", "ProcessQueueExtras", "ProcessWorkerExtras"]
 
@@ -70,6 +71,18 @@ class ProcessWorkerExtras:
     def info(self) -> dict[str, Any]:
         """My child's pid and more (the worker defines it)."""
         raise NotImplementedError
+
+    def _keepAsynQueueOptions(self, raw: bool, useReactor: bool) -> None:
+        #: AsynQueue's C{raw}: iterators come back as they are (they must
+        #: pickle). C{useReactor} is accepted: a child always waits for a
+        #: Deferred or coroutine its call returns, with or without it.
+        self.raw = bool(raw)
+        self.useReactor = bool(useReactor)
+
+    def _rawCall(self, task: Task) -> bytes:
+        """The call of C{task} pickled to come back raw (L{RawCall})."""
+        f = task.f if type(task.f) is RawCall else RawCall(task.f)
+        return dumpCall(f, task.args, task.kwargs)
 
     def _keepCallStats(self, callStats: bool) -> None:
         self.callStats = bool(callStats)

@@ -424,6 +424,11 @@ class WireWorker(RemoteWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args and isinstance(args[0], WireWorkerUniverse):
             args = args[1:]
+        # AsynQueue's keywords, accepted: the node says how many calls it
+        # takes at once (N_concurrent), and its own processes run them
+        # (thread); a universe's results are plain data (raw).
+        for keyword in ("raw", "thread", "N_concurrent"):
+            kwargs.pop(keyword, None)
         super().__init__(*args, **kwargs)
 
     def _callFor(self, task: Task) -> bytes:

@@ -27,7 +27,7 @@ from asynqueue.interfaces import IIterationSource, IReportingWorker
 from asynqueue.queue.core import TaskQueue
 from asynqueue.settings import settingsForQueue
 from asynqueue.sources import takeItems
-from asynqueue.tasks import Task
+from asynqueue.tasks import RawCall, Task
 from asynqueue.workers.base import (
     PLAIN_TYPES,
     AdaptiveBacklog,
@@ -118,8 +118,11 @@ class ThreadWorker(WorkerBase):
         reactor: Any = None,
         backlogSeconds: float = 0.002,
         maxCapacity: int = 32,
+        raw: bool = False,
     ) -> None:
         super().__init__(name, series, capacity or 1)
+        #: AsynQueue's C{raw}: iterators come back as they are (L{RawCall}).
+        self.raw = raw
         self._backlog = (
             AdaptiveBacklog(backlogSeconds, maxCapacity) if capacity is None else None
         )
@@ -286,6 +289,8 @@ class ThreadWorker(WorkerBase):
                     # Read now: once a cancel can see it running, the queue
                     # may end the task and let go of its arguments.
                     f, args, kwargs = task.f, task.args, task.kwargs
+                    if self.raw and type(f) is not RawCall:
+                        f = RawCall(f)
             if task is not None and task.options.timeout is not None:
                 # Its timer must start now; other starts ride along with "done".
                 self._post("started", job, 0.0)
