@@ -421,8 +421,8 @@ class Forked:
         self._kill(number)
 
     def _kill(self, signalID: int) -> None:
-        # The zygote reaps only after it is told of the end, so this pid is
-        # still this child's while no end has been reported.
+        # Until its end is reported, this pid is this child's, or a zombie
+        # the zygote has just reaped: a pid is not used again that soon.
         if self.pid is not None and self._reason is None:
             try:
                 os.kill(self.pid, signalID)
