@@ -37,6 +37,7 @@ from asynqueue.wire.commands import NodeInfo, RunTasks, TaskResult
 from asynqueue.wire.universe import WireWorkerUniverse
 from asynqueue.workers.connection import clientEndpoint
 from asynqueue.workers.remote import RemoteWorker, WireWorker
+from helpers import failureOf, result
 
 
 @pytest.fixture(scope="module")
@@ -489,6 +490,26 @@ async def test_universeNodeRunsOnlyItsMethods(certs: Path, tmp_path: Path) -> No
         await q.shutdown()
         await codeQueue.shutdown()
         await server.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_asynQueuesWireServerForm(tmp_path: Path) -> None:
+    # 0.9.9's WireServer(description, universe).start()/stop() on a unix
+    # socket, with a universe instance, as its docs show.
+    assert WireWorkerUniverse.check(Words())
+    with pytest.raises(TypeError):
+        WireWorkerUniverse.check(object())
+    path = tmp_path / "words.sock"
+    server = WireServer(f"unix:{path}", Words(), processes=1)
+    await server.start()
+    wire = WireWorker(Words(), f"unix:{path}", series=["words"], insecurePlaintext=True)
+    await wire.whenConnected()
+    q = TaskQueue(wire, shutdownWithReactor=False)
+    try:
+        assert await q.call("count", "one two three", series="words") == 3
+    finally:
+        await q.shutdown()
+        await server.stop()
 
 
 def sleepy(seconds: float, said: str | None = None) -> str:
@@ -1082,3 +1103,80 @@ def test_certificateWithoutItsKeyIsSaidInOneLine(certs: Path) -> None:
         RemoteWorker("tls:localhost:1", certificate=str(certs / "app.pem"), ca=key)
     with pytest.raises(FileNotFoundError):
         RemoteWorker("tls:localhost:1", certificate=str(certs / "none.pem"), ca=ca)
+
+
+def test_connectDeadlineFailsCallsNoWorkerCanRun(
+    monkeypatch: pytest.MonkeyPatch,
+    clock: Clock,
+    makeQueue: Any,
+    remoteEvents: list[dict[str, Any]],
+) -> None:
+    from asynqueue.errors import NoWorkers
+
+    worker, endpoint = onClock(monkeypatch, clock, refused, connectDeadline=30)
+    q = makeQueue(worker)
+    d = q.call(int, "7")
+    connected = worker.whenConnected()
+    advance(clock, 29.9, step=0.1)
+    # Backing off meanwhile, as without a deadline; the call waits.
+    assert endpoint.attempts > 5
+    assert not d.called and not connected.called
+    advance(clock, 0.2, step=0.1)
+    why = "node tcp:127.0.0.1:8789 unreachable for 30 s (nothing listens at "
+    lost = failureOf(connected)
+    assert lost.check(NodeLost) and str(lost.value).startswith(why)
+    failure = failureOf(d)
+    assert failure.check(NoWorkers)
+    assert why in str(failure.value)
+    assert "\n" not in str(failure.value)
+    assert not [e for e in remoteEvents if e.get("log_failure") is not None]
+    attempts = endpoint.attempts
+    advance(clock, 120, step=1)
+    assert endpoint.attempts == attempts, "a worker that gave up stops trying"
+    assert not clock.getDelayedCalls()
+
+
+def test_connectDeadlineLeavesTheCallsToOtherWorkers(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock, makeQueue: Any
+) -> None:
+    from asynqueue import MemoryWorker
+
+    worker, endpoint = onClock(monkeypatch, clock, refused, connectDeadline=5)
+    other = MemoryWorker()
+    q = makeQueue(worker, other)
+    advance(clock, 6, step=0.1)
+    assert worker not in q.workers()
+    d = q.call(int, "7")
+    other.runNext()
+    assert result(d) == 7
+
+
+def test_connectDeadlineCountsFromTheLastWorkingConnection(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock, makeQueue: Any
+) -> None:
+    answer: list[Callable[[], Any]] = [refused]
+    worker, endpoint = onClock(
+        monkeypatch, clock, lambda: answer[0](), connectDeadline=10
+    )
+    q = makeQueue(worker)
+    advance(clock, 5, step=0.1)
+    answer[0] = FakeNode
+    advance(clock, 4, step=0.1, pump=endpoint)
+    assert worker.capacity == 4
+    # Connected for longer than the deadline: nothing is given up.
+    advance(clock, 30, step=0.1, pump=endpoint)
+    assert worker in q.workers() and worker.resignedBecause is None
+    # Lost: the deadline counts from then.
+    answer[0] = refused
+    endpoint.links[-1][1].loseConnection()
+    advance(clock, 9.5, step=0.1)
+    assert worker in q.workers()
+    advance(clock, 1, step=0.1)
+    assert worker not in q.workers()
+    assert "unreachable for 10 s (nothing listens at" in str(worker.resignedBecause)
+
+
+def test_connectDeadlineMustBePositive() -> None:
+    for bad in (0, -1, float("inf")):
+        with pytest.raises(ValueError, match="connectDeadline must be positive"):
+            RemoteWorker("tcp:127.0.0.1:1", insecurePlaintext=True, connectDeadline=bad)

@@ -381,7 +381,35 @@ class WireServer(NodeService):
 
     C{WireServer("module.MyUniverse", listen=..., ca=...)}: a L{NodeService}
     that runs only the universe's methods (see L{WireWorkerUniverse}).
+
+    AsynQueue's form works too: C{WireServer(description, universe)} with
+    C{start()} and C{stop()}, where C{universe} is the class's fully
+    qualified name or an instance of it (the node's children make their
+    own), and C{description} a C{unix:} socket (plaintext: put it in a
+    directory only you can enter) or any listening description that
+    C{listen} takes.
     """
 
-    def __init__(self, universe: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) == 2:
+            description, universe = args
+            kwargs.setdefault("listen", description)
+            if str(description).startswith("unix:"):
+                kwargs.setdefault("insecurePlaintext", True)
+        elif len(args) == 1:
+            (universe,) = args
+        else:
+            universe = kwargs.pop("universe")
+        if not isinstance(universe, str):
+            from twisted.python.reflect import fullyQualifiedName
+
+            universe = fullyQualifiedName(type(universe))
         super().__init__(universe=universe, **kwargs)
+
+    def start(self) -> Deferred[Any]:
+        """AsynQueue's name for L{startService}."""
+        return self.startService()
+
+    def stop(self) -> Deferred[None]:
+        """AsynQueue's name for L{stopService}."""
+        return self.stopService()

@@ -22,6 +22,17 @@ class WireWorkerUniverse:
     series=...)}.
     """
 
+    def __init__(self, wireServer: Any = None) -> None:
+        # AsynQueue's signature: the server the universe serves, if any.
+        self.ws = wireServer
+
+    @classmethod
+    def check(cls, instance: object) -> bool:
+        """AsynQueue's check: C{True}, or C{TypeError} if not a universe."""
+        if isinstance(instance, WireWorkerUniverse):
+            return True
+        raise TypeError("You must provide a WireWorkerUniverse subclass instance")
+
 
 def callUniverse(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run a universe method in a node's child (the universe is its context)."""
