@@ -10,8 +10,10 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from asynqueue import MemoryWorker, TaskQueue
+from asynqueue.interfaces import IDescribedWorker
 from asynqueue.web import Dashboard, QueueView
 from asynqueue.web.server import EventClient, event
 from asynqueue.web.state import describeFailure, priorityBand, shortCall, workerKind
@@ -279,3 +281,28 @@ def test_pushesAreCoalesced(makeQueue: Any, clock: Clock) -> None:
 def test_eventsAreOneLineOfJSON() -> None:
     data = event({"name": "a\nb<script>"})
     assert data == b'event: snapshot\ndata: {"name":"a\\nb<script>"}\n\n'
+
+
+@implementer(IDescribedWorker)
+class ChildWorker(MemoryWorker):
+    """A memory worker that says what a process worker says of its child."""
+
+    replaced = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": 4321, "replaced": self.replaced}
+
+
+def test_aReplacedChildShowsAsRespawned(makeQueue: Any, clock: Clock) -> None:
+    worker = ChildWorker(name="child")
+    queue = makeQueue(worker)
+    view = attached(queue, clock)
+    (row,) = view.snapshot()["workers"]
+    assert (row["state"], row["restarts"], row["pid"]) == ("ready", 0, 4321)
+    worker.replaced = 1
+    clock.advance(1)
+    (row,) = view.snapshot()["workers"]
+    assert (row["state"], row["restarts"]) == ("respawned", 1)
+    clock.advance(10)
+    (row,) = view.snapshot()["workers"]
+    assert (row["state"], row["restarts"]) == ("ready", 1)

@@ -59,6 +59,8 @@ MAX_TRACEBACK = 6000
 MAX_MESSAGE = 500
 #: Seconds over which "throughput now" is measured.
 RATE_SPAN = 5.0
+#: Seconds a worker shows as "respawned" after its child was replaced.
+RESPAWN_SHOWN = 10.0
 
 
 def workerKind(worker: object) -> str:
@@ -163,6 +165,8 @@ class QueueView:
         #: By worker name: seconds spent running tasks, and when first seen.
         self._busy: dict[str | None, float] = {}
         self._firstSeen: dict[str, float] = {}
+        #: By worker name: its restarts when last looked at, and since when.
+        self._restarts: dict[str, tuple[int, float]] = {}
         self.recent: deque[TaskRecord] = deque(maxlen=keep)
         #: Records ended since the server last took them (for its deltas):
         #: the newest C{perPush}, so that a push stays small at any rate.
@@ -338,9 +342,19 @@ class QueueView:
                 now - r.started for r in mine if r.started is not None
             )
             wall = (now - firstSeen.setdefault(name, now)) * capacity
+            restarts = int(info.get("replaced", 0) or 0)
+            seen = self._restarts.get(name)
+            if seen is None or seen[0] != restarts:
+                # A new child since the last look (none at the first look).
+                seen = self._restarts[name] = (
+                    restarts,
+                    now if seen is not None else -math.inf,
+                )
             state = special.get(name)
             if state is None:
-                if info.get("connected") is False:
+                if now - seen[1] < RESPAWN_SHOWN:
+                    state = "respawned"
+                elif info.get("connected") is False:
                     state = "disconnected"
                 elif info.get("running", 0):
                     state = "busy"
@@ -359,7 +373,7 @@ class QueueView:
                     "done": info.get("done", 0),
                     "failed": info.get("failed", 0),
                     "utilisation": min(1.0, busy / wall) if wall > 0 else 0.0,
-                    "restarts": int(info.get("replaced", 0) or 0),
+                    "restarts": restarts,
                     "tasks": [
                         {"id": r.id, "name": r.name, "started": r.started}
                         for r in mine[:8]
@@ -371,6 +385,7 @@ class QueueView:
         for gone in [n for n in firstSeen if n not in names]:
             del firstSeen[gone]
             self._busy.pop(gone, None)
+            self._restarts.pop(gone, None)
         return rows
 
     def pendingTasks(self, limit: int = 10) -> list[dict[str, Any]]:
