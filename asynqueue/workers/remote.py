@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer, implementer_only
 
 from asynqueue.errors import (
+    NodeLost,
     QueueRunError,
     UnpicklableError,
 )
@@ -31,6 +32,7 @@ from asynqueue.interfaces import (
     ICapacityReporting,
     IDescribedWorker,
     IReportingWorker,
+    IResignationExplaining,
 )
 from asynqueue.tasks import Task
 from asynqueue.wire.commands import Stop
@@ -45,7 +47,13 @@ from asynqueue.workers.connection import (
 )
 
 
-@implementer(IReportingWorker, ICallPickling, ICapacityReporting, IDescribedWorker)
+@implementer(
+    IReportingWorker,
+    ICallPickling,
+    ICapacityReporting,
+    IDescribedWorker,
+    IResignationExplaining,
+)
 class RemoteWorker:
     """
     Runs calls on a remote worker node.
@@ -73,6 +81,14 @@ class RemoteWorker:
     its calls in flight fail with L{NodeLost}, and the worker reconnects.
     C{None} or 0 turns the heartbeat off.
 
+    C{connectDeadline}: a worker without a working connection for so many
+    seconds (since it was made, or since it lost its node) gives up: it
+    resigns from its queue, which runs its calls on its other workers, or,
+    if it was the last, fails them with L{NoWorkers} saying why (C{"node
+    tls:HOST:PORT unreachable for 30 s (nothing listens at HOST:PORT)"});
+    L{whenConnected} fails with L{NodeLost}. C{None} (the default): it
+    keeps trying for ever, and calls wait.
+
     C{reactor}, to connect with and for the timers, is the global reactor
     if not given.
     """
@@ -95,6 +111,7 @@ class RemoteWorker:
         reactor: Any = None,
         heartbeat: float | None = 2.0,
         missedHeartbeats: int = 3,
+        connectDeadline: float | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -102,6 +119,10 @@ class RemoteWorker:
             raise ValueError(f"heartbeat must be positive seconds, not {heartbeat}")
         if missedHeartbeats < 1:
             raise ValueError(f"missedHeartbeats must be 1 or more: {missedHeartbeats}")
+        if connectDeadline is not None and not 0 < connectDeadline < float("inf"):
+            raise ValueError(
+                f"connectDeadline must be positive seconds, not {connectDeadline}"
+            )
         self.reactor = reactor
         self.description = description
         kind, _, rest = description.partition(":")
@@ -134,6 +155,10 @@ class RemoteWorker:
         self._downSince = 0.0
         self._saidLongest = False
         self._wasConnected = False
+        self.connectDeadline = connectDeadline
+        self._deadlineCall: IDelayedCall | None = None
+        #: Why I gave up (L{IResignationExplaining}); None while I try.
+        self.resignedBecause: str | None = None
         if certificate is not None or ca is not None:
             from asynqueue.node.certs import checkPEM
 
@@ -149,6 +174,7 @@ class RemoteWorker:
         self._factory = Factory.forProtocol(lambda: _NodeConnection(self))
         # Otherwise every attempt logs "Starting factory" and "Stopping factory".
         self._factory.noisy = False
+        self._startDeadline()
         self._connect()
 
     def __repr__(self) -> str:
@@ -184,6 +210,32 @@ class RemoteWorker:
         attempt failed.
         """
         return self._down
+
+    def _startDeadline(self) -> None:
+        """Without a working connection: give up in C{connectDeadline} s."""
+        if self.connectDeadline is not None and self._deadlineCall is None:
+            self._deadlineCall = self.reactor.callLater(
+                self.connectDeadline, self._giveUp
+            )
+
+    def _stopDeadline(self) -> None:
+        if self._deadlineCall is not None and self._deadlineCall.active():
+            self._deadlineCall.cancel()
+        self._deadlineCall = None
+
+    def _giveUp(self) -> None:
+        """No working connection for C{connectDeadline} s: resign."""
+        self._deadlineCall = None
+        self.resignedBecause = (
+            f"node {self.description} unreachable for {self.connectDeadline:g} s "
+            f"({self._down or 'no answer'})"
+        )
+        self.log.warn("Giving up: {why}", why=self.resignedBecause)
+        waiters, self._connectWaiters = self._connectWaiters, []
+        for d in waiters:
+            d.errback(NodeLost(self.resignedBecause))
+        if self._resignator is not None:
+            self._resignator(self)
 
     # -- the reconnecting machine: connect, wait, connect again ------------
 
@@ -248,6 +300,8 @@ class RemoteWorker:
         """The node said what it is: the connection works."""
         self._connection = connection
         self.capacity = max(1, capacity)
+        self._stopDeadline()
+        self.resignedBecause = None
         if self._down is None:
             self.log.info(
                 "Connected to node {node}, capacity {n}",
@@ -286,6 +340,7 @@ class RemoteWorker:
                 return
             self._down = why
             self._downSince = self.reactor.seconds()
+            self._startDeadline()
             self.log.warn(
                 "Lost the connection to node {node} ({why}); reconnecting",
                 node=self.description,
@@ -302,6 +357,7 @@ class RemoteWorker:
         fire once it is closed.
         """
         self._closing = True
+        self._stopDeadline()
         if self._retryCall is not None and self._retryCall.active():
             self._retryCall.cancel()
         self._retryCall = None
