@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Iterable
+from time import perf_counter
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -35,6 +36,7 @@ from asynqueue.iteration import Deferator
 from asynqueue.queue.core import TaskQueue
 from asynqueue.tasks import Task
 from asynqueue.workers import daskside
+from asynqueue.workers.base import AdaptiveBacklog
 from asynqueue.workers.dasklink import SCATTER_BYTES, Bridge, DaskLink
 from asynqueue.workers.daskside import IteratorRef
 
@@ -51,12 +53,13 @@ class DaskError(WorkerError):
 class _Run:
     """One run of a task on the cluster, as the reactor side sees it."""
 
-    __slots__ = ("task", "deferred", "key")
+    __slots__ = ("task", "deferred", "key", "sent")
 
     def __init__(self, task: Task, deferred: Deferred[Any], key: str) -> None:
         self.task = task
         self.deferred = deferred
         self.key = key
+        self.sent = perf_counter()
 
 
 @implementer(ICapacityReporting, IDescribedWorker)
@@ -71,11 +74,16 @@ class DaskWorker:
     starts a C{LocalCluster} sized to the machine, closed when I stop;
     C{localOptions} go to it.
 
-    My capacity is C{tasksPerThread} times the threads of the cluster's
-    workers, read again whenever a Dask worker joins or leaves, so that the
-    queue keeps the cluster busy without flooding the scheduler; it is 0
-    until connected. A task counts as started when it is sent to the
-    cluster. Our priorities become Dask's (negated: ours run lowest first).
+    My capacity is a number of calls per thread times the threads of the
+    cluster's workers, counted again whenever a Dask worker joins or leaves,
+    so that the queue keeps the cluster busy without flooding the
+    scheduler; it is 0 until connected and while the scheduler is lost. The
+    number per thread adapts (by default, C{tasksPerThread=None}): two, plus
+    as many calls as run, by the average so far, while one makes its round
+    trip through the scheduler, up to C{maxTasksPerThread}; so that short
+    calls keep the threads busy. Give an int for a fixed number. A task
+    counts as started when it is sent to the cluster. Our priorities become
+    Dask's (negated: ours run lowest first).
 
     C{initializer(*initargs)} runs on every Dask worker, those joining later
     too, and what it returns is L{asynqueue.context} there, as in a
@@ -100,7 +108,8 @@ class DaskWorker:
         security: Any = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
-        tasksPerThread: int = 2,
+        tasksPerThread: int | None = None,
+        maxTasksPerThread: int = 64,
         scatterBytes: int = SCATTER_BYTES,
         scatterKeep: int = 8,
         timeout: float = 10.0,
@@ -109,8 +118,16 @@ class DaskWorker:
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        if tasksPerThread < 1:
+        if tasksPerThread is not None and tasksPerThread < 1:
             raise ValueError(f"tasksPerThread must be at least 1, not {tasksPerThread}")
+        # Per thread: one call, plus as many as run while one makes its round
+        # trip through the scheduler (measured), so that short calls keep
+        # the threads busy; a fixed number if given.
+        self._backlog = (
+            AdaptiveBacklog(0.01, maxTasksPerThread, floor=2)
+            if tasksPerThread is None
+            else None
+        )
         self.address: str | None = None
         if addressOrClient is None or addressOrClient == "local":
             pass
@@ -262,7 +279,10 @@ class DaskWorker:
 
     def _setCapacity(self, threads: int) -> None:
         self.threads = threads
-        capacity = threads * self.tasksPerThread
+        if self._backlog is None:
+            capacity = threads * (self.tasksPerThread or 2)
+        else:
+            capacity = threads * max(2, self._backlog.ran(self._backlog.average))
         if capacity != self.capacity:
             self.capacity = capacity
             if self._capacityObserver is not None:
@@ -308,11 +328,21 @@ class DaskWorker:
                 run.deferred.errback(Failure(NodeLost(f"{self.name}: {why}")))
         self._idleCheck()
 
-    def _delivered(self, outcomes: list[tuple[str, str, Any, Any]]) -> None:
-        """Finished calls from the harvester: C{(key, kind, value, address)}."""
-        runs, hosts = self._runs, self.hosts
-        for key, kind, value, address in outcomes:
+    def _delivered(self, outcomes: list[tuple[str, str, Any, Any, float]]) -> None:
+        """
+        Finished calls from the harvester: C{(key, kind, value, address,
+        seconds it ran)}.
+        """
+        runs, hosts, backlog = self._runs, self.hosts, self._backlog
+        for key, kind, value, address, ran in outcomes:
             run = runs.pop(key, None)
+            if backlog is not None and run is not None and kind == "result":
+                # What a call waits besides its own run: the round trip.
+                backlog.seconds = 0.9 * backlog.seconds + 0.1 * max(
+                    0.0, perf_counter() - run.sent - ran
+                )
+                perThread = backlog.ran(ran)
+                self.capacity = self.threads * perThread
             if run is None or run.deferred.called:
                 continue
             if address:

@@ -33,6 +33,10 @@ from asynqueue.workers.daskside import AsynQueuePlugin, IteratorRef
 
 __all__ = ["Bridge", "DaskLink", "SCATTER_BYTES"]
 
+#: How a call ended: C{(key, kind, value, address, seconds it ran)}; kind is
+#: C{"result"}, C{"error"} or C{"lost"}.
+Outcome = tuple[str, str, Any, Any, float]
+
 #: Arguments at least this big (bytes) are scattered once and reused.
 SCATTER_BYTES = 1 << 20
 
@@ -338,7 +342,7 @@ class DaskLink:
         batch, self._toSubmit = self._toSubmit, []
         if self.client is None or self._closing:
             self._submitting = False
-            lost = [(k, "lost", "not connected to Dask", None) for k, *_ in batch]
+            lost = [(k, "lost", "not connected to Dask", None, 0.0) for k, *_ in batch]
             if lost:
                 self.bridge.toReactor(self.owner._delivered, lost)
             return
@@ -439,13 +443,15 @@ class DaskLink:
             try:
                 outcomes = await self._outcomes(batch)
             except Exception as e:
-                outcomes = [(f.key, "lost", str(e), None) for f in batch]
+                outcomes = [(f.key, "lost", str(e), None, 0.0) for f in batch]
             if outcomes:
                 self.bridge.toReactor(self.owner._delivered, outcomes)
 
-    async def _outcomes(self, batch: list[Any]) -> list[tuple[str, str, Any, Any]]:
+    async def _outcomes(
+        self, batch: list[Any]
+    ) -> list[tuple[str, str, Any, Any, float]]:
         futures, cancelled = self._futures, self._cancelled
-        outcomes: list[tuple[str, str, Any, Any]] = []
+        outcomes: list[tuple[str, str, Any, Any, float]] = []
         finished = []
         for future in batch:
             key = future.key
@@ -459,7 +465,7 @@ class DaskLink:
                 error = await future.exception()
                 tb = await future.traceback()
                 outcomes.append(
-                    (key, "error", _remoteError(error, tb, "a worker"), None)
+                    (key, "error", _remoteError(error, tb, "a worker"), None, 0.0)
                 )
             else:
                 if self.client.status != "running":
@@ -467,16 +473,15 @@ class DaskLink:
                     self._schedulerLost()
                 else:
                     why = "the Dask scheduler cancelled the call"
-                outcomes.append((key, "lost", why, None))
+                outcomes.append((key, "lost", why, None, 0.0))
         if finished:
             try:
                 results = await self.client.gather(finished)
             except Exception as e:
-                results = [("", None)] * len(finished)
-                outcomes += [(f.key, "lost", str(e), None) for f in finished]
-                finished = []
-            for future, (address, value) in zip(finished, results, strict=False):
-                outcomes.append((future.key, "result", value, address))
+                outcomes += [(f.key, "lost", str(e), None, 0.0) for f in finished]
+                finished, results = [], []
+            for future, (address, value, ran) in zip(finished, results, strict=False):
+                outcomes.append((future.key, "result", value, address, ran))
         for future in batch:
             futures.pop(future.key, None)
         return outcomes

@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -59,9 +60,10 @@ def _address() -> str:
 
 def runCall(
     f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[str, Any]:
+) -> tuple[str, Any, float]:
     """
-    Run C{f(*args, **kwargs)} on this Dask worker: C{(address, result)}.
+    Run C{f(*args, **kwargs)} on this Dask worker: C{(address, result,
+    seconds it ran)}.
 
     An iterator result stays here; an L{IteratorRef} to it travels instead.
     A failed initializer fails every call, as in a process worker.
@@ -70,13 +72,15 @@ def runCall(
 
     _checkSetup()
     address = _address()
+    began = perf_counter()
     result = f(*args, **kwargs)
+    ran = perf_counter() - began
     if isIterator(result):
         key = uuid.uuid4().hex
         with _lock:
             _iterators[key] = result
-        return address, IteratorRef(address, key)
-    return address, result
+        return address, IteratorRef(address, key), ran
+    return address, result, ran
 
 
 async def fetchItems(key: str, maxItems: int) -> tuple[list[Any], bool]:
