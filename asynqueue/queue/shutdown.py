@@ -9,12 +9,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.python.failure import Failure
 
 from asynqueue.interfaces import IStopPreparing
 from asynqueue.queue.running import _STOPPED, _STOPPING
 from asynqueue.queue.slots import _Workers
+from asynqueue.queue.taskstate import QueuedTask
 from asynqueue.settings import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class _Shutdown(_Workers):
         Pending tasks still run unless C{cancelPending} is true, in which case
         their Deferreds fail with C{CancelledError}. After C{timeout}
         seconds, whatever is still pending or running is cancelled. The
+        C{CancelledError} says which: C{"cancelled by shutdown after 2 s"}. The
         Deferred fires once every task's Deferred has fired and every worker
         has stopped; calling again returns a Deferred of the same moment.
         """
@@ -57,10 +59,15 @@ class _Shutdown(_Workers):
                     pass
                 self._triggerID = None
             if cancelPending:
+                self._sayWhyCancelled("cancelled by shutdown (cancelPending)")
                 self._cancelPending()
             timer = None
             if timeout is not None:
-                timer = self._clock.callLater(timeout, self._cancelEverything)
+                timer = self._clock.callLater(
+                    timeout,
+                    self._cancelEverything,
+                    f"cancelled by shutdown after {timeout:g} s",
+                )
             d = self._whenAllDone()
 
             def stopWorkers(_: object) -> Deferred[Any]:
@@ -100,7 +107,7 @@ class _Shutdown(_Workers):
         # so running tasks are cancelled too (a thread is abandoned).
         self._triggerID = None
         d = self.shutdown(cancelPending=True)
-        self._cancelEverything()
+        self._cancelEverything("cancelled: the reactor is stopping")
         return d
 
     def _cancelPending(self) -> None:
@@ -108,7 +115,27 @@ class _Shutdown(_Workers):
             if not task.cancelled:
                 task.deferred.cancel()
 
-    def _cancelEverything(self) -> None:
+    def _sayWhyCancelled(self, why: str) -> None:
+        """
+        From now on, a task that ends with a bare C{CancelledError} ends with
+        one saying C{why}. Only a queue shutting down does this, so the
+        hot path of every other queue is left as it is.
+        """
+        finish = self._finish
+
+        def finishSaying(task: QueuedTask, result: object) -> None:
+            if (
+                isinstance(result, Failure)
+                and result.check(CancelledError)
+                and not getattr(result.value, "args", ())
+            ):
+                result = Failure(CancelledError(why))
+            finish(task, result)
+
+        self._finish = finishSaying  # type: ignore[method-assign]
+
+    def _cancelEverything(self, why: str) -> None:
+        self._sayWhyCancelled(why)
         self._cancelPending()
         # Workers that replace what a cancel ends (a killed process) need
         # not: they are about to stop.
