@@ -1,9 +1,10 @@
 """
 The C{mcm} command: render the Mandelbrot set on every core (or on remote
-worker nodes) into a PNG file, or serve it to browsers.
+worker nodes, or a Dask cluster) into a PNG file, or serve it to browsers.
 
   mcm [-N maxIter] [-o out.png] [-w workers] [-d endpoint ...]
-      [--certificate F --ca F] [--compare] [-q] [--dashboard [ENDPOINT]]
+      [--certificate F --ca F] [--dask ADDRESS|local] [--compare] [-q]
+      [--dashboard [ENDPOINT]]
       [Nx cr ci crPM [ciPM]]
   mcm serve [--listen tcp:8080:interface=127.0.0.1] [-N maxIter]
       [-w workers] [-d endpoint ...] [--certificate F --ca F]
@@ -51,6 +52,12 @@ def _addWorkerOptions(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ENDPOINT",
         help="a worker node to use, as tls:HOST:PORT (repeat for more)",
+    )
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="render on the Dask cluster of this scheduler (tcp://HOST:8786), "
+        "or 'local' for a LocalCluster on this machine (needs asynqueue[dask])",
     )
     parser.add_argument(
         "--certificate", metavar="FILE", help="this client's certificate and key (PEM)"
@@ -173,9 +180,11 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
             parser.error(str(e))
         options.view = view
     if options.workers is None:
-        options.workers = 0 if options.nodes else os.cpu_count() or 1
-    if options.workers < 0 or (options.workers == 0 and not options.nodes):
-        parser.error("give at least one worker (-w) or node (-d)")
+        options.workers = 0 if options.nodes or options.dask else os.cpu_count() or 1
+    if options.workers < 0 or (
+        options.workers == 0 and not options.nodes and not options.dask
+    ):
+        parser.error("give at least one worker (-w), node (-d) or --dask cluster")
     if options.nodes and not (options.certificate and options.ca):
         parser.error("nodes (-d) need --certificate and --ca")
     return options
@@ -213,6 +222,7 @@ async def makeQueue(options: argparse.Namespace) -> tuple[TaskQueue, int, str]:
                     f"{options.connect_timeout:g} s: {why}"
                 ) from None
             await queue.attachWorker(worker)
+        dask = await _attachDask(queue, options)
         await queue.update(warmUp, ephemeral=True)
     except BaseException:
         for worker in remote:
@@ -231,7 +241,33 @@ async def makeQueue(options: argparse.Namespace) -> tuple[TaskQueue, int, str]:
             f"{len(remote)} node{_s(len(remote))} "
             f"({processes} process{_s(processes, 'es')})"
         )
+    if dask is not None:
+        concurrency += dask.threads
+        parts.append(f"Dask at {dask.address} ({dask.threads} threads)")
     return queue, concurrency, " and ".join(parts)
+
+
+async def _attachDask(queue: TaskQueue, options: argparse.Namespace) -> Any:
+    """Attach a DaskWorker for C{--dask} (if given) once it is connected."""
+    if not options.dask:
+        return None
+    from twisted.internet import reactor
+
+    try:
+        from asynqueue.workers.dask import DaskWorker
+    except ImportError as e:
+        raise SystemExit(f"mcm: {e}") from None
+    address = None if options.dask == "local" else options.dask
+    worker = DaskWorker(address, timeout=options.connect_timeout)
+    try:
+        await worker.whenConnected().addTimeout(options.connect_timeout, reactor)
+    except Exception as e:
+        await worker.stop()
+        raise SystemExit(
+            f"mcm: cannot reach the Dask scheduler {options.dask}: {e}"
+        ) from None
+    await queue.attachWorker(worker)
+    return worker
 
 
 async def startDashboard(
