@@ -469,3 +469,22 @@ async def test_daskQueueStartsAndClosesALocalCluster() -> None:
     for t in left:
         t.join(5)
     assert [t.name for t in left if t.is_alive()] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_mcmRendersThroughDask(cluster: Any, tmp_path: Any) -> None:
+    """C{mcm --dask ADDRESS} writes the very image the plain loop makes."""
+    import io
+
+    pytest.importorskip("numpy")
+    from mcmandelbrot import main, render
+
+    path = tmp_path / "m.png"
+    argv = ["--dask", cluster.scheduler_address, "-q", "-o", str(path)]
+    options = main.parseArguments([*argv, "-N", "60", "96", "-0.7", "0.2", "1.3"])
+    stdout, stderr = io.StringIO(), io.StringIO()
+    await main.main(reactor, options, stdout, stderr)
+    plain = io.BytesIO()
+    render.renderPlain(options.view, plain)
+    assert path.read_bytes() == plain.getvalue()
+    assert "on Dask at" in stdout.getvalue()
