@@ -72,3 +72,11 @@ def test_badProcessCountIsOneLine(processes: str) -> None:
     assert done.stderr.splitlines() == [
         f"asynqueue-node: --processes must be a whole number over 0, not {processes!r}"
     ], done.stderr
+
+
+@pytest.mark.parametrize("processes", [0, -1])
+def test_nodeServiceRefusesNoProcesses(processes: int) -> None:
+    from asynqueue.node.service import NodeService
+
+    with pytest.raises(ValueError, match=f"1 process or more .*, not {processes}$"):
+        NodeService("tcp:port=0", insecurePlaintext=True, processes=processes)

@@ -189,6 +189,10 @@ class NodeService(Service):
         self.universe = universe
         self.listen = listen
         self.ca = ca
+        if processes is not None and processes < 1:
+            raise ValueError(
+                f"a node needs 1 process or more (None: one per core), not {processes}"
+            )
         self.processes = processes or os.cpu_count() or 1
         self.insecurePlaintext = insecurePlaintext
         self.pool: NodePool | None = None
