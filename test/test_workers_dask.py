@@ -488,3 +488,23 @@ async def test_mcmRendersThroughDask(cluster: Any, tmp_path: Any) -> None:
     render.renderPlain(options.view, plain)
     assert path.read_bytes() == plain.getvalue()
     assert "on Dask at" in stdout.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_theDocsWorkedExampleRuns(capsys: pytest.CaptureFixture[str]) -> None:
+    """doc/examples/dask_cluster.py, as doc/dask.rst shows it, prints this."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "doc/examples/dask_cluster.py"
+    spec = importlib.util.spec_from_file_location("dask_cluster", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    await example.main(reactor)
+    assert capsys.readouterr().out == (
+        "Dask threads: 2\n"
+        "squares: [0, 1, 4, 9, 16, 25]\n"
+        "primes: [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37]\n"
+        "calls run: 7\n"
+    )
