@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from twisted.web.client import Agent
+from twisted.web.client import Agent, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 
 from asynqueue import MemoryWorker, TaskQueue
@@ -297,3 +297,59 @@ async def test_mcmDashboard() -> None:
         await main.startDashboard(
             TaskQueue(MemoryWorker(), shutdownWithReactor=False), "nonsense:1", out
         )
+
+
+@pytest_twisted.ensureDeferred
+async def test_clientCertificatesInsteadOfAToken(
+    tmp_path: Any, queue: tuple[TaskQueue, MemoryWorker]
+) -> None:
+    from twisted.internet import ssl
+    from twisted.web.iweb import IPolicyForHTTPS
+    from zope.interface import implementer
+
+    from asynqueue.node.certs import makeCluster
+    from asynqueue.node.service import nodeEndpoint
+
+    q, _ = queue
+    certs = makeCluster(tmp_path / "certs", ["localhost"], ["app"])
+    listen = (
+        f"ssl:port=0:privateKey={certs}/localhost.key:"
+        f"certKey={certs}/localhost.crt:interface=0.0.0.0"
+    )
+    ca = str(certs / "ca.crt")
+    # An endpoint object is taken as it is: off loopback, a token is needed
+    # unless the caller says the endpoint requires client certificates.
+    error = failureOf(Dashboard(q, nodeEndpoint(reactor, listen, ca=ca)).start())
+    assert error.check(TokenRequired)
+    dash = Dashboard(q, nodeEndpoint(reactor, listen, ca=ca), clientCertificates=True)
+    url = await dash.start()
+    try:
+        assert url.startswith("https://localhost:")
+        trust = ssl.Certificate.loadPEM((certs / "ca.crt").read_bytes())
+
+        @implementer(IPolicyForHTTPS)
+        class Policy:
+            def __init__(self, client: Any) -> None:
+                self.client = client
+
+            def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+                return ssl.optionsForClientTLS(
+                    "localhost", trustRoot=trust, clientCertificate=self.client
+                )
+
+        app = ssl.PrivateCertificate.loadPEM((certs / "app.pem").read_bytes())
+        response = await Agent(reactor, contextFactory=Policy(app)).request(
+            b"GET", (url + "state").encode()
+        )
+        assert response.code == 200
+        collector = Collector()
+        response.deliverBody(collector)
+        await collector.done
+        # Without a client certificate the handshake fails: no response.
+        failed = Agent(reactor, contextFactory=Policy(None)).request(
+            b"GET", (url + "state").encode()
+        )
+        with pytest.raises(ResponseNeverReceived):
+            await failed
+    finally:
+        await dash.stop()

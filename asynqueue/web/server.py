@@ -27,6 +27,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IPushProducer,
     IReactorTime,
+    IStreamServerEndpoint,
 )
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -216,6 +217,10 @@ class Dashboard:
     @param maxMissed: How many pushes in a row a stalled page may miss
         before it is dropped.
     @param clock: What times the pushes (default: the queue's clock).
+    @param clientCertificates: C{endpoint} is an endpoint object that
+        admits only clients with a certificate from your CA (mutual TLS, as
+        the worker nodes use: C{asynqueue.node.service.nodeEndpoint(reactor,
+        "ssl:...", ca=...)}); such a dashboard needs no token off loopback.
     """
 
     log = Logger()
@@ -223,7 +228,7 @@ class Dashboard:
     def __init__(
         self,
         queue: Any,
-        endpoint: str = "tcp:8765:interface=127.0.0.1",
+        endpoint: str | IStreamServerEndpoint = "tcp:8765:interface=127.0.0.1",
         *,
         token: str | bool | None = None,
         control: bool = False,
@@ -234,18 +239,25 @@ class Dashboard:
         maxMissed: int = 40,
         clock: IReactorTime | None = None,
         reactor: Any = None,
+        clientCertificates: bool = False,
     ) -> None:
-        if not isinstance(endpoint, str) or not endpoint:
+        if isinstance(endpoint, str) and not endpoint:
+            raise DashboardError("endpoint must be an endpoint string, not ''")
+        if not isinstance(endpoint, str) and not IStreamServerEndpoint.providedBy(
+            endpoint
+        ):
             raise DashboardError(
-                f"endpoint must be an endpoint string, not {endpoint!r}"
+                f"endpoint must be an endpoint string or a server endpoint, "
+                f"not {endpoint!r}"
             )
         if token is True:
             token = secrets.token_urlsafe(16)
         if token is not None and (not isinstance(token, str) or not token):
             raise DashboardError("token must be a non-empty string (or True)")
-        if control and token is None:
+        if control and token is None and not clientCertificates:
             raise DashboardError(
-                "control=True needs a token: only authenticated pages may cancel tasks"
+                "control=True needs a token (or client certificates): only "
+                "authenticated pages may cancel tasks"
             )
         if interval <= 0 or refresh < interval:
             raise DashboardError("need 0 < interval <= refresh")
@@ -255,6 +267,8 @@ class Dashboard:
         self.endpoint = endpoint
         self.token: str | None = token or None
         self.control = control
+        #: Every peer proves who it is: a token, or a client certificate.
+        self.authenticates = token is not None or clientCertificates
         self.interval = interval
         self.refresh = refresh
         self.maxClients = maxClients
@@ -293,16 +307,18 @@ class Dashboard:
         if self.port is not None:
             assert self.url is not None
             return self.url
-        try:
-            endpoint = serverFromString(self._reactor, self.endpoint)
-        except (ValueError, TypeError, KeyError) as e:
-            raise DashboardError(
-                f"{self.endpoint!r} is not a server endpoint string: {e}"
-            ) from None
+        endpoint: Any = self.endpoint
+        if isinstance(endpoint, str):
+            try:
+                endpoint = serverFromString(self._reactor, endpoint)
+            except (ValueError, TypeError, KeyError) as e:
+                raise DashboardError(
+                    f"{self.endpoint!r} is not a server endpoint string: {e}"
+                ) from None
         interface = getattr(endpoint, "_interface", None)
         if (
             isinstance(interface, str)
-            and self.token is None
+            and not self.authenticates
             and not isLoopback(interface)
         ):
             self._refuse(interface)
@@ -315,12 +331,17 @@ class Dashboard:
         port = await endpoint.listen(site)
         host = port.getHost()
         address = getattr(host, "host", None)
-        if address is not None and self.token is None and not isLoopback(address):
+        if address is not None and not self.authenticates and not isLoopback(address):
             # An endpoint whose interface could not be read before.
             await port.stopListening()
             self._refuse(address)
         self.port = port
-        scheme = "https" if self.endpoint.startswith(("ssl:", "tls:")) else "http"
+        secure = (
+            self.endpoint.startswith(("ssl:", "tls:"))
+            if isinstance(self.endpoint, str)
+            else getattr(endpoint, "_sslContextFactory", None) is not None
+        )
+        scheme = "https" if secure else "http"
         if address is None:
             self.url = f"{self.endpoint} (path /)"
         else:
@@ -344,7 +365,8 @@ class Dashboard:
         shown = interface or "every interface"
         raise TokenRequired(
             f"the dashboard would listen on {shown}, not only loopback: give it a "
-            f"token (token=... or token=True) or listen on 127.0.0.1"
+            f"token (token=... or token=True), or an endpoint that requires client "
+            f"certificates, or listen on 127.0.0.1"
         )
 
     def stop(self) -> Deferred[None]:
