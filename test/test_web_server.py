@@ -30,6 +30,10 @@ def sleepy() -> str:
     return "slept"
 
 
+def failing(text: str) -> None:
+    raise ValueError(text)
+
+
 class Collector(Protocol):
     """A response's body; C{firstEvent} fires with the first whole event."""
 
@@ -351,5 +355,63 @@ async def test_clientCertificatesInsteadOfAToken(
         )
         with pytest.raises(ResponseNeverReceived):
             await failed
+    finally:
+        await dash.stop()
+
+
+class Stalled(Protocol):
+    """A page that sends its request and never reads a byte."""
+
+    def connectionMade(self) -> None:
+        import socket
+
+        self.transport.getHandle().setsockopt(  # type: ignore[attr-defined]
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+        )
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.transport.write(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_aPageThatNeverReadsIsDropped(
+    queue: tuple[TaskQueue, MemoryWorker],
+) -> None:
+    import socket
+
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    q, worker = queue
+    for n in range(20):
+        # Failures with long messages: every snapshot is some 10 KB.
+        q.call(failing, "x" * 400 + str(n)).addErrback(lambda _: None)
+        worker.runAll()
+    dash, url = await started(q, interval=0.001, refresh=0.001, maxMissed=3)
+    try:
+        assert dash.port is not None
+        opened: Deferred[None] = Deferred()
+        openStream = dash.openStream
+
+        def watched(request: Any) -> Any:
+            result = openStream(request)
+            request.channel.transport.getHandle().setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+            opened.callback(None)
+            return result
+
+        dash.openStream = watched  # type: ignore[method-assign]
+        page = await connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", dash.port.getHost().port),
+            Stalled(),
+        )
+        await opened
+        (client,) = dash.clients
+        # The server writes until the connection's buffers are full, is
+        # paused, misses 3 pushes and cuts the page off.
+        finished = client.request.notifyFinish().addErrback(lambda _: None)
+        await finished.addTimeout(30, reactor)
+        assert client.closed and dash.clients == set()
+        assert client.missed == 4 and client.paused
+        page.transport.loseConnection()
     finally:
         await dash.stop()
