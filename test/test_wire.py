@@ -229,6 +229,11 @@ class NeedsTwoArgs(Exception):
     def __init__(self, a: int, b: int) -> None:
         super().__init__(f"{a}+{b}")
 
+    def __reduce__(self) -> tuple[type[NeedsTwoArgs], tuple[Any, ...]]:
+        # Pickle's own way for exceptions, said outright: importing
+        # distributed (tblib) would otherwise pickle it by its state.
+        return type(self), self.args
+
 
 class HoldsLock(Exception):
     def __init__(self, message: str) -> None:
