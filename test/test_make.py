@@ -20,7 +20,7 @@ def test_demoExampleRunsWithTheCommandItNames() -> None:
     found = re.search(r"``make (\w+)``", demo.read_text())
     assert found is not None, "demo.py names no make target"
     dryRun = subprocess.run(
-        ["make", "-n", "-W", "pyproject.toml", found.group(1)],
+        ["make", "--no-print-directory", "-n", "-W", "pyproject.toml", found.group(1)],
         cwd=ROOT,
         capture_output=True,
         text=True,
