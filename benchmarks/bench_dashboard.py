@@ -20,6 +20,7 @@ moves less than the wall clock.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -148,6 +149,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     print(
         f"revision {gitRevision()}; {args.calls:,} calls a round, {args.rounds} rounds"
     )
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average {load} (other work moves the wall figures, not the CPU ones)")
     for name, make in (
         (f"ThreadQueue({WORKERS})", lambda: ThreadQueue(WORKERS)),
         (f"ProcessQueue({WORKERS})", lambda: ProcessQueue(WORKERS)),
