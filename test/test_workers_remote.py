@@ -580,7 +580,7 @@ async def test_nodeShutdownLeavesNoProcess(certs: Path) -> None:
     service = NodeService(tlsListen(certs), ca=str(certs / "ca.crt"), processes=2)
     await service.startService()
     assert service.pool is not None
-    pids = [w.info()["pid"] for w in service.pool.workers]
+    pids = [await w.whenStarted() for w in service.pool.workers]
     await service.stopService()
     for pid in pids:
         with pytest.raises((ChildProcessError, ProcessLookupError)):
