@@ -21,6 +21,7 @@ from typing import Any
 import png
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.threads import deferToThread
 
@@ -174,6 +175,12 @@ async def test_theDashboardInChromium(
             == "0.0 s"
         )
 
+        # Read-only: no cancel button anywhere.
+        assert not await deferToThread(
+            browser.execute_script,
+            "return document.querySelectorAll('button.cancel').length",
+        )
+
         # Open the first failure, then take the picture.
         await deferToThread(
             browser.execute_script,
@@ -189,3 +196,43 @@ async def test_theDashboardInChromium(
         await dash.stop()
     # The page's stream was ended when the dashboard stopped.
     assert await waitFor(browser, "return document.body.dataset.connected === 'no'")
+
+
+def sleepy() -> str:
+    return "slept"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelFromThePageWithControl(browser: Any) -> None:
+    from twisted.internet.defer import CancelledError
+
+    from asynqueue import MemoryWorker, TaskQueue
+
+    worker = MemoryWorker(name="held")
+    queue = TaskQueue(worker, shutdownWithReactor=False)
+    held = queue.call(sleepy, name="held")  # the worker holds it
+    waiting = queue.call(sleepy, name="waiting")
+    dash = Dashboard(queue, "tcp:0:interface=127.0.0.1", token="t", control=True)
+    url = await dash.start()
+    try:
+        await deferToThread(browser.get, url)
+        button = "#pending button.cancel[data-task='1']"
+        assert await waitFor(
+            browser, f"return document.querySelector({button!r}) !== null"
+        )
+        await deferToThread(
+            browser.execute_script, f"document.querySelector({button!r}).click()"
+        )
+        with pytest.raises(CancelledError):
+            await waiting.addTimeout(30, reactor)
+        # The page hears of it: the task is pending no more.
+        assert await waitFor(
+            browser,
+            "return document.getElementById('count-cancelled').textContent === '1'"
+            " && document.querySelectorAll('#pending li').length === 0",
+        )
+        assert not held.called
+    finally:
+        await dash.stop()
+        worker.runAll()
+        await queue.shutdown()
