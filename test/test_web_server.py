@@ -415,3 +415,17 @@ async def test_aPageThatNeverReadsIsDropped(
         page.transport.loseConnection()
     finally:
         await dash.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_startStopStartStop(queue: tuple[TaskQueue, MemoryWorker]) -> None:
+    q, _ = queue
+    dash, url = await started(q)
+    assert await dash.start() == url
+    await dash.stop()
+    await dash.stop()
+    assert dash.port is None and "_finish" not in q.__dict__
+    url = await dash.start()
+    assert (await get(url + "state"))[0] == 200
+    await dash.stop()
+    assert dash.port is None and "_finish" not in q.__dict__

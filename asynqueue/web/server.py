@@ -336,6 +336,7 @@ class Dashboard:
             await port.stopListening()
             self._refuse(address)
         self.port = port
+        self._stopped = None
         secure = (
             self.endpoint.startswith(("ssl:", "tls:"))
             if isinstance(self.endpoint, str)
