@@ -204,7 +204,8 @@ class Dashboard:
 
     @param queue: The L{asynqueue.TaskQueue} to show.
     @param endpoint: A Twisted server endpoint string; loopback unless it
-        says otherwise (C{tcp:0:...} picks a free port).
+        says otherwise (C{tcp:0:...} picks a free port). Or an endpoint
+        object, whose C{_interface} (if it has one) is checked the same way.
     @param token: What every request must carry (C{?token=}, an
         C{Authorization: Bearer} header, or the cookie the page is given).
         Required on any interface other than loopback. C{True} makes one.
