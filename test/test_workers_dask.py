@@ -508,3 +508,36 @@ async def test_theDocsWorkedExampleRuns(capsys: pytest.CaptureFixture[str]) -> N
         "primes: [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37]\n"
         "calls run: 7\n"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_securityGoesThrough() -> None:
+    """A mutual-TLS cluster (Security.temporary()): the worker connects with it."""
+    pytest.importorskip("cryptography")
+    from distributed.security import Security
+
+    security = Security.temporary()
+    cluster = distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tls://",
+        security=security,
+        dashboard_address=None,
+        worker_dashboard_address=None,
+    )
+    try:
+        assert cluster.scheduler_address.startswith("tls://")
+        # By address: without the security, no connection.
+        refused = DaskWorker(cluster.scheduler_address, timeout=0.5)
+        with pytest.raises(DaskError):
+            await refused.whenConnected()
+        await refused.stop()
+        w = DaskWorker(cluster.scheduler_address, security=security)
+        q = TaskQueue(w, shutdownWithReactor=False)
+        try:
+            assert await q.call(square, 6) == 36
+        finally:
+            await q.shutdown()
+    finally:
+        cluster.close()

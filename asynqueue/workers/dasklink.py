@@ -24,7 +24,7 @@ from typing import Any
 
 import distributed
 from distributed import as_completed
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.python.failure import Failure
 
 from asynqueue.errors import NodeLost
@@ -55,6 +55,7 @@ class Bridge:
 
         self.shared = isinstance(reactor, AsyncioSelectorReactor)
         self.thread: threading.Thread | None = None
+        self.closed = False
         if self.shared:
             self.loop: asyncio.AbstractEventLoop = reactor._asyncioEventloop
         else:
@@ -79,6 +80,9 @@ class Bridge:
         """Run C{f(*args)} on the Dask loop (now, if it is the reactor's)."""
         if self.shared:
             f(*args)
+            return
+        if self.closed:
+            # The loop is gone, and what it held with it.
             return
         with self._lock:
             self._inbox.append((f, args))
@@ -122,6 +126,8 @@ class Bridge:
         **kwargs: Any,
     ) -> Deferred[Any]:
         """Run C{coroutine(*args, **kwargs)} on the Dask loop; a Deferred of it."""
+        if self.closed:
+            return fail(NodeLost("the Dask client is closed"))
         d: Deferred[Any] = Deferred()
 
         def done(future: asyncio.Future[Any]) -> None:
@@ -148,7 +154,8 @@ class Bridge:
         return d
 
     def close(self) -> None:
-        """Stop the loop's thread, if I started one."""
+        """Stop the loop's thread, if I started one; run nothing more there."""
+        self.closed = True
         if self.thread is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread = None
@@ -255,6 +262,10 @@ class DaskLink:
         # first messages: workers joining or leaving change my capacity.
         client.subscribe_topic("all", self._clusterEvent)
         await client
+        if self._closing:
+            # Closed while connecting: nothing is left behind.
+            await client.close()
+            return
         self.client = client
         self._wake = asyncio.Event()
         self._ac = as_completed(loop=client.loop)
