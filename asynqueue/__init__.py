@@ -42,9 +42,9 @@ _EXPORTS = {
     "ThreadQueue": "asynqueue.workers.threads",
     "ThreadWorker": "asynqueue.workers.threads",
     "deferToThread": "asynqueue.workers.threads",
-    "deferToDelay": "asynqueue.delay",
-    "Info": "asynqueue.info",
-    "showResult": "asynqueue.info",
+    "deferToDelay": "asynqueue.legacy.delay",
+    "Info": "asynqueue.legacy.info",
+    "showResult": "asynqueue.legacy.info",
     "ProcessBase": "asynqueue.workers.processextras",
 }
 __getattr__ = lazyExports(__name__, _EXPORTS)

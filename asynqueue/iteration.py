@@ -22,13 +22,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from asynqueue.consumers import ListConsumer
-from asynqueue.deferatorcompat import CONTAINERS as _CONTAINERS
-from asynqueue.deferatorcompat import DeferatorCompat
-from asynqueue.delay import Delay, deferToDelay
 from asynqueue.errors import ImplementationError, NotReadyError
 from asynqueue.interfaces import IIterationSource
-from asynqueue.prefetch import GetMoreSource, Prefetcherator
+from asynqueue.legacy.consumers import ListConsumer
+from asynqueue.legacy.deferator import CONTAINERS as _CONTAINERS
+from asynqueue.legacy.deferator import DeferatorCompat
+from asynqueue.legacy.delay import Delay, deferToDelay
+from asynqueue.legacy.prefetch import GetMoreSource, Prefetcherator
 from asynqueue.sources import LocalIterationSource
 
 __all__ = [

@@ -1,18 +1,18 @@
 """
 AsynQueue's import path of the thread workers (L{asynqueue.workers.threads}),
-with its L{ThreadLooper} (L{asynqueue.looper}) and its iterators for blocking
+with its L{ThreadLooper} (L{asynqueue.legacy.looper}) and its iterators for blocking
 code: L{Consumerator}, L{Filerator} and L{OrderedItemProducer}
-(L{asynqueue.blocking}).
+(L{asynqueue.legacy.blocking}).
 """
 
-from asynqueue.blocking import (
+from asynqueue.legacy.blocking import (
     Consumerator,
     Filerator,
     IterationGetter,
     OrderedItemProducer,
     PoolUser,
 )
-from asynqueue.looper import ThreadLooper
+from asynqueue.legacy.looper import ThreadLooper
 from asynqueue.queue.core import TaskQueue
 from asynqueue.workers.threads import (
     ThreadIterationSource,

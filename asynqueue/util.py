@@ -26,8 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from asynqueue.errors import QueueRunError
-from asynqueue.kill import killProcess
-from asynqueue.utilcompat import LockContext, callAfterDeferred
+from asynqueue.legacy.deferreds import LockContext, callAfterDeferred
+from asynqueue.legacy.kill import killProcess
 
 __all__ = [
     "DeferredTracker",

@@ -11,8 +11,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 import asynqueue
-from asynqueue import info
 from asynqueue.info import Info, hashIt, showResult, whichThread
+from asynqueue.legacy import info
 
 
 def double(x: int) -> int:
@@ -129,9 +129,10 @@ def test_nnRaw() -> None:
 
 
 def test_nnString() -> None:
+    # A name is given back as the fully qualified name of what it names.
     assert Info().setCall("asynqueue.info.hashIt").nn() == (
         None,
-        "asynqueue.info.hashIt",
+        "asynqueue.legacy.info.hashIt",
     )
 
 

@@ -116,8 +116,8 @@ def test_killProcessRefusesBadPid() -> None:
 
 
 def test_delayIsExported() -> None:
-    assert iteration.Delay is asynqueue.delay.Delay
-    assert iteration.deferToDelay is asynqueue.delay.deferToDelay
+    assert iteration.Delay is asynqueue.legacy.delay.Delay
+    assert iteration.deferToDelay is asynqueue.legacy.delay.deferToDelay
 
 
 def test_delayFiresAfterItsDelay(clock: Clock) -> None:

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime, IReadDescriptor
 from zope.interface import implementer
 
-from asynqueue.delay import Delay
+from asynqueue.legacy.delay import Delay
 
 __all__ = ["killProcess"]
 

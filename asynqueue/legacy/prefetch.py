@@ -13,8 +13,8 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from asynqueue.deferatorcompat import CONTAINERS
 from asynqueue.interfaces import IIterationSource
+from asynqueue.legacy.deferator import CONTAINERS
 
 __all__ = ["GetMoreSource", "Prefetcherator"]
 
