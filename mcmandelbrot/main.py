@@ -197,7 +197,13 @@ async def makeQueue(options: argparse.Namespace) -> tuple[TaskQueue, int, str]:
     """
     from twisted.internet import reactor
 
-    queue: TaskQueue = ProcessQueue(options.workers) if options.workers else TaskQueue()
+    # warmUp as the initializer: the children's zygote imports the kernel
+    # (numpy) once, so that each child is forked with it ready.
+    queue: TaskQueue = (
+        ProcessQueue(options.workers, initializer=warmUp)
+        if options.workers
+        else TaskQueue()
+    )
     remote = []
     for endpoint in options.nodes:
         try:
