@@ -21,6 +21,9 @@ from asynqueue.wire import ServerManager, WireWorkerUniverse
 class TestUniverse(WireWorkerUniverse):
     """What the spawned node runs."""
 
+    # A universe, not a pytest test class.
+    __test__ = False
+
     def add(self, x: int, y: int) -> int:
         return x + y
 
