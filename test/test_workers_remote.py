@@ -507,6 +507,9 @@ async def test_asynQueuesWireServerForm(tmp_path: Path) -> None:
     q = TaskQueue(wire, shutdownWithReactor=False)
     try:
         assert await q.call("count", "one two three", series="words") == 3
+        # As in 0.9.9, a method's name needs no series: WireWorkers run
+        # the "wire" series of their class.
+        assert await q.call("count", "four words in all") == 4
     finally:
         await q.shutdown()
         await server.stop()

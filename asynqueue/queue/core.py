@@ -212,6 +212,11 @@ class TaskQueue(_Shutdown):
             options = dataclasses.replace(options, name=nameFor(f, options))
             f = RawCall(f)
         series = options.series
+        if isinstance(f, str) and series is None and self._qualifiedFor("wire"):
+            # AsynQueue's q.call("method"): a universe method, for the
+            # workers of the "wire" series (its WireWorkers' class series).
+            series = "wire"
+            options = dataclasses.replace(options, series=series)
         if not callable(f) and not (isinstance(f, str) and series is not None):
             # A string names a universe method, for the WireWorkers of a series.
             return fail(TypeError(f"{f!r} is not callable, so it cannot be queued"))
