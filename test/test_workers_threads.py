@@ -218,3 +218,18 @@ def test_asynqueueStyleLoopWorksAtOnce(threadQueue: ThreadQueue) -> Any:
     for d in deferator:
         items.append((yield d))
     assert items == [i * 3 for i in range(100)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_deferToThreadWithNoFunctionStopsItsThreads() -> Any:
+    from asynqueue.workers import threads
+
+    assert (yield threads.deferToThread(lambda: 7)) == 7
+    shared = threads._shared
+    assert shared is not None and shared.isRunning()
+    # AsynQueue's way to end the dedicated thread: call it with nothing.
+    yield threads.deferToThread()
+    assert not shared.isRunning() and threads._shared is None
+    assert (yield threads.deferToThread()) is None
+    # It starts again when next given a function.
+    assert (yield threads.deferToThread(lambda: 8)) == 8

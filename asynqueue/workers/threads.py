@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import Any, ClassVar
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -378,15 +378,24 @@ class ThreadQueue(TaskQueue):
 _shared: ThreadQueue | None = None
 
 
-def deferToThread(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+def deferToThread(
+    f: Callable[..., Any] | None = None, *args: Any, **kwargs: Any
+) -> Deferred[Any]:
     """
     Run C{f(*args, **kwargs)} in a thread of a shared L{ThreadQueue}.
 
     The shared queue has one thread per core (at least two); it is made on
     first use and shut down with the reactor. Options such as C{priority}
-    and C{timeout} work as in L{TaskQueue.call}.
+    and C{timeout} work as in L{TaskQueue.call}. Called with no function
+    (AsynQueue's way), it shuts the shared queue down; the Deferred fires
+    once its threads are done.
     """
     global _shared
+    if f is None:
+        if args or kwargs:
+            raise TypeError("deferToThread() needs a function to run")
+        queue, _shared = _shared, None
+        return queue.shutdown() if queue is not None else succeed(None)
     if _shared is None or not _shared.isRunning():
         import os
 
