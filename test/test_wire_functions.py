@@ -389,3 +389,29 @@ async def test_remoteNodeRunsScriptFunctionsAcrossChildAndConnectionLoss(
     assert value == 7
     script("def f(x):\n    return -x, 0", namespace)
     assert await within(q.call(namespace["f"], 3)) == (-3, 0)
+
+
+def test_ledgerAndStoreBoundTheBytesHeld() -> None:
+    functions = [
+        script(f"def f(x):\n    return x + {i} + len({'y' * 3000!r})")["f"]
+        for i in range(5)
+    ]
+    size = len(definitionOf(functions[0]).data)  # type: ignore[union-attr]
+    ledger, sent = FunctionLedger(maxBytes=2 * size + size // 2), []
+    store = FunctionStore(maxBytes=3 * size + size // 2)
+    for i, f in enumerate(functions):
+        ledger.prepare([(i, dumpCall(f, (i,), {}))], sent.append)
+        box = definitionBoxes(sent)[-1]
+        forget = box[b"forget"]
+        store.define(
+            box[b"key"],
+            box[b"function"],
+            [forget[j : j + 16] for j in range(0, len(forget), 16)],
+        )
+    assert len(ledger.held) == 2 and ledger.heldBytes <= 2 * size + size // 2
+    assert set(store.definitions) == set(ledger.held)
+    # Whatever a sender says, the store keeps within its own bound.
+    for i in range(5):
+        data = b"%d" % i * size
+        store.define(keyOf(data), data, [])
+    assert store.size <= 3 * size + size // 2 and len(store.definitions) == 3

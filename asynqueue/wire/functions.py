@@ -58,8 +58,13 @@ _HEAD = len(MAGIC) + KEY_BYTES
 #: How many functions a sender lets a peer keep; the oldest unused go first.
 PEER_FUNCTIONS = 256
 
-#: A receiver keeps at most this many, whatever its sender says.
+#: And at most this many bytes of them.
+PEER_BYTES = 64 << 20
+
+#: A receiver keeps at most this many, and bytes of them, whatever its
+#: sender says (a network node's clients are not all to be trusted).
 STORE_FUNCTIONS = 4 * PEER_FUNCTIONS
+STORE_BYTES = 4 * PEER_BYTES
 
 #: Unpickled functions this process keeps ready to call.
 LOADED_FUNCTIONS = 256
@@ -358,9 +363,14 @@ class FunctionLedger:
     connection or child): L{prepare} sends what a batch of calls needs.
     """
 
-    def __init__(self, capacity: int = PEER_FUNCTIONS) -> None:
+    def __init__(
+        self, capacity: int = PEER_FUNCTIONS, maxBytes: int = PEER_BYTES
+    ) -> None:
         self.capacity = capacity
-        self.held: OrderedDict[bytes, None] = OrderedDict()
+        self.maxBytes = maxBytes
+        #: The size of each function the peer holds, by key, oldest used first.
+        self.held: OrderedDict[bytes, int] = OrderedDict()
+        self.heldBytes = 0
 
     def prepare(
         self,
@@ -390,17 +400,19 @@ class FunctionLedger:
             if key in held:
                 held.move_to_end(key)
                 continue
+            size = len(definition.data)
             forget = []
             for old in list(held):
-                if len(held) < self.capacity:
+                if len(held) < self.capacity and self.heldBytes + size <= self.maxBytes:
                     break
                 # Never one this batch still names: the peer links a batch's
                 # calls to their functions once the whole batch is read.
                 if old not in used:
-                    del held[old]
+                    self.heldBytes -= held.pop(old)
                     forget.append(old)
             send(defineFunctionBox(definition, forget))
-            held[key] = None
+            held[key] = size
+            self.heldBytes += size
         return out
 
 
@@ -413,10 +425,17 @@ class FunctionStore:
     read off the wire are L{link}ed to them as they arrive.
     """
 
-    def __init__(self, capacity: int = STORE_FUNCTIONS, verify: bool = True) -> None:
+    def __init__(
+        self,
+        capacity: int = STORE_FUNCTIONS,
+        verify: bool = True,
+        maxBytes: int = STORE_BYTES,
+    ) -> None:
         self.capacity = capacity
         self.verify = verify
+        self.maxBytes = maxBytes
         self.definitions: OrderedDict[bytes, Definition] = OrderedDict()
+        self.size = 0
 
     def define(self, key: bytes, data: bytes, forget: list[bytes]) -> None:
         """Keep a function sent; forget those the sender says."""
@@ -424,12 +443,17 @@ class FunctionStore:
             # A peer may not pass one function off as another (whose key it
             # knows): the children a network node shares run what is stored.
             raise ValueError("a function whose key is not the digest of its bytes")
-        for old in forget:
-            self.definitions.pop(old, None)
-        self.definitions[key] = Definition(key, data)
-        self.definitions.move_to_end(key)
-        while len(self.definitions) > self.capacity:
-            self.definitions.popitem(last=False)
+        definitions = self.definitions
+        for old in (*forget, key):
+            gone = definitions.pop(old, None)
+            if gone is not None:
+                self.size -= len(gone.data)
+        definitions[key] = Definition(key, data)
+        self.size += len(data)
+        while len(definitions) > self.capacity or (
+            self.size > self.maxBytes and len(definitions) > 1
+        ):
+            self.size -= len(definitions.popitem(last=False)[1].data)
 
     def link(self, tasks: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         """
