@@ -415,3 +415,17 @@ def test_ledgerAndStoreBoundTheBytesHeld() -> None:
         data = b"%d" % i * size
         store.define(keyOf(data), data, [])
     assert store.size <= 3 * size + size // 2 and len(store.definitions) == 3
+
+
+def test_recursiveScriptFunctionsArePickledOnce() -> None:
+    namespace = script(
+        "def even(n):\n    return True if n == 0 else odd(n - 1)\n"
+        "def odd(n):\n    return False if n == 0 else even(n - 1)"
+    )
+    first = definitionOf(namespace["even"])
+    assert first is not None and definitionOf(namespace["even"]) is first
+    g, args, _ = loadCall(dumpCall(namespace["even"], (10,), {}))
+    assert g(*args) is True
+    script("def odd(n):\n    return 'changed'", namespace)
+    second = definitionOf(namespace["even"])
+    assert second is not None and second.key != first.key
