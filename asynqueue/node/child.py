@@ -266,11 +266,12 @@ class LocalRunner:
                 if taskID in self._cancelled:
                     self._cancelled.discard(taskID)
                     continue
-            if self._unsent and self._heldResults is not None:
+            held = self._heldResults
+            if self._unsent and held is not None and not held.is_set():
                 # Results wait while this call runs: the thread sends them if
                 # it runs long. Woken only then, not after every result (an
                 # idle child's wake of it cost a round trip some 10 us).
-                self._heldResults.set()
+                held.set()
             self._runOne(taskID, call)
             ran += 1
             if perf_counter() > deadline:
