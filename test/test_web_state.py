@@ -252,8 +252,7 @@ def test_pushesAreCoalesced(makeQueue: Any, clock: Clock) -> None:
     dash.view.attach()
     request = FakeRequest()
     client = EventClient(request, maxMissed=3)  # type: ignore[arg-type]
-    dash.clients.add(client)
-    client.offer(lambda: b"first", b"")
+    dash.addClient(client)
     for _ in range(100):
         queue.call(sleepy)
     worker.runAll()
@@ -271,7 +270,8 @@ def test_pushesAreCoalesced(makeQueue: Any, clock: Clock) -> None:
         json.loads(request.written[-1].split(b"data: ", 1)[1])["stream"]["ended"] == []
     )
     # No page, no work.
-    dash.clients.clear()
+    dash.removeClient(client)
+    assert dash.view.onChange is None
     clock.advance(2)
     queue.call(sleepy)
     assert not clock.getDelayedCalls()

@@ -278,7 +278,9 @@ class Dashboard:
         self.clock: IReactorTime = (
             clock if clock is not None else getattr(queue, "_clock", reactor)
         )
-        self.view = QueueView(queue, self.clock, window=window, onChange=self._changed)
+        # The view calls _changed only while a page is open and no push is
+        # due yet: a task's end costs no call otherwise.
+        self.view = QueueView(queue, self.clock, window=window)
         self.clients: set[EventClient] = set()
         self.url: str | None = None
         self.port: IListeningPort | None = None
@@ -381,6 +383,7 @@ class Dashboard:
         for client in list(self.clients):
             client.finish()
         self.clients.clear()
+        self.view.onChange = None
         self.view.detach()
         if self._stopShutdownHook is not None:
             self._stopShutdownHook()
@@ -443,18 +446,30 @@ class Dashboard:
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"X-Accel-Buffering", b"no")
         client = EventClient(request, self.maxMissed)
-        self.clients.add(client)
 
         def gone(_: object) -> None:
             client.closed = True
-            self.clients.discard(client)
+            self.removeClient(client)
 
         request.notifyFinish().addBoth(gone)
         client.write(b"retry: 3000\n\n")
+        self.addClient(client)
+        return NOT_DONE_YET
+
+    def addClient(self, client: EventClient) -> None:
+        """Push to C{client} from now on, starting with a whole snapshot."""
+        self.clients.add(client)
         self.pushNow(only=client)
+        if not self._soon:
+            self.view.onChange = self._changed
         if self._timer is None or not self._timer.active():
             self._timer = self.clock.callLater(self.refresh, self.pushNow)
-        return NOT_DONE_YET
+
+    def removeClient(self, client: EventClient) -> None:
+        """Push to C{client} no more."""
+        self.clients.discard(client)
+        if not self.clients:
+            self.view.onChange = None
 
     def cancel(self, request: Request) -> bytes:
         """Cancel a task by ID: only with C{control=True}, by POST from the page."""
@@ -491,10 +506,11 @@ class Dashboard:
 
     def _changed(self) -> None:
         """The queue changed: push within C{interval}, coalescing what follows."""
-        # Called for every event of every task: one test in the common case.
         if self._soon or not self.clients:
             return
         self._soon = True
+        # Until the push, the view need not say more.
+        self.view.onChange = None
         timer = self._timer
         if timer is None or not timer.active():
             self._timer = self.clock.callLater(self.interval, self.pushNow)
@@ -506,6 +522,8 @@ class Dashboard:
         if only is None:
             self._timer = None
             self._soon = False
+            if self.clients:
+                self.view.onChange = self._changed
         clients = [only] if only is not None else list(self.clients)
         if not clients:
             return
@@ -532,7 +550,7 @@ class Dashboard:
         for client in clients:
             if not client.offer(whole, delta):
                 self.log.info("Dropped a dashboard page that did not read")
-                self.clients.discard(client)
+                self.removeClient(client)
                 client.drop()
         if self.clients and only is None:
             self._timer = self.clock.callLater(self.refresh, self.pushNow)
