@@ -79,7 +79,7 @@ def countTo(n: int) -> Iterator[int]:
 
 @pytest_twisted.ensureDeferred
 async def test_callsRunOnTheCluster(queue: TaskQueue, worker: DaskWorker) -> None:
-    assert worker.capacity == 2 * 4
+    assert worker.threads == 4 and worker.capacity >= 2 * 4
     assert await queue.call(square, 7) == 49
     results = await gatherResults([queue.call(square, i) for i in range(200)])
     assert results == [i * i for i in range(200)]

@@ -123,11 +123,11 @@ class DaskWorker:
         # Per thread: one call, plus as many as run while one makes its round
         # trip through the scheduler (measured), so that short calls keep
         # the threads busy; a fixed number if given.
-        self._backlog = (
-            AdaptiveBacklog(0.01, maxTasksPerThread, floor=2)
-            if tasksPerThread is None
-            else None
-        )
+        self._backlog = None
+        if tasksPerThread is None:
+            self._backlog = AdaptiveBacklog(0.01, maxTasksPerThread, floor=2)
+            # Until calls say otherwise, take them for short ones.
+            self._backlog.average = 0.001
         self.address: str | None = None
         if addressOrClient is None or addressOrClient == "local":
             pass

@@ -228,6 +228,7 @@ class DaskLink:
         self._cluster: Any = None
         self._plugins: list[str] = []
         self._futures: dict[str, Any] = {}
+        self._done: list[Any] = []
         self._ac: Any = None
         self._wake: asyncio.Event | None = None
         self._toSubmit: list[
@@ -421,6 +422,7 @@ class DaskLink:
             )
         for future in made:
             futures[future.key] = future
+        self._done.clear()
         if made:
             self._ac.update(made)
             assert self._wake is not None
@@ -493,9 +495,18 @@ class DaskLink:
                 finished, results = [], []
             for future, (address, value, ran) in zip(finished, results, strict=False):
                 outcomes.append((future.key, "result", value, address, ran))
+        # Let go of them (Dask then releases their results) with the next
+        # submission, or shortly: a release sent alone holds back, by the
+        # client's batching, a submission that follows it at once.
+        done = self._done
+        if not done:
+            self.bridge.loop.call_later(0.02, self._release)
         for future in batch:
-            futures.pop(future.key, None)
+            done.append(futures.pop(future.key, future))
         return outcomes
+
+    def _release(self) -> None:
+        self._done.clear()
 
     async def close(self) -> None:
         self._closing = True
