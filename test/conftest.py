@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from processes import processQueues
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from asynqueue import TaskQueue
+from asynqueue import ProcessQueue, TaskQueue
 
 
 @pytest.fixture
@@ -37,6 +38,20 @@ def makeQueue(clock: Clock) -> Iterator[Callable[..., TaskQueue]]:
         d.addErrback(lambda f: None)
         clock.advance(0)
         assert d.called, f"{q.name} did not shut down"
+
+
+@pytest.fixture
+def startMethod() -> str | None:
+    """How process workers start their children (None: the default)."""
+    return None
+
+
+@pytest.fixture
+def makeProcessQueue(
+    clock: Clock, startMethod: str | None
+) -> Iterator[Callable[..., ProcessQueue]]:
+    """Make ProcessQueues; each is shut down after the test and leaves no child."""
+    yield from processQueues(clock, startMethod)
 
 
 @pytest.fixture

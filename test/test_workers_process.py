@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from processes import assertGone, within, workerPids
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -183,30 +184,10 @@ def announceThenSleep(line: str, seconds: float) -> str:
 # -- helpers and fixtures -----------------------------------------------------
 
 
-def within(d: Deferred[Any], seconds: float = 10) -> Deferred[Any]:
-    """Fail, instead of hanging the run, if C{d} has not fired in time."""
-    return d.addTimeout(seconds, reactor)
-
-
-def workerPids(q: ProcessQueue) -> dict[str, int]:
-    return {name: w["pid"] for name, w in q.stats()["workers"].items()}
-
-
 async def pidsOf(q: ProcessQueue) -> dict[str, int]:
     """The pids of the queue's children, once they have them (forked: soon)."""
     await within(gatherResults([w.whenStarted() for w in q.workers()]))
     return workerPids(q)
-
-
-def assertGone(pid: int) -> None:
-    """No child process and no zombie of that pid is left."""
-    try:
-        got = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return
-    if got == (0, 0):
-        raise AssertionError(f"child process {pid} is still running")
-    raise AssertionError(f"child process {pid} was left a zombie")
 
 
 def assertNoProcess(pid: int) -> None:
@@ -243,38 +224,6 @@ def startMethod(request: pytest.FixtureRequest) -> str:
     """Each test of process workers runs with children forked and spawned."""
     method: str = request.param
     return method
-
-
-@pytest.fixture
-def makeProcessQueue(
-    clock: Clock, startMethod: str
-) -> Iterator[Callable[..., ProcessQueue]]:
-    """Make ProcessQueues; each is shut down after the test and leaves no child."""
-    made: list[tuple[ProcessQueue, bool]] = []
-
-    def make(n: int = 1, useClock: bool = False, **kwargs: Any) -> ProcessQueue:
-        kwargs.setdefault("shutdownWithReactor", False)
-        kwargs.setdefault("start", startMethod)
-        if useClock:
-            kwargs["clock"] = clock
-        q = ProcessQueue(n, **kwargs)
-        made.append((q, useClock))
-        return q
-
-    yield make
-    for q, useClock in made:
-        pids = [pid for pid in workerPids(q).values() if pid is not None]
-        d = q.shutdown(timeout=3, cancelPending=True)
-        if useClock:
-            clock.advance(3)
-        try:
-            pytest_twisted.blockon(within(d, 15))
-        except BaseException:
-            for w in q.workers():
-                w.crash()
-            raise
-        for pid in pids:
-            assertGone(pid)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,31 +82,6 @@ def whenStarted(q: TaskQueue, name: str) -> Deferred[TaskRecord]:
 async def warmUp(q: TaskQueue, n: int = 300) -> None:
     """Enough fast calls that the child holds their results back for batching."""
     await within(gatherResults([q.call(identity, i) for i in range(n)]))
-
-
-@pytest.fixture
-def makeProcessQueue(clock: Clock) -> Iterator[Callable[..., ProcessQueue]]:
-    made: list[tuple[ProcessQueue, bool]] = []
-
-    def make(n: int = 1, useClock: bool = False, **kwargs: Any) -> ProcessQueue:
-        kwargs.setdefault("shutdownWithReactor", False)
-        if useClock:
-            kwargs["clock"] = clock
-        q = ProcessQueue(n, **kwargs)
-        made.append((q, useClock))
-        return q
-
-    yield make
-    for q, useClock in made:
-        d = q.shutdown(timeout=3, cancelPending=True)
-        if useClock:
-            clock.advance(3)
-        try:
-            pytest_twisted.blockon(within(d, 15))
-        except BaseException:
-            for w in q.workers():
-                w.crash()
-            raise
 
 
 # -- defect 1: a slow call after fast ones ------------------------------------
