@@ -642,3 +642,15 @@ def test_classQualificationsAreQualifications(makeQueue: Any) -> None:
     assert result(d) == "here"
     assert ThreadWorker.cQualified == ["thread", "local"]
     assert AsyncWorker.cQualified == ["async", "local"]
+
+
+def test_callsMadeOneAtATimeAreSpreadOverWorkers(makeQueue: Any) -> None:
+    # Each call is dispatched as it comes: without a turn for each worker,
+    # the first with room would take them all, up to its capacity.
+    first, second = MemoryWorker(capacity=4), MemoryWorker(capacity=4)
+    q = makeQueue(first, second)
+    ds = [q.call(pow, 2, i) for i in range(6)]
+    assert len(first.accepted) == len(second.accepted) == 3
+    first.runAll()
+    second.runAll()
+    assert [result(d) for d in ds] == [2**i for i in range(6)]

@@ -66,6 +66,8 @@ class _Running:
     _failed: int
     _cancelled: int
     _dispatching: bool
+    #: Where the next pass of dispatch starts in C{_slotList}.
+    _nextSlot: int = 0
     _dispatchAgain: bool
     _idleWaiters: list[Deferred[None]]
     _canceller: Callable[[Deferred[Any]], None]
@@ -161,12 +163,21 @@ class _Running:
                 again = False
                 if not pending.count:
                     break
-                # One task per free worker per pass spreads the load.
-                for slot in self._slotList:
+                # One task per free worker per pass, each pass starting
+                # after the worker given the last task, spreads the load:
+                # calls made one at a time (each dispatched as it comes)
+                # would otherwise all go to the first worker with room, up
+                # to its capacity, before any of them ran.
+                slots = self._slotList
+                count = len(slots)
+                first = self._nextSlot % count if count else 0
+                for k in range(count):
+                    slot = slots[(first + k) % count]
                     if slot.free > 0:
                         task = pending.popFor(slot.worker)
                         if task is not None:
                             self._start(slot, task)
+                            self._nextSlot = first + k + 1
                             again = True
                 again = again or self._dispatchAgain
         finally:
