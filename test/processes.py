@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -16,6 +15,10 @@ from asynqueue import ProcessQueue
 
 def within(d: Deferred[Any], seconds: float = 10) -> Deferred[Any]:
     """Fail, instead of hanging the run, if C{d} has not fired in time."""
+    # Imported here: conftest loads this module before pytest-twisted has
+    # installed the reactor the run asked for.
+    from twisted.internet import reactor
+
     return d.addTimeout(seconds, reactor)
 
 
