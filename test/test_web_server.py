@@ -267,7 +267,7 @@ async def test_theDashboardStopsWithItsQueue() -> None:
     assert dash.port is None and dash.clients == set()
     # The page's stream was ended.
     await collector.done
-    assert q._observers == [] and "_finish" not in q.__dict__
+    assert q._observers == [] and q._endObservers == []
 
 
 @pytest_twisted.ensureDeferred
@@ -424,8 +424,8 @@ async def test_startStopStartStop(queue: tuple[TaskQueue, MemoryWorker]) -> None
     assert await dash.start() == url
     await dash.stop()
     await dash.stop()
-    assert dash.port is None and "_finish" not in q.__dict__
+    assert dash.port is None and q._endObservers == []
     url = await dash.start()
     assert (await get(url + "state"))[0] == 200
     await dash.stop()
-    assert dash.port is None and "_finish" not in q.__dict__
+    assert dash.port is None and q._endObservers == []

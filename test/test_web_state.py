@@ -192,12 +192,17 @@ def test_cancelledPendingTaskLeavesTheCounts(makeQueue: Any, clock: Clock) -> No
     assert headline["pending"] == 2
 
 
-def test_detachGivesTheQueueBackItsOwn(makeQueue: Any, clock: Clock) -> None:
-    queue = makeQueue(MemoryWorker())
+def test_detachStopsObserving(makeQueue: Any, clock: Clock) -> None:
+    worker = MemoryWorker()
+    queue = makeQueue(worker)
     view = attached(queue, clock)
-    assert "_finish" in queue.__dict__
+    queue.call(pow, 2, 2)
+    worker.runAll()
+    assert view.ended == 1
     view.detach()
-    assert "_finish" not in queue.__dict__ and queue._observers == []
+    queue.call(pow, 2, 3)
+    worker.runAll()
+    assert view.ended == 1 and queue._endObservers == []
 
 
 def test_namesAndBands() -> None:

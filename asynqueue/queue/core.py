@@ -37,6 +37,7 @@ from asynqueue.errors import (
     UnpicklableError,
 )
 from asynqueue.interfaces import IDescribedWorker, IWorker
+from asynqueue.queue.inspection import _Inspection
 from asynqueue.queue.pending import PendingStore
 from asynqueue.queue.running import _RUNNING, _Running
 from asynqueue.queue.shutdown import _Shutdown
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["TaskQueue"]
 
 
-class TaskQueue(_Shutdown):
+class TaskQueue(_Shutdown, _Inspection):
     """
     A prioritized queue of calls, run by interchangeable workers.
 
@@ -149,6 +150,8 @@ class TaskQueue(_Shutdown):
         self._idleWaiters = []
         self._triggerID = None
         self._observers = []
+        self._endObservers = []
+        self._shutdownHooks = []
         self._closeLog = None
         if logFile is not None:
             from asynqueue.records import openRecordLog
@@ -170,6 +173,13 @@ class TaskQueue(_Shutdown):
     qualifyWorker = _Workers.qualifyWorker
     clearLaneError = _Running.clearLaneError
     shutdown = _Shutdown.shutdown
+    observeEnds = _Inspection.observeEnds
+    notifyShutdown = _Inspection.notifyShutdown
+    runningRecords = _Inspection.runningRecords
+    pendingRecords = _Inspection.pendingRecords
+    pendingCounts = _Inspection.pendingCounts
+    workerStates = _Inspection.workerStates
+    cancelTask = _Inspection.cancelTask
 
     # ------------------------------------------------------------------
     # Submitting calls

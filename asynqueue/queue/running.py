@@ -62,6 +62,9 @@ class _Running:
     _seq: itertools.count[int]
     _records: deque[TaskRecord]
     _observers: list[Callable[[str, TaskRecord], object]]
+    _endObservers: list[
+        Callable[[TaskRecord, tuple[Any, ...], dict[str, Any], object], object]
+    ]
     _done: int
     _failed: int
     _cancelled: int
@@ -107,6 +110,13 @@ class _Running:
         task = QueuedTask(f, args, kwargs, options, record, d, hearing=self)
         d.task = task  # type: ignore[attr-defined]
         return task
+
+    def _tellEnd(self, task: QueuedTask, result: object) -> None:
+        for observer in list(self._endObservers):
+            try:
+                observer(task.record, task.args, task.kwargs, result)
+            except Exception:
+                self.log.failure("End observer {observer} failed", observer=observer)
 
     def _tell(self, event: str, record: TaskRecord) -> None:
         for observer in list(self._observers):
@@ -374,6 +384,8 @@ class _Running:
             self._done += 1
         if self._observers:
             self._tell("ended", record)
+        if self._endObservers:
+            self._tellEnd(task, result)
         if self._talk.on or options._talks:  # type: ignore[attr-defined]
             self._talk.tell(task, result)
         if options.lane is not None:

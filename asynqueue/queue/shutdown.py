@@ -31,6 +31,7 @@ class _Shutdown(_Workers):
     _shutdownDeferred: Deferred[None] | None
     _triggerID: Any
     _closeLog: Callable[[], None] | None
+    _shutdownHooks: list[Callable[[], object]]
 
     def shutdown(
         self, timeout: float | None = None, cancelPending: bool = False
@@ -83,6 +84,12 @@ class _Shutdown(_Workers):
                 if self._closeLog is not None:
                     self._closeLog()
                     self._closeLog = None
+                hooks, self._shutdownHooks = self._shutdownHooks, []
+                for hook in hooks:
+                    try:
+                        hook()
+                    except Exception:
+                        self.log.failure("Shutdown hook {hook} failed", hook=hook)
                 assert self._shutdownDeferred is not None
                 self._shutdownDeferred.callback(None)
 

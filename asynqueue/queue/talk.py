@@ -76,6 +76,4 @@ class Talk:
                     f"{result.getErrorMessage()}",
                 )
         else:
-            _log.info(
-                "Task {what} -> {result}", what=what, result=_short.repr(result)
-            )
+            _log.info("Task {what} -> {result}", what=what, result=_short.repr(result))

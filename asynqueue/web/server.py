@@ -18,7 +18,7 @@ import json
 import secrets
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, succeed
@@ -35,7 +35,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from asynqueue.web.state import QueueView
-from asynqueue.web.taps import findTask, onShutdown
+
+if TYPE_CHECKING:
+    from asynqueue.queue.core import TaskQueue
 
 __all__ = ["Dashboard", "EventClient", "DashboardError", "TokenRequired"]
 
@@ -228,7 +230,7 @@ class Dashboard:
 
     def __init__(
         self,
-        queue: Any,
+        queue: TaskQueue,
         endpoint: str | IStreamServerEndpoint = "tcp:8765:interface=127.0.0.1",
         *,
         token: str | bool | None = None,
@@ -356,7 +358,7 @@ class Dashboard:
         if self.token is not None:
             self.url += f"?token={quote(self.token)}"
         self.view.attach()
-        self._stopShutdownHook = onShutdown(self.queue, self.stop)
+        self._stopShutdownHook = self.queue.notifyShutdown(self.stop)
         self._trigger = self._reactor.addSystemEventTrigger(
             "before", "shutdown", self.stop
         )
@@ -487,11 +489,9 @@ class Dashboard:
         except (KeyError, IndexError, ValueError):
             request.setResponseCode(400)
             return b'{"error": "give the task\'s id"}'
-        task = findTask(self.queue, taskID)
-        if task is None:
+        if not self.queue.cancelTask(taskID):
             request.setResponseCode(404)
             return b'{"error": "no such task is pending or running"}'
-        task.deferred.cancel()
         self.log.info("Task {id} cancelled from the dashboard", id=taskID)
         return b'{"cancelled": true}'
 

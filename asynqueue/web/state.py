@@ -2,7 +2,7 @@
 The dashboard's view of a queue: counts, workers, recent task bars,
 failures and the slowest tasks, derived from the queue's records.
 
-L{QueueView} hears of each task as it ends (L{asynqueue.web.taps.EndTap});
+L{QueueView} hears of each task as it ends (L{TaskQueue.observeEnds});
 what it does then is O(1), a few operations, and its memory is bounded
 (rings of the newest records), so a queue may run for days with it
 attached. What is pending and running is read from the queue when a
@@ -20,19 +20,15 @@ import socket
 import traceback
 from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from asynqueue.tasks import TaskRecord
-from asynqueue.web.taps import (
-    EndTap,
-    pendingCounts,
-    pendingRecords,
-    runningRecords,
-    slotStates,
-)
+
+if TYPE_CHECKING:
+    from asynqueue.queue.core import TaskQueue
 
 __all__ = ["QueueView", "workerKind", "priorityBand", "shortCall"]
 
@@ -146,7 +142,7 @@ class QueueView:
 
     def __init__(
         self,
-        queue: Any,
+        queue: TaskQueue,
         clock: IReactorTime,
         window: float = 60.0,
         keep: int = 1000,
@@ -176,25 +172,25 @@ class QueueView:
         #: The run time a task must beat to be among the slowest.
         self._slowFloor = -math.inf
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)
-        self._tap: EndTap | None = None
+        self._stopObserving: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------
     # Attaching
 
     def attach(self) -> None:
         """Start hearing of the queue's tasks as they end."""
-        if self._tap is not None:
+        if self._stopObserving is not None:
             return
         now = self.clock.seconds()
         for name in self._workerNames():
             self._firstSeen.setdefault(name, now)
-        self._tap = EndTap(self.queue, self._ended)
+        self._stopObserving = self.queue.observeEnds(self._ended)
 
     def detach(self) -> None:
         """Stop hearing of the queue's tasks."""
-        if self._tap is not None:
-            self._tap.remove()
-            self._tap = None
+        if self._stopObserving is not None:
+            self._stopObserving()
+            self._stopObserving = None
 
     def expect(self, total: int) -> None:
         """C{total} tasks are to end from now: the headline shows an ETA."""
@@ -207,7 +203,7 @@ class QueueView:
     def _ended(
         self, record: TaskRecord, args: Any, kwargs: Any, result: object
     ) -> None:
-        """A task ended (L{EndTap}'s callback): a few operations, every task."""
+        """A task ended (an end observer): a few operations, every task."""
         self.ended += 1
         started = record.started
         if started is not None:
@@ -288,7 +284,7 @@ class QueueView:
 
     def pendingBy(self) -> dict[str, dict[str, int]]:
         """How many tasks are pending, by priority band, series and lane."""
-        counts = pendingCounts(self.queue)
+        counts = self.queue.pendingCounts()
         by: dict[str, dict[str, int]] = {"priority": {}, "series": {}, "lane": {}}
         for (priority, series, lane), n in counts.items():
             _count(by["priority"], priorityBand(priority), n)
@@ -328,7 +324,11 @@ class QueueView:
     ) -> list[dict[str, Any]]:
         """One row per attached worker."""
         rows = []
-        special = slotStates(self.queue)
+        special = {
+            name: state
+            for name, state in self.queue.workerStates().items()
+            if state != "attached"
+        }
         runningOn: dict[str | None, list[TaskRecord]] = {}
         for record in running:
             runningOn.setdefault(record.worker, []).append(record)
@@ -397,7 +397,7 @@ class QueueView:
                 "priority": priorityBand(record.priority),
                 "submitted": record.submitted,
             }
-            for record in pendingRecords(self.queue, limit)
+            for record in self.queue.pendingRecords(limit)
         ]
 
     @staticmethod
@@ -429,7 +429,7 @@ class QueueView:
         """
         if now is None:
             now = self.clock.seconds()
-        records = runningRecords(self.queue)
+        records = self.queue.runningRecords()
         headline, stats = self.headline(now)
         running = [self.bar(r) for r in records if r.started is not None]
         return {
