@@ -333,7 +333,10 @@ async def test_aLargeArgumentTravelsOnce(queue: TaskQueue, worker: DaskWorker) -
 
 @pytest_twisted.ensureDeferred
 async def test_losingTheSchedulerFailsWhatRunsWithNodeLost(smallCluster: Any) -> None:
-    """The connection drops: calls in flight fail; calls go on once it is back."""
+    """
+    The connection drops: calls in flight fail with NodeLost, or run again as
+    their retries allow; calls go on once it is back.
+    """
     from asynqueue.errors import NodeLost
 
     w = DaskWorker(smallCluster)
@@ -343,6 +346,9 @@ async def test_losingTheSchedulerFailsWhatRunsWithNodeLost(smallCluster: Any) ->
         _started["lost"] = Deferred()
         running = q.call(holdUntil, "lost")
         await _started["lost"]
+        # Behind it: lost with it and run again (retries) once back, or
+        # held by the client until it is back; either way it ends well.
+        retried = q.call(square, 7, retries=1)
         back: Deferred[None] = Deferred()
         queueObserver = w._capacityObserver
         assert queueObserver is not None
@@ -361,6 +367,7 @@ async def test_losingTheSchedulerFailsWhatRunsWithNodeLost(smallCluster: Any) ->
         openGate("lost")
         await back
         assert await q.call(square, 3) == 9
+        assert await retried == 49
     finally:
         openGate("lost")
         await q.shutdown()
