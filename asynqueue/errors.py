@@ -142,3 +142,11 @@ class InvariantError(AsynQueueError, Invalid):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"InvariantError({self.args!r})"
+
+
+class NodeUnreachable(NoWorkers, NodeLost):
+    """
+    The queue's last worker, a remote one, gave up reaching its node (its
+    C{connectDeadline} passed): no worker is left to run the task, and it
+    is a node that was lost.
+    """

@@ -223,6 +223,12 @@ class IResignationExplaining(IWorker):
         "I call my resignator."
     )
 
+    resignationError = Attribute(
+        "The NoWorkers subclass that calls fail with if I was the queue's "
+        "last worker (a remote worker that gave up on its node: "
+        "NodeUnreachable), or None for NoWorkers itself."
+    )
+
 
 class ITaskReporter(Interface):
     """

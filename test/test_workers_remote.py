@@ -1114,7 +1114,7 @@ def test_connectDeadlineFailsCallsNoWorkerCanRun(
     makeQueue: Any,
     remoteEvents: list[dict[str, Any]],
 ) -> None:
-    from asynqueue.errors import NoWorkers
+    from asynqueue.errors import NodeUnreachable, NoWorkers
 
     worker, endpoint = onClock(monkeypatch, clock, refused, connectDeadline=30)
     q = makeQueue(worker)
@@ -1129,8 +1129,12 @@ def test_connectDeadlineFailsCallsNoWorkerCanRun(
     lost = failureOf(connected)
     assert lost.check(NodeLost) and str(lost.value).startswith(why)
     failure = failureOf(d)
-    assert failure.check(NoWorkers)
+    # No worker can run it, and a node was lost: both.
+    assert failure.check(NodeUnreachable)
+    assert isinstance(failure.value, NoWorkers) and isinstance(failure.value, NodeLost)
     assert why in str(failure.value)
+    # A call made afterwards fails the same way, at once.
+    assert failureOf(q.call(int, "8")).check(NodeUnreachable)
     assert "\n" not in str(failure.value)
     assert not [e for e in remoteEvents if e.get("log_failure") is not None]
     attempts = endpoint.attempts

@@ -144,6 +144,7 @@ class TaskQueue(_Shutdown, _Inspection):
         self._records = deque(maxlen=maxRecords)
         self._state = _RUNNING
         self._noWorkers = None
+        self._noWorkersError = NoWorkers
         self._dispatching = False
         self._dispatchAgain = False
         self._shutdownDeferred = None
@@ -214,7 +215,7 @@ class TaskQueue(_Shutdown, _Inspection):
         if self._state != _RUNNING:
             return fail(QueueRunError(f"{self.name} is shut down and takes no calls"))
         if self._noWorkers is not None:
-            return fail(NoWorkers(self._noWorkers))
+            return fail(self._noWorkersError(self._noWorkers))
         if options.timeout is None and self.settings.timeout is not None:
             options = dataclasses.replace(options, timeout=self.settings.timeout)
         if options.raw or (options.raw is None and self._raw):

@@ -84,6 +84,7 @@ class _Workers(_Running):
     _callPickler: ICallPickling | None
     #: Why every worker is gone, once the last one resigned.
     _noWorkers: str | None
+    _noWorkersError: type[NoWorkers]
 
     def attachWorker(self, worker: IWorker) -> Deferred[None]:
         """
@@ -210,9 +211,10 @@ class _Workers(_Running):
         """
         if worker not in self._slots:
             return
-        why = None
+        why, error = None, NoWorkers
         if IResignationExplaining.providedBy(worker):
             why = worker.resignedBecause
+            error = worker.resignationError or NoWorkers
         why = why or "it resigned"
         self.log.warn("Worker {worker} resigned: {why}", worker=worker.name, why=why)
         self.detachWorker(worker, reassign=True, crash=True)
@@ -221,7 +223,8 @@ class _Workers(_Running):
                 f"{self.name} has no worker left: the last, {worker.name}, "
                 f"resigned ({why})"
             )
-            self._failPending(NoWorkers(self._noWorkers))
+            self._noWorkersError = error
+            self._failPending(error(self._noWorkers))
 
     def _forget(self, slot: _WorkerSlot) -> None:
         self._slots.pop(slot.worker, None)

@@ -24,7 +24,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from asynqueue.errors import QueueRunError, UnpicklableError, WorkerCrashed, WorkerError
+from asynqueue.errors import (
+    NoWorkers,
+    QueueRunError,
+    UnpicklableError,
+    WorkerCrashed,
+    WorkerError,
+)
 from asynqueue.interfaces import (
     ICallPickling,
     IDescribedWorker,
@@ -163,6 +169,7 @@ class ProcessWorker(ProcessWorkerExtras):
         self._waiting: list[_Sent] = []
         #: Why I resigned, for the queue to say (None while I work).
         self.resignedBecause: str | None = None
+        self.resignationError: type[NoWorkers] | None = None
         self._neverRan: list[_Sent] = []
         self.replaced = 0
         self.outstanding = 0

@@ -24,6 +24,8 @@ from zope.interface import implementer, implementer_only
 
 from asynqueue.errors import (
     NodeLost,
+    NodeUnreachable,
+    NoWorkers,
     QueueRunError,
     UnpicklableError,
 )
@@ -157,6 +159,8 @@ class RemoteWorker:
         self._wasConnected = False
         self.connectDeadline = connectDeadline
         self._deadlineCall: IDelayedCall | None = None
+        #: The error calls fail with if I was the last worker (NodeUnreachable).
+        self.resignationError: type[NoWorkers] | None = None
         #: Why I gave up (L{IResignationExplaining}); None while I try.
         self.resignedBecause: str | None = None
         if certificate is not None or ca is not None:
@@ -230,6 +234,7 @@ class RemoteWorker:
             f"node {self.description} unreachable for {self.connectDeadline:g} s "
             f"({self._down or 'no answer'})"
         )
+        self.resignationError = NodeUnreachable
         self.log.warn("Giving up: {why}", why=self.resignedBecause)
         waiters, self._connectWaiters = self._connectWaiters, []
         for d in waiters:
