@@ -74,6 +74,7 @@ class AbleWorker(MemoryWorker):
         self.prepared: list[Any] = []
         self.preparedToStop = False
         self.resignedBecause: str | None = None
+        self.resignationError: type[NoWorkers] | None = None
 
     def setCapacityObserver(self, observer: Callable[[], object]) -> None:
         self.observer = observer
