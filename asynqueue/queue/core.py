@@ -145,6 +145,7 @@ class TaskQueue(_Shutdown, _Inspection):
         self._state = _RUNNING
         self._noWorkers = None
         self._noWorkersError = NoWorkers
+        self._cancelReason = None
         self._dispatching = False
         self._dispatchAgain = False
         self._shutdownDeferred = None

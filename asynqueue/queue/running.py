@@ -59,6 +59,8 @@ class _Running:
     _slots: dict[IWorker, _WorkerSlot]
     _slotList: list[_WorkerSlot]
     _running: set[QueuedTask]
+    #: Why tasks are being cancelled (set by a queue shutting down), or None.
+    _cancelReason: str | None
     _seq: itertools.count[int]
     _records: deque[TaskRecord]
     _observers: list[Callable[[str, TaskRecord], object]]
@@ -265,13 +267,19 @@ class _Running:
             # Deferred would.
             self._taskDone(task, Failure(CancelledError()), attempt)
 
+    def _cancellation(self) -> CancelledError:
+        """What a cancelled task fails with: saying why, if shutdown said."""
+        if self._cancelReason is None:
+            return CancelledError()
+        return CancelledError(self._cancelReason)
+
     def _cancelTask(self, task: QueuedTask) -> None:
         """The canceller of a task's Deferred."""
         task.cancelled = True
         state = task.record.state
         if state == "pending":
             self._pending.cancelled(task)
-            self._finish(task, Failure(CancelledError()))
+            self._finish(task, Failure(self._cancellation()))
             self._checkIdle()
         elif state == "running":
             self._abandon(task)
@@ -321,6 +329,13 @@ class _Running:
                         f"{task.options.timeout} s"
                     )
                 )
+            elif (
+                self._cancelReason is not None
+                and result.check(CancelledError)
+                and not getattr(result.value, "args", ())
+            ):
+                # A worker's own CancelledError, while shutdown says why.
+                result = Failure(self._cancellation())
             elif result.check(TaskNotStarted):
                 if not task.deferred.called and self._state != _STOPPED:
                     # It never ran: it uses up none of its attempts.
