@@ -453,10 +453,15 @@ class DaskLink:
             except StopAsyncIteration:
                 continue
             batch = [first, *ac.next_batch(block=False)]
+            # Held here until the next batch, these futures would be let go
+            # as it arrives: a release sent alone, which holds back the next
+            # submission by the client's batching interval.
+            del first
             try:
                 outcomes = await self._outcomes(batch)
             except Exception as e:
                 outcomes = [(f.key, "lost", str(e), None, 0.0) for f in batch]
+            del batch
             if outcomes:
                 self.bridge.toReactor(self.owner._delivered, outcomes)
 
