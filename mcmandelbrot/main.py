@@ -360,7 +360,7 @@ async def renderCommand(
     try:
         baseline = None
         if options.compare:
-            single = ProcessQueue(1)
+            single = ProcessQueue(1, initializer=warmUp)
             try:
                 await single.update(warmUp, ephemeral=True)
                 baseline = await render(
