@@ -58,7 +58,7 @@ RELEASE_INTERVAL = 0.1
 #: graph update: far fewer messages through the client, the scheduler and
 #: the workers, whose cost per message competes with the calls for the cores.
 GATHER_HOLD_PER_THREAD = 2
-GATHER_HOLD = 0.02
+GATHER_HOLD = 0.04
 
 
 class Bridge:
