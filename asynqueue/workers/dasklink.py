@@ -581,6 +581,10 @@ class DaskLink:
         self._closing = True
         if self._wake is not None:
             self._wake.set()
+        if self._releaseTimer is not None:
+            self._releaseTimer.cancel()
+            self._releaseTimer = None
+        self._done.clear()
         client = self.client
         if client is not None:
             try:
