@@ -24,6 +24,7 @@ from asynqueue.wire.commands import (
     RUN_TASKS,
     TASK_RESULT,
     TASK_RESULTS,
+    BigBytes,
     CancelTask,
     CloseIterator,
     DefineFunction,
@@ -42,7 +43,7 @@ from asynqueue.wire.commands import (
     taskResultBox,
     taskResultsBox,
 )
-from asynqueue.wire.framing import BigBytes, BoxReader, bigValue, boxPieces, writeBox
+from asynqueue.wire.framing import BoxReader, bigValue, boxPieces, writeBox
 from asynqueue.wire.functions import (
     Definition,
     defineFunctionBox,

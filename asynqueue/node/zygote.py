@@ -3,11 +3,12 @@ The zygote: a clean process that forks a queue's children on request.
 
 A process worker that starts its children by fork (see
 L{asynqueue.workers.spawning}) starts one zygote, a fresh interpreter
-that imports Twisted, the child runtime and the user's initializer
-modules once, runs no reactor and no thread, and then waits. Asked for a
-child, it forks: the child gets the descriptors the parent sent with the
-request as its 1 to 6 (output, the wire, the start note and the result
-ring, just as a spawned child gets them) and becomes a child node
+that imports the child runtime (no Twisted: see L{asynqueue.node.child})
+and the user's initializer modules once, runs no reactor and no thread,
+and then waits. Asked for a child, it forks: the child gets the
+descriptors the parent sent with the request as its 1 to 6 (output, the
+wire, the start note and the result ring, just as a spawned child gets
+them) and becomes a child node
 (L{asynqueue.node.child.childMain}) at once, with nothing left to import.
 
 The zygote stays the parent of its children: it reaps each one as it
@@ -59,17 +60,11 @@ def _preload(modules: list[str]) -> None:
     """
     Import what every child needs before it can work, once, here.
 
-    The reactor module is imported but not installed: an installed reactor
-    holds descriptors (its epoll, its waker) that forked children would share.
+    The child runtime needs no Twisted (a child imports it only for a call
+    that returns a Deferred or another awaitable), so this is quick.
     """
-    import twisted.internet.default
-
     import asynqueue.node.child  # noqa: F401
 
-    try:
-        twisted.internet.default._getInstallFunction(sys.platform)
-    except Exception:
-        pass
     for name in modules:
         try:
             __import__(name)
