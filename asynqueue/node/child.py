@@ -516,7 +516,12 @@ def childMain(
     )
     runner: LocalRunner = core.runner
     loop.feed = core.feed
-    loop.lost = core.lost
+
+    def lost() -> None:
+        core.lost()
+        loop.stop()
+
+    loop.lost = lost
     runner.readInput = loop.readNow
     runner.holdResultsAtMost(RESULT_DELAY)
     if loop.run():

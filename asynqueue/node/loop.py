@@ -6,6 +6,7 @@ child until a call needs a reactor, when Twisted's takes over.
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import select
 import time
@@ -23,7 +24,10 @@ class _Call:
 
     __slots__ = ("when", "f", "args", "cancelled")
 
-    def __init__(self, when: float, f: Callable[..., object], args: Any) -> None:
+    def __init__(
+        self, when: tuple[float, int], f: Callable[..., object], args: Any
+    ) -> None:
+        #: When it is due, and then in the order asked.
         self.when = when
         self.f = f
         self.args = args
@@ -57,10 +61,12 @@ class ChildLoop:
         self._buffer = bytearray(_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._calls: list[_Call] = []
+        self._order = itertools.count()
         self._running = True
         self._wantReactor = False
         self._reactor: Any = None
-        #: What takes the bytes read, and hears of the end of input.
+        #: What takes the bytes read, and hears of the end of input (after
+        #: which this loop ends, but a reactor it handed over to runs on).
         self.feed: Callable[[Value], object] = lambda data: None
         self.lost: Callable[[], object] = lambda: None
 
@@ -68,7 +74,7 @@ class ChildLoop:
         reactor = self._reactor
         if reactor is not None:
             return reactor.callLater(delay, f, *args)
-        call = _Call(time.monotonic() + delay, f, args)
+        call = _Call((time.monotonic() + delay, next(self._order)), f, args)
         heapq.heappush(self._calls, call)
         return call
 
@@ -109,7 +115,7 @@ class ChildLoop:
                 if call.cancelled:
                     heapq.heappop(calls)
                     continue
-                timeout = call.when - time.monotonic()
+                timeout = call.when[0] - time.monotonic()
                 if timeout > 0:
                     break
                 heapq.heappop(calls)
@@ -129,7 +135,7 @@ class ChildLoop:
             # runner, leaves the end to be seen here).
             if readable and not self.readNow():
                 self.lost()
-                self.stop()
+                self._running = False
         return False
 
     def handToReactor(self) -> Any:
@@ -140,9 +146,9 @@ class ChildLoop:
 
         self._reactor = reactor
         now = time.monotonic()
-        for call in self._calls:
+        for call in sorted(self._calls):
             if not call.cancelled:
-                reactor.callLater(max(0.0, call.when - now), call.run)
+                reactor.callLater(max(0.0, call.when[0] - now), call.run)
         self._calls.clear()
         loop = self
 
@@ -152,6 +158,5 @@ class ChildLoop:
 
             def connectionLost(self, reason: object) -> None:
                 loop.lost()
-                loop.stop()
 
         return PipeReader(self.readFD, Reading(), reactor)

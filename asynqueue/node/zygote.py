@@ -5,11 +5,12 @@ A process worker that starts its children by fork (see
 L{asynqueue.workers.spawning}) starts one zygote, a fresh interpreter
 that imports the child runtime (no Twisted: see L{asynqueue.node.child})
 and the user's initializer modules once, runs no reactor and no thread,
-and then waits. Asked for a child, it forks: the child gets the
-descriptors the parent sent with the request as its 1 to 6 (output, the
-wire, the start note and the result ring, just as a spawned child gets
-them) and becomes a child node
-(L{asynqueue.node.child.childMain}) at once, with nothing left to import.
+and then waits (importing, once idle, what only some calls need). Asked
+for a child, it forks: the child gets the descriptors the parent sent
+with the request as its 1 to 6 (output, the wire, the start note and the
+result ring, just as a spawned child gets them) and becomes a child node
+(L{asynqueue.node.child.childMain}) at once, with nothing left to
+import.
 
 The zygote stays the parent of its children: it reaps each one as it
 ends and reports its pid and exit status to the queue's process. Each
@@ -44,6 +45,14 @@ CHILD_FDS = (1, 2, 3, 4, 5, 6)
 ZYGOTE_FD = 3
 
 _PR_SET_PDEATHSIG = 1
+
+#: What only some calls need, imported once the zygote has been idle for
+#: L{IDLE_SECONDS}, one module a time (so that the first children, which
+#: the queue asks for at once, never wait for them): cloudpickle, for
+#: functions pickled by value, and Twisted, for calls that return a
+#: Deferred or another awaitable (see L{asynqueue.node.child}).
+IDLE_PRELOAD = ("cloudpickle", "twisted.internet.defer", "asynqueue.util")
+IDLE_SECONDS = 0.05
 
 #: How the zygote is started (the modules to preload follow, as arguments).
 ZYGOTE_MAIN = "from asynqueue.node.zygote import zygoteMain; zygoteMain()"
@@ -83,6 +92,14 @@ def _preload(modules: list[str]) -> None:
         sys.stderr.flush()
         os.set_inheritable(ZYGOTE_FD, True)
         os.execv(sys.executable, [sys.executable, "-c", ZYGOTE_MAIN])
+
+
+def _importQuietly(name: str) -> None:
+    """Import C{name} if it can be; a child that needs it says why it cannot."""
+    try:
+        __import__(name)
+    except BaseException:
+        pass
 
 
 def _becomeChild(fds: list[int], parentPid: int) -> NoReturn:
@@ -176,13 +193,19 @@ class Zygote:
     def run(self) -> None:
         """Serve until the parent closes the socket and every child has ended."""
         parentGone = False
+        later = list(IDLE_PRELOAD)
         while not (parentGone and not self.children):
             watched: list[Any] = (
                 [self.wakeRead] if parentGone else [self.sock, self.wakeRead]
             )
             try:
-                readable, _, _ = select.select(watched, [], [])
+                readable, _, _ = select.select(
+                    watched, [], [], IDLE_SECONDS if later else None
+                )
             except InterruptedError:
+                continue
+            if not readable:
+                _importQuietly(later.pop(0))
                 continue
             if self.wakeRead in readable:
                 try:
