@@ -9,10 +9,10 @@ costs nothing, so a child process (see L{asynqueue.node.child}) starts
 without the queue machinery or Twisted.
 """
 
-from typing import TYPE_CHECKING
-
 from asynqueue._lazy import lazyExports
 
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from asynqueue.errors import (
         AsynQueueError,

@@ -7,11 +7,15 @@ iterator's items (L{takeItems}).
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
-from typing import TypeVar
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 __all__ = ["CONTAINERS", "isPlainIterator", "takeItems"]
-
-T = TypeVar("T")
 
 #: What L{asynqueue.iteration.isIterator} never streams, though iterable.
 CONTAINERS = (

@@ -894,3 +894,24 @@ def test_nodeClientAnswersGoThroughAMP() -> None:
     )
     client.dataReceived(answer.serialize())
     assert d.result["capacity"] == 3
+
+
+def test_readBufferGrowsOnceAReadFillsIt() -> None:
+    from asynqueue.wire.framing import ReadBuffer
+
+    r, w = os.pipe()
+    try:
+        buffer = ReadBuffer(size=8, maxSize=64)
+        os.write(w, bytes(range(20)))
+        first = buffer.readFrom(r)
+        # Full: the next read goes to a larger buffer, and this view holds.
+        second = buffer.readFrom(r)
+        assert bytes(first) == bytes(range(8))
+        assert bytes(second) == bytes(range(8, 20))
+        os.close(w)
+        w = -1
+        assert bytes(buffer.readFrom(r)) == b""
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)

@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from time import perf_counter
 from types import CoroutineType, GeneratorType
-from typing import TYPE_CHECKING, Any, Protocol
 
 from asynqueue.node.core import MAX_BOX_BYTES, NodeCore
 from asynqueue.node.loop import ChildLoop
@@ -42,8 +41,20 @@ from asynqueue.wire.pickling import dumps, encodeError
 from asynqueue.wire.ring import RING_MINIMUM, ResultRing
 from asynqueue.wire.startnote import StartNote
 
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Protocol
+
     from twisted.internet.defer import Deferred
+
+    class Scheduler(Protocol):
+        """What a L{LocalRunner} runs its slices on: a reactor, a Clock, a loop."""
+
+        def callLater(
+            self, delay: float, callable: Callable[..., object], /, *args: Any
+        ) -> Any: ...
+
 
 # Plain letters (not members): results travel in batches read as plain data.
 _RESULT, _BYTES, _ERROR = Status.RESULT.value, Status.BYTES.value, Status.ERROR.value
@@ -72,14 +83,6 @@ def _initialize(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> N
         # No task may run without the context it was promised.
         _setupError = e
         raise
-
-
-class Scheduler(Protocol):
-    """What a L{LocalRunner} runs its slices on: a reactor, a Clock, a L{ChildLoop}."""
-
-    def callLater(
-        self, delay: float, callable: Callable[..., object], /, *args: Any
-    ) -> Any: ...
 
 
 def _streams(result: object) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 from asynqueue.wire.boxes import (
     ANSWER,
@@ -41,6 +40,12 @@ from asynqueue.wire.boxes import (
 from asynqueue.wire.framing import BoxReader, Value
 from asynqueue.wire.functions import FunctionStore, readDefineFunction
 from asynqueue.wire.pickling import dumps, loadsPlain
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 #: A peer sending a box larger than this (bytes) is cut off.
 MAX_BOX_BYTES = 1 << 30

@@ -11,12 +11,13 @@ import os
 import select
 import time
 from collections.abc import Callable
-from typing import Any
 
-from asynqueue.wire.framing import Value
+from asynqueue.wire.framing import ReadBuffer, Value
 
-#: Every read lands in one buffer this big (see C{PipeReader}).
-_READ_SIZE = 1 << 20
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class _Call:
@@ -48,7 +49,7 @@ class _Call:
 class ChildLoop:
     """
     A child's loop, without Twisted: reads its pipe into one reused
-    buffer, feeds what came to its node, and runs the calls due.
+    buffer (a L{ReadBuffer}), feeds what came to its node, and runs the calls due.
 
     Once a call needs a reactor (L{needReactor}), L{run} returns, and
     L{handToReactor} moves the pipe and the calls still due to Twisted's
@@ -58,8 +59,7 @@ class ChildLoop:
     def __init__(self, readFD: int) -> None:
         self.readFD = readFD
         os.set_blocking(readFD, False)
-        self._buffer = bytearray(_READ_SIZE)
-        self._view = memoryview(self._buffer)
+        self._buffer = ReadBuffer()
         self._calls: list[_Call] = []
         self._order = itertools.count()
         self._running = True
@@ -93,14 +93,14 @@ class ChildLoop:
     def readNow(self) -> bool:
         """Read what has come, if anything; False at the end of input."""
         try:
-            size = os.readv(self.readFD, (self._buffer,))
+            data = self._buffer.readFrom(self.readFD)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
             return False
-        if not size:
+        if not data:
             return False
-        self.feed(self._view[:size])
+        self.feed(data)
         return True
 
     def run(self) -> bool:

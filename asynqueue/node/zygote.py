@@ -31,12 +31,18 @@ ended.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
 import socket
 import sys
-from typing import Any, NoReturn
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
 
 #: The descriptors a child gets, in the order they come with a request.
 CHILD_FDS = (1, 2, 3, 4, 5, 6)
@@ -48,10 +54,9 @@ _PR_SET_PDEATHSIG = 1
 
 #: What only some calls need, imported once the zygote has been idle for
 #: L{IDLE_SECONDS}, one module a time (so that the first children, which
-#: the queue asks for at once, never wait for them): cloudpickle, for
-#: functions pickled by value, and Twisted, for calls that return a
-#: Deferred or another awaitable (see L{asynqueue.node.child}).
-IDLE_PRELOAD = ("cloudpickle", "twisted.internet.defer", "asynqueue.util")
+#: the queue asks for at once, never wait for them): Twisted, for calls
+#: that return a Deferred or another awaitable (see L{asynqueue.node.child}).
+IDLE_PRELOAD = ("twisted.internet.defer", "asynqueue.util")
 IDLE_SECONDS = 0.05
 
 #: How the zygote is started (the modules to preload follow, as arguments).
@@ -72,6 +77,10 @@ def _preload(modules: list[str]) -> None:
     The child runtime needs no Twisted (a child imports it only for a call
     that returns a Deferred or another awaitable), so this is quick.
     """
+    # cloudpickle too: a function pickled by value (from a script, a
+    # lambda) needs it to load, and each child importing it costs more.
+    import cloudpickle  # noqa: F401
+
     import asynqueue.node.child  # noqa: F401
 
     for name in modules:
@@ -154,8 +163,6 @@ def _above(fd: int, floor: int) -> int:
     """C{fd}, moved to a number above C{floor} if it is not."""
     if fd > floor:
         return fd
-    import fcntl
-
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD, floor + 1)
     os.close(fd)
     return moved

@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 #: AMP's limits: the longest key and value of a box.
 MAX_KEY_LENGTH = 0xFF
@@ -189,6 +194,37 @@ def writeBox(transport: Any, pairs: list[tuple[bytes, Value]]) -> None:
         transport.writeSequence(pieces)
     else:
         transport.write(b"".join(pieces))
+
+
+class ReadBuffer:
+    """
+    One buffer every read of a pipe lands in, so a stream of large values
+    costs no fresh memory per read (in a virtual machine, touching new
+    pages costs more than copying them). It starts small, since a fresh
+    megabyte costs a process's start a millisecond, and grows to
+    C{maxSize} once a read fills it.
+    """
+
+    __slots__ = ("_buffer", "_view", "maxSize")
+
+    def __init__(self, size: int = 1 << 16, maxSize: int = 1 << 20) -> None:
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self.maxSize = maxSize
+
+    def readFrom(self, fd: int) -> memoryview:
+        """
+        What one read of C{fd} gives (empty at the end of input), valid only
+        until the next read; C{OSError} as C{os.readv} raises it.
+        """
+        buffer = self._buffer
+        size = os.readv(fd, (buffer,))
+        view = self._view[:size]
+        if size == len(buffer) and size < self.maxSize:
+            # The view keeps the small buffer for as long as it is read.
+            self._buffer = bytearray(self.maxSize)
+            self._view = memoryview(self._buffer)
+        return view
 
 
 def pieceViews(pieces: list[Any]) -> list[memoryview]:

@@ -27,13 +27,22 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from operator import is_
-from typing import TYPE_CHECKING, Any
 
 from asynqueue.wire.boxes import COMMAND, DEFINE_FUNCTION, Pairs
 from asynqueue.wire.framing import Value, bigValue
 
+try:
+    # hashlib's own, without the OpenSSL that importing hashlib loads first
+    # (a fifth of a child's start).
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover
+    from hashlib import blake2b
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
+    from typing import Any
 
 __all__ = [
     "Definition",
@@ -71,10 +80,7 @@ LOADED_FUNCTIONS = 256
 
 def keyOf(data: bytes) -> bytes:
     """The key of a pickled function: a digest of its bytes."""
-    # Imported here: a child starts without it (or cloudpickle) until needed.
-    import hashlib
-
-    return hashlib.blake2b(data, digest_size=KEY_BYTES).digest()
+    return blake2b(data, digest_size=KEY_BYTES).digest()
 
 
 def cloudpickler() -> ModuleType:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
-from typing import Any
 
 from asynqueue.wire.framing import Value
 from asynqueue.wire.functions import (
@@ -17,6 +16,12 @@ from asynqueue.wire.functions import (
     dumpArguments,
     referenceCall,
 )
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 PROTOCOL = 5
 

@@ -16,11 +16,11 @@ from twisted.python.failure import Failure
 
 from asynqueue.wire.framing import (
     _IOV_MAX,
+    ReadBuffer,
     advanceViews,
     pieceViews,
 )
 
-_READ_SIZE = 1 << 20
 _CONNECTION_DONE = Failure(CONNECTION_DONE)
 
 
@@ -61,18 +61,15 @@ class PipeReader(_Pipe):
     """
     Reads a pipe in large pieces and feeds a protocol.
 
-    Every read lands in the same buffer, so a stream of large values costs
-    no fresh memory per read (in a virtual machine, touching new pages
-    costs more than copying them); the protocol gets a C{memoryview} of
-    what was read, valid only until it returns (L{BoxReader} keeps copies
-    of what it needs beyond that).
+    Every read lands in the same buffer (a L{ReadBuffer}); the protocol
+    gets a C{memoryview} of what was read, valid only until it returns
+    (L{BoxReader} keeps copies of what it needs beyond that).
     """
 
     def __init__(self, fd: int, protocol: Any, reactor: Any = None) -> None:
         super().__init__(fd, reactor)
         self.protocol = protocol
-        self._buffer = bytearray(_READ_SIZE)
-        self._view = memoryview(self._buffer)
+        self._buffer = ReadBuffer()
         self.startReading()
 
     def readNow(self) -> None:
@@ -82,14 +79,14 @@ class PipeReader(_Pipe):
 
     def doRead(self) -> object:
         try:
-            size = os.readv(self.fd, (self._buffer,))
+            data = self._buffer.readFrom(self.fd)
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EINTR):
                 return None
             return CONNECTION_LOST
-        if not size:
+        if not data:
             return CONNECTION_DONE
-        self.protocol.dataReceived(self._view[:size])
+        self.protocol.dataReceived(data)
         return None
 
     def connectionLost(self, reason: Failure) -> None:
