@@ -897,6 +897,8 @@ def test_nodeClientAnswersGoThroughAMP() -> None:
 
 
 def test_readBufferGrowsOnceAReadFillsIt() -> None:
+    import os
+
     from asynqueue.wire.framing import ReadBuffer
 
     r, w = os.pipe()
