@@ -31,11 +31,12 @@ ended.
 
 from __future__ import annotations
 
+import _socket
+import array
 import fcntl
 import os
 import select
 import signal
-import socket
 import sys
 
 # typing for annotations only: importing it takes a good part of a child's start.
@@ -168,6 +169,21 @@ def _above(fd: int, floor: int) -> int:
     return moved
 
 
+def _receiveFds(
+    sock: _socket.socket, size: int, maxFds: int
+) -> tuple[bytes, list[int]]:
+    """
+    C{socket.recv_fds}, on the C{_socket} module: importing C{socket}
+    (its enums, C{selectors}) would take a tenth of the zygote's start.
+    """
+    fds = array.array("i")
+    data, ancillary, _, _ = sock.recvmsg(size, _socket.CMSG_LEN(maxFds * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
 def _maxFD() -> int:
     try:
         return int(os.sysconf("SC_OPEN_MAX"))
@@ -178,7 +194,7 @@ def _maxFD() -> int:
 class Zygote:
     """The zygote's loop: fork on request, reap and report what ended."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.children: set[int] = set()
         self.pid = os.getpid()
@@ -226,7 +242,7 @@ class Zygote:
     def serve(self) -> bool:
         """Answer one request; False once the parent has closed the socket."""
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, 4096, len(CHILD_FDS))
+            data, fds = _receiveFds(self.sock, 4096, len(CHILD_FDS))
         except InterruptedError:
             return True
         except OSError:
@@ -298,6 +314,6 @@ def zygoteMain(fd: int = ZYGOTE_FD) -> None:
         _dieWithParent()
     except (OSError, AttributeError):
         pass
-    sock = socket.socket(fileno=fd)
+    sock = _socket.socket(fileno=fd)
     _preload(sys.argv[1:])
     Zygote(sock).run()
