@@ -34,6 +34,7 @@ from __future__ import annotations
 import _socket
 import array
 import fcntl
+import gc
 import os
 import select
 import signal
@@ -229,6 +230,7 @@ class Zygote:
                 continue
             if not readable:
                 _importQuietly(later.pop(0))
+                gc.freeze()
                 continue
             if self.wakeRead in readable:
                 try:
@@ -315,5 +317,11 @@ def zygoteMain(fd: int = ZYGOTE_FD) -> None:
     except (OSError, AttributeError):
         pass
     sock = _socket.socket(fileno=fd)
+    # No collection while importing (nothing to collect yet), and what was
+    # imported frozen: a child never scans it, so never touches (copies)
+    # the pages it shares with the zygote to do so.
+    gc.disable()
     _preload(sys.argv[1:])
+    gc.freeze()
+    gc.enable()
     Zygote(sock).run()
