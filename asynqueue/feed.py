@@ -125,6 +125,10 @@ class Feeder:
         C{timeout}, ...).
     @param clock: Times C{emptySleep}, C{preventRequeueTime} and stop
         timeouts (default: the queue's clock, else the reactor).
+    @param total: How many items the writer will give in all, if known: the
+        feeder announces them to the queue's watchers (a dashboard then
+        shows an ETA; see L{asynqueue.queue.inspection}), and withdraws
+        those it never fed when it stops.
     """
 
     log = Logger()
@@ -141,6 +145,7 @@ class Feeder:
         clock: IReactorTime | None = None,
         callOptions: dict[str, Any] | None = None,
         name: str | None = None,
+        total: int | None = None,
     ) -> None:
         if not callable(writer):
             raise TypeError(f"the writer {writer!r} is not callable")
@@ -161,6 +166,15 @@ class Feeder:
         self.preventRequeueTime: float = settings.preventRequeueTime
         self.callOptions = dict(callOptions or {})
         TaskOptions(**self.callOptions)  # Bad options fail here, not per task.
+        if total is not None and (
+            not isinstance(total, int) or isinstance(total, bool) or total < 0
+        ):
+            raise ValueError(f"total must be a whole number of items, not {total!r}")
+        self.total = total
+        announce = getattr(queue, "announceWork", None)
+        self._announceWork: Callable[..., object] | None = (
+            announce if total and callable(announce) else None
+        )
         self.name = name or f"feeder of {getattr(queue, 'name', queue)!r}"
         if clock is None:
             # A TaskQueue keeps its clock private; a test's Clock lives there.
@@ -209,6 +223,8 @@ class Feeder:
         if not self._started and self._state != _STOPPED:
             self._started = True
             self._stopObserving = self._queue.observe(self._observed)
+            if self._announceWork is not None:
+                self._announceWork(expected=self.total)
             d = self.whenStopped()
             self._look()
             return d
@@ -438,6 +454,8 @@ class Feeder:
                 )
         else:
             self._stats.done += 1
+        if self._announceWork is not None:
+            self._announceWork(done=1)
         self._checkJoin()
 
     # ------------------------------------------------------------------
@@ -469,6 +487,10 @@ class Feeder:
             self._stopObserving()
             self._stopObserving = None
         self._taker.close()
+        if self._announceWork is not None and self._started:
+            unfed = (self.total or 0) - self._stats.fed
+            if unfed > 0:
+                self._announceWork(expected=-unfed)
         self._seen.clear()
         self._seenOrder.clear()
         if failure is not None:

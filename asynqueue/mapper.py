@@ -101,6 +101,10 @@ class _MapSource:
         self._queue = queue
         self._f = f
         self._sized = isinstance(items, Sized)
+        #: Items announced to the queue's watchers and not yet done.
+        self._workLeft = len(items) if isinstance(items, Sized) else 0
+        if self._workLeft:
+            queue.announceWork(expected=self._workLeft)
         self._items = iter(items)
         self._ordered = ordered
         self._fixedSize = chunksize
@@ -147,7 +151,15 @@ class _MapSource:
             )
             self._inFlight[chunkID] = d
             d.addBoth(self._chunkDone, chunkID, len(chunk))
+        if self._itemsDone and not self._inFlight:
+            self._withdrawWork()
         self._wake()
+
+    def _withdrawWork(self) -> None:
+        """Withdraw announced work that will not run (fewer items, closed early)."""
+        if self._workLeft:
+            self._queue.announceWork(expected=-self._workLeft)
+            self._workLeft = 0
 
     def _chunkDone(self, result: Any, chunkID: int, count: int) -> None:
         self._inFlight.pop(chunkID, None)
@@ -155,6 +167,9 @@ class _MapSource:
             return
         if self._bar is not None:
             self._bar.advance(count)
+        if self._workLeft:
+            self._workLeft -= count
+            self._queue.announceWork(done=count)
         if isinstance(result, Failure):
             error = result.value or Exception(result.getErrorMessage())
             ready = _Ready([None] * count, dict.fromkeys(range(count), error))
@@ -226,6 +241,7 @@ class _MapSource:
             self._bar.close()
         if not self._closed:
             self._closed = True
+            self._withdrawWork()
             self._ready.clear()
             for d in list(self._inFlight.values()):
                 d.cancel()

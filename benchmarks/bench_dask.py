@@ -83,8 +83,8 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         n_workers=cores,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
-        worker_dashboard_address=None,
+        dashboard_address=":0",
+        worker_dashboard_address=":0",
     )
     bare = distributed.Client(cluster, set_as_default=False)
     worker = DaskWorker(cluster)

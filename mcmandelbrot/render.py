@@ -23,7 +23,7 @@ from twisted.internet.threads import blockingCallFromThread, deferToThread
 from asynqueue import TaskQueue
 from asynqueue.ordered import OrderedQueue
 from asynqueue.progress import ProgressBar
-from mcmandelbrot.kernel import renderRows
+from mcmandelbrot.calls import renderRows
 from mcmandelbrot.view import View
 
 __all__ = [
@@ -97,9 +97,8 @@ async def render(
     reactor = cast(IReactorFromThreads, _reactor)
     if workers is None:
         workers = max(1, len(queue.workers()))
-    rowsPerBlock = view.rowsPerBlock(workers)
     # Counted, not listed: a tall image has millions of blocks.
-    blockCount = -(-view.ny // rowsPerBlock)
+    blockCount = view.blockCount(workers)
     if bufferSize is None:
         bufferSize = view.blocksInFlight(workers)
     ordered = OrderedQueue(queue, bufferSize=bufferSize)
@@ -111,7 +110,7 @@ async def render(
     stopping = False
 
     async def feed() -> None:
-        for first, count in view.blocks(rowsPerBlock):
+        for first, count in view.blocksFor(workers):
             await ordered.put(renderRows, *view.blockArgs(first, count))
         ordered.stop()
 

@@ -4,6 +4,7 @@ L{View}: which part of the complex plane, at what size, to how many iterations.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,10 +75,11 @@ class View:
 
     def rowsPerBlock(self, workers: int) -> int:
         """
-        Rows per task: some 16 tasks per worker, for an even load to the end,
-        and at most L{BLOCK_PIXELS} (at least one row).
+        Rows per task, but for the last ones (see L{blocksFor}): at most
+        L{BLOCK_PIXELS} (at least one row), and some 4 blocks per worker or
+        more.
         """
-        byWorkers = self.ny // (16 * max(1, workers))
+        byWorkers = self.ny // (4 * max(1, workers))
         bySize = BLOCK_PIXELS // self.nx
         return max(1, min(byWorkers, bySize))
 
@@ -86,10 +88,50 @@ class View:
         blockBytes = 3 * self.nx * self.rowsPerBlock(workers)
         return max(2 * workers + 2, min(8 * workers, WINDOW_BYTES // blockBytes))
 
-    def blocks(self, rowsPerBlock: int) -> Iterator[tuple[int, int]]:
-        """C{(firstRow, rowCount)} of each block, top to bottom."""
-        for start in range(0, self.ny, rowsPerBlock):
-            yield start, min(rowsPerBlock, self.ny - start)
+    def blocks(
+        self, rowsPerBlock: int, end: int | None = None
+    ) -> Iterator[tuple[int, int]]:
+        """C{(firstRow, rowCount)} of each block, top to bottom (to C{end})."""
+        end = self.ny if end is None else end
+        for start in range(0, end, rowsPerBlock):
+            yield start, min(rowsPerBlock, end - start)
+
+    def blocksFor(self, workers: int) -> Iterator[tuple[int, int]]:
+        """
+        C{(firstRow, rowCount)} of each block of a render on C{workers},
+        top to bottom: blocks of L{rowsPerBlock} rows, then smaller ones.
+
+        Every block costs the kernel a few milliseconds besides its pixels,
+        so most are large; the last rows, some two blocks per worker, go in
+        blocks of shrinking size (a share of what is left), so that the
+        workers finish together.
+        """
+        big = self.rowsPerBlock(workers)
+        if workers <= 1:
+            return self.blocks(big)
+        start = self._tailStart(workers, big)
+        return itertools.chain(self.blocks(big, start), self._tail(start, workers, big))
+
+    def blockCount(self, workers: int) -> int:
+        """How many blocks L{blocksFor} gives (counted, not listed)."""
+        big = self.rowsPerBlock(workers)
+        if workers <= 1:
+            return -(-self.ny // big)
+        start = self._tailStart(workers, big)
+        tail = sum(1 for _ in self._tail(start, workers, big))
+        return start // big + tail
+
+    def _tailStart(self, workers: int, big: int) -> int:
+        """The first row of the shrinking blocks: a multiple of C{big}."""
+        return max(0, (self.ny - 2 * workers * big) // big) * big
+
+    def _tail(self, start: int, workers: int, big: int) -> Iterator[tuple[int, int]]:
+        small = max(1, big // 4)
+        while start < self.ny:
+            left = self.ny - start
+            count = min(left, big, max(small, -(-left // (2 * workers))))
+            yield start, count
+            start += count
 
     @property
     def corner(self) -> tuple[float, float]:

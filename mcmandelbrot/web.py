@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from asynqueue import TaskQueue
 from asynqueue.tasks import TaskRecord
-from mcmandelbrot.kernel import renderTile
+from mcmandelbrot.calls import renderTile
 
 __all__ = ["TileScheduler", "TileResource", "PageResource", "makeSite", "tileArgs"]
 

@@ -822,3 +822,48 @@ def test_queueShutdownStopsItsFeedersAtOnce(makeQueue: Any, clock: Clock) -> Non
     assert cancelled == [True]  # the writer was abandoned
     assert result(d) is None
     assert clock.getDelayedCalls() == []
+
+
+# ----------------------------------------------------------------------
+# A feeder's total, announced to the queue's watchers
+
+
+def test_aTotalIsAnnouncedAndCountedDown(makeQueue: Any, clock: Clock) -> None:
+    w = MemoryWorker()
+    q = makeQueue(w)
+    heard: list[tuple[int, int]] = []
+    q.observeWork(lambda expected, done: heard.append((expected, done)))
+    feeder = Feeder(q, Writer(q, limit=4), str, lowWater=3, blockSize=2, total=4)
+    feeder.start()
+    assert heard == [(4, 0)]
+    ran(w, clock, 4)
+    assert feeder.reason == "exhausted"
+    assert heard == [(4, 0)] + [(0, 1)] * 4
+
+
+def test_aFeederStoppedEarlyWithdrawsWhatItNeverFed(
+    makeQueue: Any, clock: Clock
+) -> None:
+    w = MemoryWorker()
+    q = makeQueue(w)
+    totals = [0, 0]
+
+    def observe(expected: int, done: int) -> None:
+        totals[0] += expected
+        totals[1] += done
+
+    q.observeWork(observe)
+    feeder = Feeder(q, Writer(q), str, lowWater=3, blockSize=2, total=100)
+    feeder.start()
+    assert result(feeder.stop()) is None
+    fed = feeder.stats().fed
+    assert fed == 4 and totals == [fed, 0]
+    w.runAll()
+    assert totals == [fed, fed]
+
+
+@pytest.mark.parametrize("total", [-1, 2.5, "10", True])
+def test_aBadTotalFailsAtOnce(makeQueue: Any, total: Any) -> None:
+    q = makeQueue()
+    with pytest.raises(ValueError, match="total must be a whole number"):
+        Feeder(q, Writer(q), str, total=total)

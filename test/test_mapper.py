@@ -142,3 +142,48 @@ def test_mapProgressCountsItems(makeQueue: Any, capsys: Any) -> None:
         range(50)
     )
     assert "50/50" in capsys.readouterr().err
+
+
+def watchWork(q: Any) -> list[int]:
+    """Sum what is announced to C{q}'s work observers: [expected, done]."""
+    totals = [0, 0]
+
+    def observe(expected: int, done: int) -> None:
+        totals[0] += expected
+        totals[1] += done
+
+    q.observeWork(observe)
+    return totals
+
+
+def test_mapOfASizedIterableAnnouncesItsItems(makeQueue: Any) -> None:
+    w = MemoryWorker(capacity=100)
+    q = makeQueue(w)
+    totals = watchWork(q)
+    deferator = q.map(str, list(range(25)), chunksize=10)
+    assert totals == [25, 0]
+    w.runNext()
+    assert totals == [25, 10]
+    w.runAll()
+    assert result(deferator.toList()) == [str(i) for i in range(25)]
+    assert totals == [25, 25]
+
+
+def test_aMapClosedEarlyWithdrawsWhatWillNotRun(makeQueue: Any) -> None:
+    w = MemoryWorker(capacity=100)
+    q = makeQueue(w)
+    totals = watchWork(q)
+    deferator = q.map(str, range(100), chunksize=10, maxInFlight=2)
+    w.runNext()
+    deferator.close()
+    assert totals == [10, 10]
+
+
+def test_aMapOfAnIteratorAnnouncesNothing(makeQueue: Any) -> None:
+    w = MemoryWorker(capacity=100)
+    q = makeQueue(w)
+    totals = watchWork(q)
+    deferator = q.map(str, iter(range(20)), chunksize=10)
+    w.runAll()
+    assert len(result(deferator.toList())) == 20
+    assert totals == [0, 0]

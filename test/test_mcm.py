@@ -212,7 +212,7 @@ async def test_renderOnProcessesEqualsThePlainLoop(processQueue: ProcessQueue) -
     assert out.getvalue() == plainPNG(view)
     assert result.pixels == view.pixels and result.workers == 2
     assert result.seconds > 0
-    blocks = len(list(view.blocks(view.rowsPerBlock(2))))
+    blocks = view.blockCount(2)
     assert blocks > 2
     assert bar.total == bar.done == blocks
 

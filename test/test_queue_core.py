@@ -251,6 +251,23 @@ def test_cancelRunningTaskCancelsWorkerDeferred(makeQueue: Any) -> None:
     assert result(d2) == 2
 
 
+def test_firedDeferredLetsGoOfItsTask(makeQueue: Any) -> None:
+    # A fired Deferred no longer refers back to its task (so the two die by
+    # reference count, not by the cyclic collector); a late cancel of it
+    # changes nothing.
+    w = MemoryWorker(capacity=2)
+    q = makeQueue(w)
+    ok = q.call(lambda: 1)
+    bad = q.call(lambda: 1 / 0)
+    assert ok.task is not None and bad.task is not None  # type: ignore[attr-defined]
+    w.runAll()
+    assert result(ok) == 1
+    assert failureOf(bad).check(ZeroDivisionError)
+    assert ok.task is None and bad.task is None  # type: ignore[attr-defined]
+    ok.cancel()
+    assert q.stats()["done"] == 1 and q.stats()["cancelled"] == 0
+
+
 def test_cancelLaneMemberLetsLaneGoOn(makeQueue: Any) -> None:
     w = MemoryWorker()
     q = makeQueue(w)

@@ -89,3 +89,16 @@ def test_notifyShutdown(makeQueue: Any, clock: Any) -> None:
     d = q.shutdown()
     clock.advance(0)
     assert d.called and told == ["first"]
+
+
+def test_announcedWorkReachesItsObserversUntilStopped(makeQueue: Any) -> None:
+    q = makeQueue(MemoryWorker())
+    q.announceWork(expected=5)  # No one watches yet: nothing to do.
+    heard: list[tuple[int, int]] = []
+    stop = q.observeWork(lambda expected, done: heard.append((expected, done)))
+    q.announceWork(expected=3)
+    q.announceWork(done=2)
+    stop()
+    stop()  # Stopping twice is harmless.
+    q.announceWork(done=1)
+    assert heard == [(3, 0), (0, 2)]

@@ -31,7 +31,13 @@ EXIT_WITHIN = 30
 
 PROGRAM = r'''
 import os
+import signal
 import sys
+
+# A program started in the background by a shell (as a CI step may be)
+# inherits SIGINT ignored, and Python then keeps it so; this one stands for a
+# program started from a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if sys.argv[1] == "asyncio":
     from twisted.internet import asyncioreactor

@@ -17,7 +17,7 @@ from asynqueue.interfaces import IDescribedWorker
 from asynqueue.web import Dashboard, QueueView
 from asynqueue.web.server import EventClient, event
 from asynqueue.web.state import describeFailure, priorityBand, shortCall, workerKind
-from helpers import failureOf
+from helpers import failureOf, result
 
 
 def boom(n: int) -> None:
@@ -170,6 +170,29 @@ def test_rateAndETA(makeQueue: Any, clock: Clock) -> None:
     headline, _ = view.headline(clock.seconds())
     assert headline["rateNow"] == 2.0 and headline["rateAverage"] == 2.0
     assert headline["progress"] == 20 and headline["eta"] == 5.0
+
+
+def test_anETAFromTheItemsAMapAnnounces(makeQueue: Any, clock: Clock) -> None:
+    worker = MemoryWorker(capacity=100)
+    queue = makeQueue(worker)
+    view = attached(queue, clock)
+    headline, _ = view.headline(clock.seconds())
+    assert headline["expected"] is None and headline["eta"] is None
+    deferator = queue.map(str, list(range(40)), chunksize=4)
+    for _ in range(5):
+        worker.runNext()  # 4 items a second
+        clock.advance(1)
+        view.headline(clock.seconds())
+    headline, _ = view.headline(clock.seconds())
+    assert (headline["expected"], headline["progress"]) == (40, 20)
+    assert headline["eta"] == 5.0
+    worker.runAll()
+    assert len(result(deferator.toList())) == 40
+    headline, _ = view.headline(clock.seconds())
+    assert headline["progress"] == 40 and headline["eta"] == 0.0
+    view.detach()
+    queue.announceWork(expected=10)
+    assert view.workExpected == 40
 
 
 def test_cancelledPendingTaskLeavesTheCounts(makeQueue: Any, clock: Clock) -> None:

@@ -27,8 +27,8 @@ def cluster() -> Iterator[Any]:
         n_workers=2,
         threads_per_worker=2,
         processes=False,
-        dashboard_address=None,
-        worker_dashboard_address=None,
+        dashboard_address=":0",
+        worker_dashboard_address=":0",
     )
     yield c
     c.close()
@@ -194,8 +194,8 @@ def smallCluster() -> Iterator[Any]:
         n_workers=1,
         threads_per_worker=1,
         processes=False,
-        dashboard_address=None,
-        worker_dashboard_address=None,
+        dashboard_address=":0",
+        worker_dashboard_address=":0",
     )
     yield c
     c.close()
@@ -284,8 +284,8 @@ async def test_ourPrioritiesBecomeDasks() -> None:
             n_workers=1,
             threads_per_worker=1,
             processes=False,
-            dashboard_address=None,
-            worker_dashboard_address=None,
+            dashboard_address=":0",
+            worker_dashboard_address=":0",
         )
     w = DaskWorker(cluster, tasksPerThread=4)
     q = TaskQueue(w, shutdownWithReactor=False)
@@ -430,8 +430,8 @@ async def test_aDaskWorkerKilledMidTaskIsAbsorbedByDask() -> None:
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
-        worker_dashboard_address=None,
+        dashboard_address=":0",
+        worker_dashboard_address=":0",
     )
     w = DaskWorker(cluster)
     q = TaskQueue(w, shutdownWithReactor=False)
@@ -530,8 +530,8 @@ async def test_securityGoesThrough() -> None:
         processes=False,
         protocol="tls://",
         security=security,
-        dashboard_address=None,
-        worker_dashboard_address=None,
+        dashboard_address=":0",
+        worker_dashboard_address=":0",
     )
     try:
         assert cluster.scheduler_address.startswith("tls://")
@@ -540,6 +540,10 @@ async def test_securityGoesThrough() -> None:
         with pytest.raises(DaskError):
             await refused.whenConnected()
         await refused.stop()
+        # Its client was closed, not left for the garbage collector (whose
+        # close of an asynchronous client is a coroutine never awaited).
+        left = [c.status for c in distributed.Client._instances]
+        assert [status for status in left if status != "closed"] == []
         w = DaskWorker(cluster.scheduler_address, security=security)
         q = TaskQueue(w, shutdownWithReactor=False)
         try:

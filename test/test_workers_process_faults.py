@@ -249,7 +249,11 @@ async def test_respawnsGiveBackDescriptorsAndProcesses(
         async def oneWorker(cycles: int) -> None:
             for _ in range(cycles):
                 await respawnBy(kind, q, clock, lines)
-                pids.update(w["pid"] for w in q.stats()["workers"].values())
+                # A forked replacement has its pid once its zygote has
+                # forked it: wait for that, or a child killed in the next
+                # cycle would never be counted.
+                for w in q.workers():
+                    pids.add(await within(w.whenStarted()))
 
         if kind == "timedOut":
             # One at a time: the queue's clock is shared, so advancing it for

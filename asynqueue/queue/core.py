@@ -145,6 +145,7 @@ class TaskQueue(_Shutdown, _Inspection):
         self._state = _RUNNING
         self._noWorkers = None
         self._noWorkersError = NoWorkers
+        self._cancelReason = None
         self._dispatching = False
         self._dispatchAgain = False
         self._shutdownDeferred = None
@@ -196,12 +197,12 @@ class TaskQueue(_Shutdown, _Inspection):
         take such keywords themselves.
         """
         if not kwargs or OPTION_NAMES.isdisjoint(kwargs):
-            return self.callWith(_DEFAULT_OPTIONS, f, *args, **kwargs)
+            return self._submit(_DEFAULT_OPTIONS, f, args, kwargs)
         try:
             options = TaskOptions.fromKeywords(kwargs)
         except (TypeError, ValueError) as e:
             return fail(e)
-        return self.callWith(options, f, *args, **kwargs)
+        return self._submit(options, f, args, kwargs)
 
     def callWith(
         self, options: TaskOptions, f: Callable[..., Any], *args: Any, **kwargs: Any
@@ -212,6 +213,16 @@ class TaskQueue(_Shutdown, _Inspection):
         Every keyword goes to C{f} unchanged, so this is the way to call a
         function that takes a keyword named C{priority}, C{timeout}, etc.
         """
+        return self._submit(options, f, args, kwargs)
+
+    def _submit(
+        self,
+        options: TaskOptions,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Deferred[Any]:
+        """Queue a call: L{call} and L{callWith}, without packing it again."""
         if self._state != _RUNNING:
             return fail(QueueRunError(f"{self.name} is shut down and takes no calls"))
         if self._noWorkers is not None:
@@ -264,10 +275,14 @@ class TaskQueue(_Shutdown, _Inspection):
                 return task.deferred
             state.front = task
         self._pending.push(task)
-        if not self._dispatching:
-            self._dispatch()
-        else:
+        if self._dispatching:
             self._dispatchAgain = True
+        else:
+            # A burst of calls finds every worker full after the first few.
+            for slot in self._slotList:
+                if slot.free > 0:
+                    self._dispatch()
+                    break
         return task.deferred
 
     def update(

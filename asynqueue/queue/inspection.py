@@ -16,11 +16,16 @@ from asynqueue.queue.running import _Running
 from asynqueue.queue.taskstate import QueuedTask
 from asynqueue.tasks import TaskRecord
 
-__all__ = ["EndObserver"]
+__all__ = ["EndObserver", "WorkObserver"]
 
 #: Hears of a task's end: its record (state set), the call's arguments and
 #: keywords, and what it ended with (a C{Failure} if it failed).
 EndObserver = Callable[[TaskRecord, tuple[Any, ...], dict[str, Any], object], object]
+
+#: Hears of work announced to a queue (L{_Inspection.announceWork}): how many
+#: more items are expected (negative when work is withdrawn) and how many
+#: more are done.
+WorkObserver = Callable[[int, int], object]
 
 
 class _Inspection(_Running):
@@ -30,6 +35,8 @@ class _Inspection(_Running):
     _running: set[QueuedTask]
     _endObservers: list[EndObserver]
     _shutdownHooks: list[Callable[[], object]]
+    #: Made on the first L{observeWork}: the hot path never looks at it.
+    _workObservers: list[WorkObserver] | None = None
 
     def observeEnds(self, observer: EndObserver) -> Callable[[], None]:
         """
@@ -59,6 +66,35 @@ class _Inspection(_Running):
                 self._shutdownHooks.remove(callback)
 
         return cancel
+
+    def observeWork(self, observer: WorkObserver) -> Callable[[], None]:
+        """
+        Call C{observer(expected, done)} whenever work is announced with
+        L{announceWork}: C{expected} more items are to come (negative when
+        work is withdrawn), C{done} more were done. A dashboard's ETA comes
+        from it. Return a function that stops it.
+        """
+        if self._workObservers is None:
+            self._workObservers = []
+        self._workObservers.append(observer)
+
+        def stop() -> None:
+            if self._workObservers is not None and observer in self._workObservers:
+                self._workObservers.remove(observer)
+
+        return stop
+
+    def announceWork(self, expected: int = 0, done: int = 0) -> None:
+        """
+        Tell whoever watches that C{expected} more items of work are to
+        come, or that C{done} more are done: what the queue cannot count by
+        itself, since an item is not always a task. L{map} of a sized
+        iterable and a L{Feeder} given its C{total} call it; so may you.
+        """
+        observers = self._workObservers
+        if observers:
+            for observer in list(observers):
+                observer(expected, done)
 
     def runningRecords(self) -> list[TaskRecord]:
         """The records of the tasks handed to workers, oldest first."""

@@ -103,9 +103,10 @@ class PendingStore:
 
     def push(self, task: QueuedTask) -> None:
         """Put a task in its series' line."""
-        line = self.lines.get(task.series)
+        series = task.options.series
+        line = self.lines.get(series)
         if line is None:
-            line = self.lines[task.series] = _Line()
+            line = self.lines[series] = _Line()
         line.push(task)
         self.count += 1
 

@@ -59,6 +59,8 @@ class _Running:
     _slots: dict[IWorker, _WorkerSlot]
     _slotList: list[_WorkerSlot]
     _running: set[QueuedTask]
+    #: Why tasks are being cancelled (set by a queue shutting down), or None.
+    _cancelReason: str | None
     _seq: itertools.count[int]
     _records: deque[TaskRecord]
     _observers: list[Callable[[str, TaskRecord], object]]
@@ -107,7 +109,11 @@ class _Running:
         if self._observers:
             self._tell("submitted", record)
         d: Deferred[Any] = Deferred(self._canceller)
-        task = QueuedTask(f, args, kwargs, options, record, d, hearing=self)
+        # Positionally, up to the queue it reports to: keywords cost more.
+        task = QueuedTask(
+            f, args, kwargs, options, record, d, None, None, None, 0, None, self
+        )
+        # The canceller finds its task here; _finish lets go of it again.
         d.task = task  # type: ignore[attr-defined]
         return task
 
@@ -127,7 +133,9 @@ class _Running:
 
     def _cancelDeferred(self, d: Deferred[Any]) -> None:
         """The canceller of every task's Deferred."""
-        self._cancelTask(d.task)  # type: ignore[attr-defined]
+        task = d.task  # type: ignore[attr-defined]
+        if task is not None:
+            self._cancelTask(task)
 
     def _requeue(self, task: QueuedTask) -> None:
         """Put a task that never started (or may be retried) back in line."""
@@ -188,7 +196,11 @@ class _Running:
                         if task is not None:
                             self._start(slot, task)
                             self._nextSlot = first + k + 1
-                            again = True
+                            # Another pass only if a worker given a task
+                            # has room still: the others had none, or no
+                            # task they may run, and what changes that
+                            # (a run ending, a task queued) asks again.
+                            again = again or slot.free > 0
                 again = again or self._dispatchAgain
         finally:
             self._dispatching = False
@@ -265,13 +277,19 @@ class _Running:
             # Deferred would.
             self._taskDone(task, Failure(CancelledError()), attempt)
 
+    def _cancellation(self) -> CancelledError:
+        """What a cancelled task fails with: saying why, if shutdown said."""
+        if self._cancelReason is None:
+            return CancelledError()
+        return CancelledError(self._cancelReason)
+
     def _cancelTask(self, task: QueuedTask) -> None:
         """The canceller of a task's Deferred."""
         task.cancelled = True
         state = task.record.state
         if state == "pending":
             self._pending.cancelled(task)
-            self._finish(task, Failure(CancelledError()))
+            self._finish(task, Failure(self._cancellation()))
             self._checkIdle()
         elif state == "running":
             self._abandon(task)
@@ -321,6 +339,13 @@ class _Running:
                         f"{task.options.timeout} s"
                     )
                 )
+            elif (
+                self._cancelReason is not None
+                and result.check(CancelledError)
+                and not getattr(result.value, "args", ())
+            ):
+                # A worker's own CancelledError, while shutdown says why.
+                result = Failure(self._cancellation())
             elif result.check(TaskNotStarted):
                 if not task.deferred.called and self._state != _STOPPED:
                     # It never ran: it uses up none of its attempts.
@@ -345,7 +370,11 @@ class _Running:
         else:
             slot.done += 1
         self._finish(task, result)
-        self._afterSlotFreed(slot)
+        if slot.idleWaiters or self._idleWaiters:
+            self._afterSlotFreed(slot)
+        elif self._pending.count:
+            # _afterSlotFreed's common case, a call fewer.
+            self._dispatch()
 
     def _afterSlotFreed(self, slot: _WorkerSlot) -> None:
         if slot.idleWaiters and not slot.outstanding:
@@ -396,17 +425,22 @@ class _Running:
         task.pickled = None
         d = task.deferred
         if d.called:
+            d.task = None  # type: ignore[attr-defined]
             return
-        if failed:
-            d.errback(cast(Failure, result))
-            return
-        if options.consumer is not None:
+        if options.consumer is not None and not failed:
             from asynqueue.iteration import Deferator, IterationProducer
 
             if isinstance(result, Deferator):
+                # Cancellable until the consumer has it all: it keeps its task.
                 IterationProducer(result, options.consumer).run().chainDeferred(d)
                 return
-        d.callback(result)
+        # Fired now, it is never cancelled: without the link back to its
+        # task, the two die by reference count, not by the cyclic collector.
+        d.task = None  # type: ignore[attr-defined]
+        if failed:
+            d.errback(cast(Failure, result))
+        else:
+            d.callback(result)
 
     # ------------------------------------------------------------------
     # Lanes

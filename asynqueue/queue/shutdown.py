@@ -9,13 +9,12 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
 from asynqueue.interfaces import IStopPreparing
 from asynqueue.queue.running import _STOPPED, _STOPPING
 from asynqueue.queue.slots import _Workers
-from asynqueue.queue.taskstate import QueuedTask
 from asynqueue.settings import Settings
 
 if TYPE_CHECKING:
@@ -123,23 +122,8 @@ class _Shutdown(_Workers):
                 task.deferred.cancel()
 
     def _sayWhyCancelled(self, why: str) -> None:
-        """
-        From now on, a task that ends with a bare C{CancelledError} ends with
-        one saying C{why}. Only a queue shutting down does this, so the
-        hot path of every other queue is left as it is.
-        """
-        finish = self._finish
-
-        def finishSaying(task: QueuedTask, result: object) -> None:
-            if (
-                isinstance(result, Failure)
-                and result.check(CancelledError)
-                and not getattr(result.value, "args", ())
-            ):
-                result = Failure(CancelledError(why))
-            finish(task, result)
-
-        self._finish = finishSaying  # type: ignore[method-assign]
+        """From now on, a task the queue cancels fails saying C{why}."""
+        self._cancelReason = why
 
     def _cancelEverything(self, why: str) -> None:
         self._sayWhyCancelled(why)

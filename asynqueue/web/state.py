@@ -172,7 +172,13 @@ class QueueView:
         #: The run time a task must beat to be among the slowest.
         self._slowFloor = -math.inf
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)
+        #: Items of work announced to the queue (map, feeders with a total),
+        #: for an ETA when no total was given to L{expect}.
+        self.workExpected = 0
+        self.workDone = 0
+        self._workRates: deque[tuple[float, int]] = deque(maxlen=64)
         self._stopObserving: Callable[[], None] | None = None
+        self._stopWatchingWork: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------
     # Attaching
@@ -185,12 +191,16 @@ class QueueView:
         for name in self._workerNames():
             self._firstSeen.setdefault(name, now)
         self._stopObserving = self.queue.observeEnds(self._ended)
+        self._stopWatchingWork = self.queue.observeWork(self._work)
 
     def detach(self) -> None:
         """Stop hearing of the queue's tasks."""
         if self._stopObserving is not None:
             self._stopObserving()
             self._stopObserving = None
+        if self._stopWatchingWork is not None:
+            self._stopWatchingWork()
+            self._stopWatchingWork = None
 
     def expect(self, total: int) -> None:
         """C{total} tasks are to end from now: the headline shows an ETA."""
@@ -199,6 +209,11 @@ class QueueView:
 
     # ------------------------------------------------------------------
     # Events: O(1) each, and few operations (they run for every task)
+
+    def _work(self, expected: int, done: int) -> None:
+        """Work was announced to the queue (a work observer)."""
+        self.workExpected += expected
+        self.workDone += done
 
     def _ended(
         self, record: TaskRecord, args: Any, kwargs: Any, result: object
@@ -272,14 +287,19 @@ class QueueView:
 
     def rates(self, now: float) -> tuple[float, float]:
         """Tasks ended per second lately (over about 5 s) and since attached."""
-        samples = self._rates
-        samples.append((now, self.ended))
+        return self._rateOf(self._rates, self.ended, now)
+
+    def _rateOf(
+        self, samples: deque[tuple[float, int]], count: int, now: float
+    ) -> tuple[float, float]:
+        """How fast C{count} grew lately (over about 5 s) and since attached."""
+        samples.append((now, count))
         while len(samples) > 2 and samples[1][0] <= now - RATE_SPAN:
             samples.popleft()
-        then, endedThen = samples[0]
-        rateNow = (self.ended - endedThen) / (now - then) if now > then else 0.0
+        then, countThen = samples[0]
+        rateNow = (count - countThen) / (now - then) if now > then else 0.0
         span = now - self.started
-        average = self.ended / span if span > 0 else 0.0
+        average = count / span if span > 0 else 0.0
         return rateNow, average
 
     def pendingBy(self) -> dict[str, dict[str, int]]:
@@ -300,10 +320,18 @@ class QueueView:
         rateNow, average = self.rates(now)
         eta = None
         progress = None
-        if self.expected is not None:
+        rate = 0.0
+        expected = self.expected
+        if expected is not None:
             progress = self.ended - self._endedAtExpect
-            left = max(0, self.expected - progress)
             rate = rateNow or average
+        elif self.workExpected > 0:
+            # No total given: the items that map and feeders announced.
+            expected, progress = self.workExpected, self.workDone
+            itemsNow, itemsAverage = self._rateOf(self._workRates, progress, now)
+            rate = itemsNow or itemsAverage
+        if expected is not None and progress is not None:
+            left = max(0, expected - progress)
             eta = 0.0 if left == 0 else (left / rate if rate > 0 else None)
         return {
             "pending": stats["pending"],
@@ -314,7 +342,7 @@ class QueueView:
             "pendingBy": self.pendingBy(),
             "rateNow": rateNow,
             "rateAverage": average,
-            "expected": self.expected,
+            "expected": expected,
             "progress": progress,
             "eta": eta,
         }, stats

@@ -91,7 +91,7 @@ class SentCall:
             if not self.started and self.attempt == task.runs:
                 # It ran and ended between two reads: it began this long ago.
                 self.started = True
-                task.markStarted(ago=seconds)
+                task.markStarted(seconds)
             reportResult(task, self.attempt, status, payload, peer)
         elif deferred.called:
             return

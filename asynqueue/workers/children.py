@@ -165,10 +165,15 @@ class _Child(ProcessProtocol):
 
     def send(self, sent: _Sent) -> None:
         self.sent += 1
+        inFlight = self.inFlight
         # An idle child gets its call at once; others collect a reactor
         # turn's worth of calls into one box.
-        self.amp.queueCall(sent, self.worker.reactor, now=not self.inFlight)
-        self._markRunning()
+        self.amp.queueCall(sent, self.worker.reactor, now=not inFlight)
+        for oldest in inFlight.values():
+            # Usually marked already: a busy child's calls queue behind it.
+            if not oldest.started:
+                self._markRunning()
+            break
 
     def flush(self) -> None:
         self.amp.flush()

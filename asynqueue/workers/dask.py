@@ -45,6 +45,13 @@ __all__ = ["DaskWorker", "DaskQueue", "DaskIterationSource", "DaskError"]
 #: Dask priorities are bounded; ours may be infinite (doNext, doLast).
 _PRIORITY_BOUND = 1e9
 
+#: The fewest calls out per thread: one running and one ready on the Dask
+#: worker (as many as the scheduler gives it by default), and two waiting at
+#: the scheduler, which starts them as others end while results come back
+#: (in batches, see L{asynqueue.workers.dasklink.GATHER_HOLD}); with two,
+#: the worker waits for our round trip whenever it takes longer than a call.
+_FLOOR = 4
+
 
 class DaskError(WorkerError):
     """The Dask cluster could not be reached or used."""
@@ -78,12 +85,12 @@ class DaskWorker:
     cluster's workers, counted again whenever a Dask worker joins or leaves,
     so that the queue keeps the cluster busy without flooding the
     scheduler; it is 0 until connected and while the scheduler is lost. The
-    number per thread adapts (by default, C{tasksPerThread=None}): two, plus
+    number per thread adapts (by default, C{tasksPerThread=None}): one, plus
     as many calls as run, by the average so far, while one makes its round
-    trip through the scheduler, up to C{maxTasksPerThread}; so that short
-    calls keep the threads busy. Give an int for a fixed number. A task
-    counts as started when it is sent to the cluster. Our priorities become
-    Dask's (negated: ours run lowest first).
+    trip through the scheduler, at least four and up to
+    C{maxTasksPerThread}; so that short calls keep the threads busy. Give an
+    int for a fixed number. A task counts as started when it is sent to the
+    cluster. Our priorities become Dask's (negated: ours run lowest first).
 
     C{initializer(*initargs)} runs on every Dask worker, those joining later
     too, and what it returns is L{asynqueue.context} there, as in a
@@ -121,11 +128,11 @@ class DaskWorker:
         if tasksPerThread is not None and tasksPerThread < 1:
             raise ValueError(f"tasksPerThread must be at least 1, not {tasksPerThread}")
         # Per thread: one call, plus as many as run while one makes its round
-        # trip through the scheduler (measured), so that short calls keep
-        # the threads busy; a fixed number if given.
+        # trip through the scheduler (measured), at least _FLOOR, so that
+        # short calls keep the threads busy; a fixed number if given.
         self._backlog = None
         if tasksPerThread is None:
-            self._backlog = AdaptiveBacklog(0.01, maxTasksPerThread, floor=2)
+            self._backlog = AdaptiveBacklog(0.01, maxTasksPerThread, floor=_FLOOR)
             # Until calls say otherwise, take them for short ones.
             self._backlog.average = 0.001
         self.address: str | None = None
@@ -282,7 +289,7 @@ class DaskWorker:
         if self._backlog is None:
             capacity = threads * (self.tasksPerThread or 2)
         else:
-            capacity = threads * max(2, self._backlog.ran(self._backlog.average))
+            capacity = threads * self._backlog.ran(self._backlog.average)
         if capacity != self.capacity:
             self.capacity = capacity
             if self._capacityObserver is not None:

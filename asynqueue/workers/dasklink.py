@@ -40,6 +40,26 @@ Outcome = tuple[str, str, Any, Any, float]
 #: Arguments at least this big (bytes) are scattered once and reused.
 SCATTER_BYTES = 1 << 20
 
+#: The Dask client's own batching interval (its BatchedSend to the
+#: scheduler): a graph sent sooner after the last one waits for it anyway, so
+#: the calls that come meanwhile are held to go in the same graph update.
+SUBMIT_INTERVAL = 0.01
+
+#: Finished calls are let go (Dask then frees their results on the workers)
+#: at most this often, with a submission, or this long after the last one:
+#: every release is a message to each worker holding results, which holds
+#: back the next message on the same stream by the scheduler's batching.
+RELEASE_INTERVAL = 0.1
+
+#: While more than this many calls per thread are still to finish (the
+#: scheduler has calls queued to keep the threads busy), the harvester waits
+#: C{GATHER_HOLD} seconds after a call finishes, so that the calls finishing
+#: meanwhile come in the same gather, and their successors go in the same
+#: graph update: far fewer messages through the client, the scheduler and
+#: the workers, whose cost per message competes with the calls for the cores.
+GATHER_HOLD_PER_THREAD = 2
+GATHER_HOLD = 0.04
+
 
 class Bridge:
     """
@@ -229,12 +249,17 @@ class DaskLink:
         self._plugins: list[str] = []
         self._futures: dict[str, Any] = {}
         self._done: list[Any] = []
+        self._lastRelease = 0.0
+        self._releaseTimer: asyncio.TimerHandle | None = None
+        #: The threads of the cluster's workers, as last counted.
+        self.threads = 0
         self._ac: Any = None
         self._wake: asyncio.Event | None = None
         self._toSubmit: list[
             tuple[str, Any, tuple[Any, ...], dict[str, Any], float]
         ] = []
         self._submitting = False
+        self._lastSubmit = 0.0
         self._cancelled: set[str] = set()
         self._scatterCache: dict[int, tuple[Any, Any]] = {}
         self._closing = False
@@ -247,7 +272,7 @@ class DaskLink:
 
     async def start(self) -> None:
         if self.ownCluster:
-            options = {"dashboard_address": None, **self.localOptions}
+            options = {"dashboard_address": ":0", **self.localOptions}
             self._cluster = await distributed.LocalCluster(
                 asynchronous=True, security=self.security, **options
             )
@@ -262,7 +287,13 @@ class DaskLink:
         # Asked before connecting, the subscription goes with the client's
         # first messages: workers joining or leaving change my capacity.
         client.subscribe_topic("all", self._clusterEvent)
-        await client
+        try:
+            await client
+        except BaseException:
+            # Left to the garbage collector, a client that failed to connect
+            # would be closed there, by a coroutine never awaited.
+            await client.close()
+            raise
         if self._closing:
             # Closed while connecting: nothing is left behind.
             await client.close()
@@ -298,7 +329,9 @@ class DaskLink:
 
     async def _countThreads(self) -> int:
         identity = await self.client.scheduler.identity(n_workers=-1)
-        return sum(w.get("nthreads", 0) for w in identity.get("workers", {}).values())
+        workers = identity.get("workers", {}).values()
+        self.threads = sum(w.get("nthreads", 0) for w in workers)
+        return self.threads
 
     def _clusterEvent(self, event: Any) -> None:
         """A scheduler event: count the threads again when a worker joins or leaves."""
@@ -347,8 +380,13 @@ class DaskLink:
         self._toSubmit += batch
         if not self._submitting:
             self._submitting = True
-            # After the calls that came with these: they go in one batch.
-            self.bridge.loop.call_soon(self._submitSoon)
+            loop = self.bridge.loop
+            wait = self._lastSubmit + SUBMIT_INTERVAL - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._submitSoon)
+            else:
+                # After the calls that came with these: they go in one batch.
+                loop.call_soon(self._submitSoon)
 
     def _submitSoon(self) -> None:
         batch, self._toSubmit = self._toSubmit, []
@@ -400,6 +438,7 @@ class DaskLink:
 
     def _submit(self, batch: list[Any]) -> None:
         client, futures, cancelled = self.client, self._futures, self._cancelled
+        now = self._lastSubmit = self.bridge.loop.time()
         # One graph update per priority in the batch: far cheaper for the
         # scheduler than one per call.
         byPriority: dict[float, list[Any]] = {}
@@ -419,10 +458,15 @@ class DaskLink:
                 key=[item[0] for item in items],
                 priority=priority,
                 pure=False,
+                # Each update a generation of its own: calls of the same
+                # priority run in the order they came, as in the queue.
+                fifo_timeout=0,
             )
         for future in made:
             futures[future.key] = future
-        self._done.clear()
+        if self._done and now - self._lastRelease >= RELEASE_INTERVAL:
+            # Let go after the graph update: both go in one message.
+            self._releaseDone(now)
         if made:
             self._ac.update(made)
             assert self._wake is not None
@@ -452,11 +496,19 @@ class DaskLink:
                 first = await ac.__anext__()
             except StopAsyncIteration:
                 continue
+            waiting = len(self._futures) - ac.queue.qsize() - 1
+            if waiting > GATHER_HOLD_PER_THREAD * max(1, self.threads):
+                await asyncio.sleep(GATHER_HOLD)
             batch = [first, *ac.next_batch(block=False)]
+            # Held here until the next batch, these futures would be let go
+            # as it arrives: a release sent alone, which holds back the next
+            # submission by the client's batching interval.
+            del first
             try:
                 outcomes = await self._outcomes(batch)
             except Exception as e:
                 outcomes = [(f.key, "lost", str(e), None, 0.0) for f in batch]
+            del batch
             if outcomes:
                 self.bridge.toReactor(self.owner._delivered, outcomes)
 
@@ -495,18 +547,35 @@ class DaskLink:
                 finished, results = [], []
             for future, (address, value, ran) in zip(finished, results, strict=False):
                 outcomes.append((future.key, "result", value, address, ran))
-        # Let go of them (Dask then releases their results) with the next
-        # submission, or shortly: a release sent alone holds back, by the
+        # Let go of them (Dask then releases their results) with a later
+        # submission, or once idle: a release sent alone holds back, by the
         # client's batching, a submission that follows it at once.
         done = self._done
-        if not done:
-            self.bridge.loop.call_later(0.02, self._release)
         for future in batch:
             done.append(futures.pop(future.key, future))
+        if self._releaseTimer is None:
+            self._releaseTimer = self.bridge.loop.call_later(
+                RELEASE_INTERVAL, self._releaseIdle
+            )
         return outcomes
 
-    def _release(self) -> None:
+    def _releaseDone(self, now: float) -> None:
         self._done.clear()
+        self._lastRelease = now
+
+    def _releaseIdle(self) -> None:
+        """Let go of finished calls, unless calls are being submitted."""
+        self._releaseTimer = None
+        if not self._done:
+            return
+        now = self.bridge.loop.time()
+        if now - self._lastSubmit < 2 * SUBMIT_INTERVAL:
+            # Busy: they go with a submission, or when it calms down.
+            self._releaseTimer = self.bridge.loop.call_later(
+                RELEASE_INTERVAL, self._releaseIdle
+            )
+        else:
+            self._releaseDone(now)
 
     async def close(self) -> None:
         self._closing = True

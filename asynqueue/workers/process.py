@@ -216,7 +216,7 @@ class ProcessWorker(ProcessWorkerExtras):
         ):
             self._replace()
         sent = task.handle = _Sent(
-            next(self._taskIDs), call, task, None, attempt=attempt
+            next(self._taskIDs), call, task, None, False, False, attempt
         )
         self._send(sent)
 
@@ -248,7 +248,8 @@ class ProcessWorker(ProcessWorkerExtras):
 
     def _send(self, sent: _Sent) -> None:
         """Send a call to my child, or keep it for the next one if it is dead."""
-        self._noteSent()
+        if self.callStats:
+            self._noteSent()
         if self._respawnCall is not None:
             self._waiting.append(sent)
         else:
@@ -411,7 +412,8 @@ class ProcessWorker(ProcessWorkerExtras):
 
     def ran(self, seconds: float) -> None:
         """A child reported a task's run time: adapt my capacity."""
-        self._noteRan(seconds)
+        if self.callStats:
+            self._noteRan(seconds)
         if self._backlog is not None:
             self.capacity = self._backlog.ran(seconds)
 

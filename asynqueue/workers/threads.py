@@ -204,7 +204,7 @@ class ThreadWorker(WorkerBase):
                     continue
                 if job.state == _CANCELLED:
                     continue
-                task.markStarted(ago=ranFor)
+                task.markStarted(ranFor)
                 if backlog is not None:
                     self.capacity = backlog.ran(ranFor)
                 if not ok or type(result) in PLAIN_TYPES:
@@ -296,13 +296,11 @@ class ThreadWorker(WorkerBase):
                 self._post("started", job, 0.0)
             began = perf_counter()
             try:
-                if task is not None:
-                    news: tuple[Any, ...] = ("done", job, True, f(*args, **kwargs))
-                else:
-                    news = ("done", job, True, job.call())
+                result = f(*args, **kwargs) if task is not None else job.call()
+                ok = True
             except BaseException:
-                news = ("done", job, False, Failure())
-            news += (perf_counter() - began,)
+                ok, result = False, Failure()
+            news = ("done", job, ok, result, perf_counter() - began)
             with self._lock:
                 if me.abandoned:
                     return

@@ -40,8 +40,8 @@ async def main(reactor: Any, address: str | None = None) -> None:
             n_workers=2,
             threads_per_worker=1,
             processes=False,
-            dashboard_address=None,
-            worker_dashboard_address=None,
+            dashboard_address=":0",
+            worker_dashboard_address=":0",
         )
         address = cluster.scheduler_address
     worker = DaskWorker(address)
