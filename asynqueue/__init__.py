@@ -4,32 +4,76 @@ asynqueue: prioritized Deferred task queues for Twisted.
 Send calls to workers in the reactor, in threads, in child processes and
 on remote nodes; every call returns a Deferred (which can be awaited).
 
-The queue core and the vocabulary load with the package; the process,
-remote and node machinery, and the layers on top, only when first used.
+Every name loads from its module when first used: importing the package
+costs nothing, so a child process (see L{asynqueue.node.child}) starts
+without the queue machinery or Twisted.
 """
 
 from asynqueue._lazy import lazyExports
-from asynqueue.errors import (
-    AsynQueueError,
-    LaneError,
-    NodeLost,
-    NoQualifiedWorker,
-    NoWorkers,
-    QueueRunError,
-    RemoteError,
-    TimeoutError,
-    UnpicklableError,
-    WorkerCrashed,
-)
-from asynqueue.interfaces import IIterationSource, IWorker
-from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
-from asynqueue.queue.core import TaskQueue
-from asynqueue.settings import Settings
-from asynqueue.tasks import Task, TaskOptions, TaskRecord
-from asynqueue.util import DeferredLock, DeferredTracker
-from asynqueue.workers.reactor import AsyncWorker, MemoryWorker
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from asynqueue.errors import (
+        AsynQueueError,
+        LaneError,
+        NodeLost,
+        NoQualifiedWorker,
+        NoWorkers,
+        QueueRunError,
+        RemoteError,
+        TimeoutError,
+        UnpicklableError,
+        WorkerCrashed,
+    )
+    from asynqueue.feed import Feeder
+    from asynqueue.interfaces import IIterationSource, IWorker
+    from asynqueue.iteration import Deferator, IterationProducer, iteratorToProducer
+    from asynqueue.legacy.delay import deferToDelay
+    from asynqueue.legacy.info import Info, showResult
+    from asynqueue.node.child import context
+    from asynqueue.ordered import OrderedQueue
+    from asynqueue.queue.core import TaskQueue
+    from asynqueue.settings import Settings
+    from asynqueue.tasks import Task, TaskOptions, TaskRecord
+    from asynqueue.util import DeferredLock, DeferredTracker
+    from asynqueue.workers.dask import DaskQueue, DaskWorker
+    from asynqueue.workers.process import ProcessQueue, ProcessWorker
+    from asynqueue.workers.processextras import ProcessBase
+    from asynqueue.workers.reactor import AsyncWorker, MemoryWorker
+    from asynqueue.workers.remote import RemoteWorker, WireWorker
+    from asynqueue.workers.threads import ThreadQueue, ThreadWorker, deferToThread
 
 _EXPORTS = {
+    **dict.fromkeys(
+        (
+            "AsynQueueError",
+            "LaneError",
+            "NodeLost",
+            "NoQualifiedWorker",
+            "NoWorkers",
+            "QueueRunError",
+            "RemoteError",
+            "TimeoutError",
+            "UnpicklableError",
+            "WorkerCrashed",
+        ),
+        "asynqueue.errors",
+    ),
+    "IIterationSource": "asynqueue.interfaces",
+    "IWorker": "asynqueue.interfaces",
+    "Deferator": "asynqueue.iteration",
+    "IterationProducer": "asynqueue.iteration",
+    "iteratorToProducer": "asynqueue.iteration",
+    "TaskQueue": "asynqueue.queue.core",
+    "Settings": "asynqueue.settings",
+    "Task": "asynqueue.tasks",
+    "TaskOptions": "asynqueue.tasks",
+    "TaskRecord": "asynqueue.tasks",
+    "DeferredLock": "asynqueue.util",
+    "DeferredTracker": "asynqueue.util",
+    "AsyncWorker": "asynqueue.workers.reactor",
+    "MemoryWorker": "asynqueue.workers.reactor",
     "Feeder": "asynqueue.feed",
     "OrderedQueue": "asynqueue.ordered",
     "context": "asynqueue.node.child",

@@ -25,10 +25,10 @@ from zope.interface import implementer
 from asynqueue.errors import ImplementationError, NotReadyError
 from asynqueue.interfaces import IIterationSource
 from asynqueue.legacy.consumers import ListConsumer
-from asynqueue.legacy.deferator import CONTAINERS as _CONTAINERS
 from asynqueue.legacy.deferator import DeferatorCompat
 from asynqueue.legacy.delay import Delay, deferToDelay
 from asynqueue.legacy.prefetch import GetMoreSource, Prefetcherator
+from asynqueue.plain import isPlainIterator
 from asynqueue.sources import LocalIterationSource
 
 __all__ = [
@@ -56,9 +56,7 @@ def isIterator(obj: object) -> bool:
     false for strings, bytes, containers and their views, and for a
     L{Deferator} (it is already streamed).
     """
-    if isinstance(obj, _CONTAINERS) or isinstance(obj, Deferator):
-        return False
-    return hasattr(obj, "__next__") and hasattr(obj, "__iter__")
+    return isPlainIterator(obj) and not isinstance(obj, Deferator)
 
 
 def _closeSource(source: IIterationSource, name: str) -> None:

@@ -15,39 +15,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from asynqueue.interfaces import IIterationSource
+from asynqueue.plain import takeItems
 
 __all__ = ["LocalIterationSource", "takeItems"]
 
 T = TypeVar("T")
-
-
-def takeItems(
-    iterator: Iterator[T], maxItems: int
-) -> tuple[list[T], bool, BaseException | None]:
-    """
-    Take up to C{maxItems} next items: C{(items, exhausted, error)}.
-
-    C{exhausted} says the iterator ended, by running out or by raising
-    C{error}; the items it gave before the error are in C{items}. Every
-    iteration source reads its iterator through this, with one policy: any
-    exception, C{BaseException} included, is the iterator's error. The
-    items are the rest of a task's result, and a task's C{SystemExit} or
-    C{KeyboardInterrupt} is its outcome, as each worker treats it when the
-    call itself raises: it reaches the caller, and never ends the thread,
-    child process or reactor that happened to run it.
-    """
-    items: list[T] = []
-    if maxItems < 1:
-        return items, False, None
-    append = items.append
-    try:
-        for item in iterator:
-            append(item)
-            if len(items) >= maxItems:
-                return items, False, None
-    except BaseException as e:
-        return items, True, e
-    return items, True, None
 
 
 # Iterable but never streamed: their items are all there already, and a

@@ -24,6 +24,7 @@ from asynqueue.wire.commands import (
     RUN_TASKS,
     TASK_RESULT,
     TASK_RESULTS,
+    BigBytes,
     CancelTask,
     CloseIterator,
     DefineFunction,
@@ -42,7 +43,7 @@ from asynqueue.wire.commands import (
     taskResultBox,
     taskResultsBox,
 )
-from asynqueue.wire.framing import BigBytes, BoxReader, bigValue, boxPieces, writeBox
+from asynqueue.wire.framing import BoxReader, bigValue, boxPieces, writeBox
 from asynqueue.wire.functions import (
     Definition,
     defineFunctionBox,
@@ -893,3 +894,26 @@ def test_nodeClientAnswersGoThroughAMP() -> None:
     )
     client.dataReceived(answer.serialize())
     assert d.result["capacity"] == 3
+
+
+def test_readBufferGrowsOnceAReadFillsIt() -> None:
+    import os
+
+    from asynqueue.wire.framing import ReadBuffer
+
+    r, w = os.pipe()
+    try:
+        buffer = ReadBuffer(size=8, maxSize=64)
+        os.write(w, bytes(range(20)))
+        first = buffer.readFrom(r)
+        # Full: the next read goes to a larger buffer, and this view holds.
+        second = buffer.readFrom(r)
+        assert bytes(first) == bytes(range(8))
+        assert bytes(second) == bytes(range(8, 20))
+        os.close(w)
+        w = -1
+        assert bytes(buffer.readFrom(r)) == b""
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)

@@ -7,29 +7,15 @@ C{builtIns}; and the container types that are never streamed.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, ItemsView, KeysView, ValuesView
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-__all__ = ["CONTAINERS", "DeferatorCompat"]
+from asynqueue.plain import CONTAINERS
 
-#: What L{asynqueue.iteration.isIterator} never streams, though iterable.
-CONTAINERS = (
-    str,
-    bytes,
-    bytearray,
-    memoryview,
-    list,
-    tuple,
-    dict,
-    set,
-    frozenset,
-    KeysView,
-    ValuesView,
-    ItemsView,
-)
+__all__ = ["CONTAINERS", "DeferatorCompat"]
 
 
 class DeferatorCompat:

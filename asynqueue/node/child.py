@@ -1,9 +1,17 @@
 """
 The child runtime: what runs in a queue's child process. L{childMain}
-speaks L{NodeProtocol} over the pipes it was given, and L{LocalRunner}
-runs the calls one at a time, notes each start in shared memory, and
-sends results in batches never held longer than a millisecond; a task
-reaches its process's L{context} (what the initializer returned).
+serves the node's side of the wire (L{NodeCore}) over the pipes it was
+given, with a loop of the standard library
+(L{asynqueue.node.loop.ChildLoop}), and
+L{LocalRunner} runs the calls one at a time, notes each start in shared
+memory, and sends results in batches never held longer than a
+millisecond; a task reaches its process's L{context} (what the
+initializer returned).
+
+None of this imports Twisted, so a child (and the zygote that forks it)
+starts in a few milliseconds. A call that returns a Deferred or another
+awaitable needs a reactor: the child then imports Twisted and hands its
+pipes to the reactor, which serves from then on.
 """
 
 from __future__ import annotations
@@ -14,31 +22,39 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from inspect import isawaitable
+from collections.abc import Awaitable, Callable, Iterator
 from time import perf_counter
-from typing import Any
+from types import CoroutineType, GeneratorType
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
-
-from asynqueue.errors import UnpicklableError
-from asynqueue.iteration import isIterator
-from asynqueue.node.protocol import NodeProtocol
-from asynqueue.sources import takeItems
-from asynqueue.util import deferredFromAwaitable
-from asynqueue.wire.commands import (
+from asynqueue.node.core import MAX_BOX_BYTES, NodeCore
+from asynqueue.node.loop import ChildLoop
+from asynqueue.plain import isPlainIterator, takeItems
+from asynqueue.wire.boxes import (
     BATCH_BYTES,
     RESULT_DELAY,
     RESULT_WINDOW,
     Status,
 )
+from asynqueue.wire.framing import BlockingPipeWriter, writeBox
 from asynqueue.wire.functions import loadCall
 from asynqueue.wire.pickling import dumps, encodeError
-from asynqueue.wire.pipes import PipeReader, _BlockingPipeTransport
 from asynqueue.wire.ring import RING_MINIMUM, ResultRing
 from asynqueue.wire.startnote import StartNote
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    from twisted.internet.defer import Deferred
+
+    class Scheduler(Protocol):
+        """What a L{LocalRunner} runs its slices on: a reactor, a Clock, a loop."""
+
+        def callLater(
+            self, delay: float, callable: Callable[..., object], /, *args: Any
+        ) -> Any: ...
+
 
 # Plain letters (not members): results travel in batches read as plain data.
 _RESULT, _BYTES, _ERROR = Status.RESULT.value, Status.BYTES.value, Status.ERROR.value
@@ -69,6 +85,28 @@ def _initialize(initializer: Callable[..., Any], initargs: tuple[Any, ...]) -> N
         raise
 
 
+def _streams(result: object) -> bool:
+    """Whether a result is an iterator whose items stream (see C{isIterator})."""
+    if not isPlainIterator(result):
+        return False
+    # Only a process that imported it can have made a Deferator.
+    iteration = sys.modules.get("asynqueue.iteration")
+    return iteration is None or bool(iteration.isIterator(result))
+
+
+def _isAwaitable(result: object) -> bool:
+    """C{inspect.isawaitable} (a Deferred is one), without importing C{inspect}."""
+    return (
+        isinstance(result, (CoroutineType, Awaitable))
+        # A generator-based coroutine (types.coroutine).
+        or isinstance(result, GeneratorType)
+        and bool(result.gi_code.co_flags & _CO_ITERABLE_COROUTINE)
+    )
+
+
+_CO_ITERABLE_COROUTINE = 0x100
+
+
 def _checkSetup() -> None:
     if _setupError is not None:
         from asynqueue.errors import WorkerError
@@ -97,7 +135,7 @@ class LocalRunner:
 
     def __init__(
         self,
-        reactor: IReactorTime,
+        reactor: Scheduler,
         send: Callable[..., object],
         started: StartNote | None = None,
         ring: ResultRing | None = None,
@@ -117,7 +155,7 @@ class LocalRunner:
         self._iteratorIDs = itertools.count(1)
         self._scheduled: Any = None
         self._waiting = False
-        self._stopWaiters: list[Deferred[None]] = []
+        self._stopWaiters: list[Callable[[], object]] = []
         self.capacity = 1
         self._unsent: list[tuple[int, str, bytes, float]] = []
         self._unsentSince = 0.0
@@ -193,8 +231,8 @@ class LocalRunner:
             self._scheduled = self._reactor.callLater(0, self._runSome)
         elif not self._backlog and not self._waiting and self._stopWaiters:
             waiters, self._stopWaiters = self._stopWaiters, []
-            for d in waiters:
-                d.callback(None)
+            for waiter in waiters:
+                waiter()
 
     def _runSome(self) -> None:
         self._scheduled = None
@@ -295,30 +333,40 @@ class LocalRunner:
         except BaseException as e:
             self._reply(taskID, _ERROR, encodeError(e), began)
             return
-        if isinstance(result, Deferred) or isawaitable(result):
-            self._waiting = True
-            d = (
-                result
-                if isinstance(result, Deferred)
-                else deferredFromAwaitable(result)
-            )
-
-            def settled(outcome: object) -> None:
-                self._waiting = False
-                if isinstance(outcome, Failure):
-                    error = outcome.value or Exception(outcome.getErrorMessage())
-                    self._reply(taskID, _ERROR, encodeError(error), began)
-                else:
-                    self._deliver(taskID, outcome, began)
-                self.flush()
-                self._schedule()
-
-            d.addBoth(settled)
+        # A Deferred is awaitable too.
+        if _isAwaitable(result):
+            self._await(taskID, result, began)
             return
         self._deliver(taskID, result, began)
 
+    def _await(self, taskID: int, result: Any, began: float) -> None:
+        """Hold the line until an awaitable's outcome is in; then deliver it."""
+        from twisted.internet.defer import Deferred
+        from twisted.python.failure import Failure
+
+        from asynqueue.util import deferredFromAwaitable
+
+        self._waiting = True
+        d = result if isinstance(result, Deferred) else deferredFromAwaitable(result)
+
+        def settled(outcome: object) -> None:
+            self._waiting = False
+            if isinstance(outcome, Failure):
+                error = outcome.value or Exception(outcome.getErrorMessage())
+                self._reply(taskID, _ERROR, encodeError(error), began)
+            else:
+                self._deliver(taskID, outcome, began)
+            self.flush()
+            self._schedule()
+
+        d.addBoth(settled)
+        needReactor = getattr(self._reactor, "needReactor", None)
+        if self._waiting and needReactor is not None:
+            # Only a reactor can settle it.
+            needReactor()
+
     def _deliver(self, taskID: int, result: object, began: float) -> None:
-        if isIterator(result):
+        if _streams(result):
             iteratorID = next(self._iteratorIDs)
             self._iterators[iteratorID] = result  # type: ignore[assignment]
             self._reply(taskID, _ITERATOR, dumps(iteratorID), began)
@@ -340,6 +388,8 @@ class LocalRunner:
         try:
             payload = dumps(result)
         except Exception as e:
+            from asynqueue.errors import UnpicklableError
+
             error = UnpicklableError(
                 f"the result ({type(result).__qualname__}) cannot be pickled: "
                 f"{type(e).__name__}: {e}"
@@ -365,6 +415,8 @@ class LocalRunner:
         try:
             answer["items"] = dumps(answer["items"])
         except Exception as e:
+            from asynqueue.errors import UnpicklableError
+
             self._iterators.pop(iteratorID, None)
             error = UnpicklableError(
                 f"an item of the iterator cannot be pickled: {type(e).__name__}: {e}"
@@ -391,10 +443,17 @@ class LocalRunner:
         if close is not None:
             close()
 
-    def whenIdle(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._stopWaiters.append(d)
+    def callWhenIdle(self, f: Callable[[], object]) -> None:
+        """Call C{f} once no task is queued or running."""
+        self._stopWaiters.append(f)
         self._schedule()
+
+    def whenIdle(self) -> Deferred[None]:
+        """A Deferred that fires once no task is queued or running."""
+        from twisted.internet.defer import Deferred
+
+        d: Deferred[None] = Deferred()
+        self.callWhenIdle(lambda: d.callback(None))
         return d
 
 
@@ -422,23 +481,55 @@ def childMain(
     # Ctrl-C reaches the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _dieWithParent()
-    from twisted.internet import reactor
-
-    def stop() -> None:
-        if reactor.running:
-            reactor.stop()
-
     started = StartNote(startedFD)
     os.close(startedFD)
     try:
         ring: ResultRing | None = ResultRing.attach(ringFD)
     except (OSError, ValueError):
         ring = None
-    protocol = NodeProtocol(
-        lambda send: LocalRunner(reactor, send, started, ring), onStop=stop
+    loop = ChildLoop(readFD)
+    writer = BlockingPipeWriter(writeFD)
+    stopping = False
+
+    def write(pairs: Any) -> None:
+        if not writer.disconnecting:
+            writeBox(writer, pairs)
+
+    def abort(why: str) -> None:
+        sys.stderr.write(f"child {os.getpid()}: dropping its parent: it sent {why}\n")
+        writer.loseConnection()
+        loop.stop()
+
+    def stopSoon() -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            loop.callLater(0, loop.stop)
+
+    def logError(why: str) -> None:
+        sys.stderr.write(why)
+
+    core = NodeCore(
+        lambda send: LocalRunner(loop, send, started, ring),
+        write,
+        abort,
+        stopSoon,
+        logError,
+        MAX_BOX_BYTES,
     )
-    protocol.makeConnection(_BlockingPipeTransport(writeFD))
-    reader = PipeReader(readFD, protocol, reactor)
-    protocol.runner.readInput = reader.readNow
-    protocol.runner.holdResultsAtMost(RESULT_DELAY)
-    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
+    runner: LocalRunner = core.runner
+    loop.feed = core.feed
+
+    def lost() -> None:
+        core.lost()
+        loop.stop()
+
+    loop.lost = lost
+    runner.readInput = loop.readNow
+    runner.holdResultsAtMost(RESULT_DELAY)
+    if loop.run():
+        from twisted.internet import reactor
+
+        reader = loop.handToReactor()
+        runner.readInput = reader.readNow
+        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]

@@ -3,12 +3,14 @@ The zygote: a clean process that forks a queue's children on request.
 
 A process worker that starts its children by fork (see
 L{asynqueue.workers.spawning}) starts one zygote, a fresh interpreter
-that imports Twisted, the child runtime and the user's initializer
-modules once, runs no reactor and no thread, and then waits. Asked for a
-child, it forks: the child gets the descriptors the parent sent with the
-request as its 1 to 6 (output, the wire, the start note and the result
-ring, just as a spawned child gets them) and becomes a child node
-(L{asynqueue.node.child.childMain}) at once, with nothing left to import.
+that imports the child runtime (no Twisted: see L{asynqueue.node.child})
+and the user's initializer modules once, runs no reactor and no thread,
+and then waits (importing, once idle, what only some calls need). Asked
+for a child, it forks: the child gets the descriptors the parent sent
+with the request as its 1 to 6 (output, the wire, the start note and the
+result ring, just as a spawned child gets them) and becomes a child node
+(L{asynqueue.node.child.childMain}) at once, with nothing left to
+import.
 
 The zygote stays the parent of its children: it reaps each one as it
 ends and reports its pid and exit status to the queue's process. Each
@@ -29,12 +31,20 @@ ended.
 
 from __future__ import annotations
 
+import _socket
+import array
+import fcntl
+import gc
 import os
 import select
 import signal
-import socket
 import sys
-from typing import Any, NoReturn
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
 
 #: The descriptors a child gets, in the order they come with a request.
 CHILD_FDS = (1, 2, 3, 4, 5, 6)
@@ -43,6 +53,13 @@ CHILD_FDS = (1, 2, 3, 4, 5, 6)
 ZYGOTE_FD = 3
 
 _PR_SET_PDEATHSIG = 1
+
+#: What only some calls need, imported once the zygote has been idle for
+#: L{IDLE_SECONDS}, one module a time (so that the first children, which
+#: the queue asks for at once, never wait for them): Twisted, for calls
+#: that return a Deferred or another awaitable (see L{asynqueue.node.child}).
+IDLE_PRELOAD = ("twisted.internet.defer", "asynqueue.util")
+IDLE_SECONDS = 0.05
 
 #: How the zygote is started (the modules to preload follow, as arguments).
 ZYGOTE_MAIN = "from asynqueue.node.zygote import zygoteMain; zygoteMain()"
@@ -59,17 +76,15 @@ def _preload(modules: list[str]) -> None:
     """
     Import what every child needs before it can work, once, here.
 
-    The reactor module is imported but not installed: an installed reactor
-    holds descriptors (its epoll, its waker) that forked children would share.
+    The child runtime needs no Twisted (a child imports it only for a call
+    that returns a Deferred or another awaitable), so this is quick.
     """
-    import twisted.internet.default
+    # cloudpickle too: a function pickled by value (from a script, a
+    # lambda) needs it to load, and each child importing it costs more.
+    import cloudpickle  # noqa: F401
 
     import asynqueue.node.child  # noqa: F401
 
-    try:
-        twisted.internet.default._getInstallFunction(sys.platform)
-    except Exception:
-        pass
     for name in modules:
         try:
             __import__(name)
@@ -88,6 +103,14 @@ def _preload(modules: list[str]) -> None:
         sys.stderr.flush()
         os.set_inheritable(ZYGOTE_FD, True)
         os.execv(sys.executable, [sys.executable, "-c", ZYGOTE_MAIN])
+
+
+def _importQuietly(name: str) -> None:
+    """Import C{name} if it can be; a child that needs it says why it cannot."""
+    try:
+        __import__(name)
+    except BaseException:
+        pass
 
 
 def _becomeChild(fds: list[int], parentPid: int) -> NoReturn:
@@ -142,11 +165,24 @@ def _above(fd: int, floor: int) -> int:
     """C{fd}, moved to a number above C{floor} if it is not."""
     if fd > floor:
         return fd
-    import fcntl
-
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD, floor + 1)
     os.close(fd)
     return moved
+
+
+def _receiveFds(
+    sock: _socket.socket, size: int, maxFds: int
+) -> tuple[bytes, list[int]]:
+    """
+    C{socket.recv_fds}, on the C{_socket} module: importing C{socket}
+    (its enums, C{selectors}) would take a tenth of the zygote's start.
+    """
+    fds = array.array("i")
+    data, ancillary, _, _ = sock.recvmsg(size, _socket.CMSG_LEN(maxFds * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
 
 
 def _maxFD() -> int:
@@ -159,7 +195,7 @@ def _maxFD() -> int:
 class Zygote:
     """The zygote's loop: fork on request, reap and report what ended."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.children: set[int] = set()
         self.pid = os.getpid()
@@ -181,13 +217,20 @@ class Zygote:
     def run(self) -> None:
         """Serve until the parent closes the socket and every child has ended."""
         parentGone = False
+        later = list(IDLE_PRELOAD)
         while not (parentGone and not self.children):
             watched: list[Any] = (
                 [self.wakeRead] if parentGone else [self.sock, self.wakeRead]
             )
             try:
-                readable, _, _ = select.select(watched, [], [])
+                readable, _, _ = select.select(
+                    watched, [], [], IDLE_SECONDS if later else None
+                )
             except InterruptedError:
+                continue
+            if not readable:
+                _importQuietly(later.pop(0))
+                gc.freeze()
                 continue
             if self.wakeRead in readable:
                 try:
@@ -201,7 +244,7 @@ class Zygote:
     def serve(self) -> bool:
         """Answer one request; False once the parent has closed the socket."""
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, 4096, len(CHILD_FDS))
+            data, fds = _receiveFds(self.sock, 4096, len(CHILD_FDS))
         except InterruptedError:
             return True
         except OSError:
@@ -273,6 +316,12 @@ def zygoteMain(fd: int = ZYGOTE_FD) -> None:
         _dieWithParent()
     except (OSError, AttributeError):
         pass
-    sock = socket.socket(fileno=fd)
+    sock = _socket.socket(fileno=fd)
+    # No collection while importing (nothing to collect yet), and what was
+    # imported frozen: a child never scans it, so never touches (copies)
+    # the pages it shares with the zygote to do so.
+    gc.disable()
     _preload(sys.argv[1:])
+    gc.freeze()
+    gc.enable()
     Zygote(sock).run()

@@ -12,7 +12,7 @@ are here too.
 from asynqueue._lazy import lazyExports
 
 _EXPORTS = {
-    "BigBytes": "asynqueue.wire.framing",
+    "BigBytes": "asynqueue.wire.commands",
     "BoxReader": "asynqueue.wire.framing",
     "boxPieces": "asynqueue.wire.framing",
     "bigValue": "asynqueue.wire.framing",

@@ -1,53 +1,121 @@
 """
-The wire's commands (AMP command classes), the statuses of a task's
-result, and the batching limits both sides of it keep to: each defined
-here once. The busy path writes and reads boxes by hand (see
-L{asynqueue.wire.framing}); it uses the names bound at the end of this
-module, taken from the command classes themselves.
+The wire's commands as AMP command classes, on the names, statuses and
+limits of L{asynqueue.wire.boxes} (re-exported here), and L{BigBytes},
+AMP's argument for values of any size. The busy path writes and reads
+boxes by hand (see L{asynqueue.wire.boxes}), as a child does everything.
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Any, ClassVar
 
 from twisted.protocols import amp
 
-from asynqueue.wire.framing import BigBytes, Value, bigValue
+from asynqueue.wire.boxes import (
+    ASK,
+    BATCH_BYTES,
+    CANCEL_TASK,
+    CLOSE_ITERATOR,
+    COMMAND,
+    DEFINE_FUNCTION,
+    NEXT_ITEMS,
+    NODE_INFO,
+    RESULT_DELAY,
+    RESULT_WINDOW,
+    RUN_TASKS,
+    STOP,
+    TASK_RESULT,
+    TASK_RESULTS,
+    Pairs,
+    Status,
+    cancelTaskBox,
+    readBatch,
+    readCancelTask,
+    readTaskResult,
+    runTasksBox,
+    taskResultBox,
+    taskResultsBox,
+)
+from asynqueue.wire.framing import MAX_VALUE_LENGTH
 
-#: A node runs at most this many tasks between two sends of results, so if
-#: it dies, only that many of the oldest unanswered tasks can have run.
-#: Calls and results at most this big (bytes) travel together in one box;
-#: larger ones travel alone, without being pickled twice.
-BATCH_BYTES = 1 << 16
+__all__ = [
+    "ASK",
+    "BATCH_BYTES",
+    "BigBytes",
+    "CANCEL_TASK",
+    "COMMAND",
+    "DEFINE_FUNCTION",
+    "NODE_COMMANDS",
+    "PARENT_COMMANDS",
+    "RESULT_DELAY",
+    "RESULT_WINDOW",
+    "RUN_TASKS",
+    "TASK_RESULT",
+    "TASK_RESULTS",
+    "CancelTask",
+    "CloseIterator",
+    "DefineFunction",
+    "NextItems",
+    "NodeInfo",
+    "Pairs",
+    "RunTasks",
+    "Status",
+    "Stop",
+    "TaskResult",
+    "TaskResults",
+    "cancelTaskBox",
+    "readBatch",
+    "readCancelTask",
+    "readTaskResult",
+    "runTasksBox",
+    "taskResultBox",
+    "taskResultsBox",
+]
 
-RESULT_WINDOW = 16
 
-#: No result waits longer than this (seconds) to be sent.
-RESULT_DELAY = 0.001
-
-
-class Status(enum.StrEnum):
+class BigBytes(amp.Argument):
     """
-    What the payload of a task's result is (the C{status} of L{TaskResult}).
-
-    One letter on the wire. A member compares equal to its letter, and the
-    letters travel as plain C{str} (C{Status.ERROR.value}): pickled
-    batches are read as plain data, where no class may appear.
+    A bytes value of any size: chunks of at most 65,535 bytes under the keys
+    C{name}, C{name.1}, C{name.2}, ... of one box.
     """
 
-    #: The pickled value the call returned.
-    RESULT = "r"
-    #: A large C{bytes} value the call returned, as it is (not pickled).
-    BYTES = "b"
-    #: The call's exception, encoded (see L{asynqueue.wire.pickling.encodeError}).
-    ERROR = "e"
-    #: The pickled ID of an iterator the call returned, kept on the node
-    #: (its items come through L{NextItems}).
-    ITERATOR = "i"
-    #: Where a large C{bytes} value waits in the L{asynqueue.wire.ring.ResultRing}
-    #: a child shares with its parent; never sent further than that parent.
-    RING = "m"
+    def toBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, Any],
+        objects: dict[str, Any],
+        proto: Any,
+    ) -> None:
+        value = objects[amp._wireNameToPythonIdentifier(name)]
+        if self.optional and value is None:
+            return
+        view = memoryview(value).cast("B")
+        strings[name] = view[:MAX_VALUE_LENGTH]
+        for i, start in enumerate(
+            range(MAX_VALUE_LENGTH, len(view), MAX_VALUE_LENGTH), 1
+        ):
+            strings[b"%s.%d" % (name, i)] = view[start : start + MAX_VALUE_LENGTH]
+
+    def fromBox(
+        self,
+        name: bytes,
+        strings: dict[bytes, Any],
+        objects: dict[str, Any],
+        proto: Any,
+    ) -> None:
+        key = amp._wireNameToPythonIdentifier(name)
+        first = strings.get(name)
+        if first is None:
+            if not self.optional:
+                raise KeyError(name)
+            objects[key] = None
+            return
+        chunks = [first]
+        i = 1
+        while (chunk := strings.get(b"%s.%d" % (name, i))) is not None:
+            chunks.append(chunk)
+            i += 1
+        objects[key] = chunks[0] if i == 1 else b"".join(chunks)
 
 
 class RunTasks(amp.Command):
@@ -58,6 +126,8 @@ class RunTasks(amp.Command):
     pickled C{(f, args, kwargs)} (see L{dumpCall}). The results come back as
     L{TaskResult}s or L{TaskResults}, in the order the tasks ran.
     """
+
+    commandName = RUN_TASKS
 
     arguments = [(b"batch", BigBytes())]
     requiresAnswer = False
@@ -72,6 +142,8 @@ class TaskResult(amp.Command):
     A node sends results in the order the tasks ran, and runs at most
     L{RESULT_WINDOW} tasks between two sends (see L{TaskResults}).
     """
+
+    commandName = TASK_RESULT
 
     arguments = [
         (b"taskID", amp.Integer()),
@@ -88,12 +160,16 @@ class TaskResults(amp.Command):
     payload, seconds)}, each as in L{TaskResult}.
     """
 
+    commandName = TASK_RESULTS
+
     arguments = [(b"batch", BigBytes())]
     requiresAnswer = False
 
 
 class NextItems(amp.Command):
     """Take up to C{maxItems} next items of an iterator kept on the node."""
+
+    commandName = NEXT_ITEMS
 
     arguments = [(b"iteratorID", amp.Integer()), (b"maxItems", amp.Integer())]
     response = [
@@ -106,6 +182,8 @@ class NextItems(amp.Command):
 class CloseIterator(amp.Command):
     """Close and forget an iterator kept on the node."""
 
+    commandName = CLOSE_ITERATOR
+
     arguments = [(b"iteratorID", amp.Integer())]
     requiresAnswer = False
 
@@ -113,12 +191,16 @@ class CloseIterator(amp.Command):
 class CancelTask(amp.Command):
     """Drop a queued task that has not started; a running one is not touched."""
 
+    commandName = CANCEL_TASK
+
     arguments = [(b"taskID", amp.Integer())]
     requiresAnswer = False
 
 
 class Stop(amp.Command):
     """Finish the queued tasks, answer, and end."""
+
+    commandName = STOP
 
     arguments: ClassVar[list[Any]] = []
     response: ClassVar[list[Any]] = []
@@ -131,6 +213,8 @@ class DefineFunction(amp.Command):
     drops the functions listed in C{forget} (their keys, end to end).
     """
 
+    commandName = DEFINE_FUNCTION
+
     arguments = [
         (b"key", amp.String()),
         (b"function", BigBytes()),
@@ -142,6 +226,8 @@ class DefineFunction(amp.Command):
 class NodeInfo(amp.Command):
     """What the node is: its process ID, memory, capacity and tasks done."""
 
+    commandName = NODE_INFO
+
     arguments: ClassVar[list[Any]] = []
     response = [
         (b"pid", amp.Integer()),
@@ -151,17 +237,6 @@ class NodeInfo(amp.Command):
         (b"processes", amp.Integer(optional=True)),
     ]
 
-
-# The busy path's boxes, written and read by hand (see
-# L{asynqueue.wire.framing}); a test checks them against AMP's own.
-
-#: The key of a box's command name, and of an answer's request number.
-COMMAND, ASK = amp.COMMAND, amp.ASK
-RUN_TASKS: bytes = RunTasks.commandName
-TASK_RESULT: bytes = TaskResult.commandName
-TASK_RESULTS: bytes = TaskResults.commandName
-CANCEL_TASK: bytes = CancelTask.commandName
-DEFINE_FUNCTION: bytes = DefineFunction.commandName
 
 #: The commands a node answers, and those it sends.
 NODE_COMMANDS = (
@@ -174,55 +249,3 @@ NODE_COMMANDS = (
     DefineFunction,
 )
 PARENT_COMMANDS = (TaskResult, TaskResults)
-
-Pairs = list[tuple[bytes, Value]]
-
-
-def runTasksBox(batch: Value) -> Pairs:
-    """The pairs of a L{RunTasks} box, for L{asynqueue.wire.framing.writeBox}."""
-    return [(COMMAND, RUN_TASKS), (b"batch", batch)]
-
-
-def cancelTaskBox(taskID: int) -> Pairs:
-    """The pairs of a L{CancelTask} box."""
-    return [(COMMAND, CANCEL_TASK), (b"taskID", b"%d" % taskID)]
-
-
-def taskResultsBox(batch: Value) -> Pairs:
-    """The pairs of a L{TaskResults} box (C{batch} pickled)."""
-    return [(COMMAND, TASK_RESULTS), (b"batch", batch)]
-
-
-def taskResultBox(taskID: int, status: str, payload: Value, seconds: float) -> Pairs:
-    """The pairs of a L{TaskResult} box, in AMP's order of keys."""
-    return [
-        (COMMAND, TASK_RESULT),
-        (b"payload", payload),
-        (b"seconds", repr(float(seconds)).encode()),
-        (b"status", status.encode()),
-        (b"taskID", b"%d" % taskID),
-    ]
-
-
-def readBatch(box: dict[bytes, Value]) -> Value:
-    """The C{batch} of a L{RunTasks} or L{TaskResults} box read off the wire."""
-    return bigValue(box, b"batch") or b""
-
-
-def readCancelTask(box: dict[bytes, Value]) -> int:
-    """The task ID of a L{CancelTask} box; KeyError or ValueError if malformed."""
-    return int(bytes(box[b"taskID"]))
-
-
-def readTaskResult(box: dict[bytes, Value]) -> tuple[int, str, bytes, float]:
-    """
-    C{(taskID, status, payload, seconds)} of a L{TaskResult} box; KeyError or
-    ValueError if malformed. The payload is its own C{bytes} (it may be kept
-    past this read).
-    """
-    return (
-        int(bytes(box[b"taskID"])),
-        bytes(box[b"status"]).decode(),
-        bytes(bigValue(box, b"payload") or b""),
-        float(bytes(box[b"seconds"])),
-    )

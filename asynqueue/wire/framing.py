@@ -1,20 +1,31 @@
 """
-AMP framing without AMP's per-key machinery: L{BoxReader} reads boxes
-straight off the wire (values as zero-copy slices, boxes size-capped),
-L{writeBox} writes them, and L{BigBytes} carries values over AMP's 64 KiB
-limit in chunks, without a copy per chunk.
+AMP framing without AMP (nor Twisted): L{BoxReader} reads boxes straight
+off the wire (values as zero-copy slices, boxes size-capped), L{writeBox}
+writes them, values over AMP's 64 KiB limit spread over keys in chunks
+as C{BigBytes} does, without a copy per chunk; and L{BlockingPipeWriter},
+a child's way back to its parent.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
-from typing import Any
 
-from twisted.protocols import amp
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-_CHUNK = amp.MAX_VALUE_LENGTH
+
+#: AMP's limits: the longest key and value of a box.
+MAX_KEY_LENGTH = 0xFF
+MAX_VALUE_LENGTH = 0xFFFF
+
+_CHUNK = MAX_VALUE_LENGTH
 #: The most bytes one key-value pair of a box takes on the wire.
-_MAX_PAIR = 2 + amp.MAX_KEY_LENGTH + 2 + amp.MAX_VALUE_LENGTH
+_MAX_PAIR = 2 + MAX_KEY_LENGTH + 2 + MAX_VALUE_LENGTH
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 
 Value = bytes | memoryview
 
@@ -107,7 +118,7 @@ class BoxReader:
                     return -1
                 box = self._box
                 continue
-            if keyLength > amp.MAX_KEY_LENGTH:
+            if keyLength > MAX_KEY_LENGTH:
                 self._stop(f"a key of {keyLength} bytes")
                 return -1
             valueAt = pos + 2 + keyLength
@@ -185,44 +196,87 @@ def writeBox(transport: Any, pairs: list[tuple[bytes, Value]]) -> None:
         transport.write(b"".join(pieces))
 
 
-class BigBytes(amp.Argument):
+class ReadBuffer:
     """
-    A bytes value of any size: chunks of at most 65,535 bytes under the keys
-    C{name}, C{name.1}, C{name.2}, ... of one box.
+    One buffer every read of a pipe lands in, so a stream of large values
+    costs no fresh memory per read (in a virtual machine, touching new
+    pages costs more than copying them). It starts small, since a fresh
+    megabyte costs a process's start a millisecond, and grows to
+    C{maxSize} once a read fills it.
     """
 
-    def toBox(
-        self,
-        name: bytes,
-        strings: dict[bytes, Any],
-        objects: dict[str, Any],
-        proto: Any,
-    ) -> None:
-        value = objects[amp._wireNameToPythonIdentifier(name)]
-        if self.optional and value is None:
-            return
-        view = memoryview(value).cast("B")
-        strings[name] = view[:_CHUNK]
-        for i, start in enumerate(range(_CHUNK, len(view), _CHUNK), 1):
-            strings[b"%s.%d" % (name, i)] = view[start : start + _CHUNK]
+    __slots__ = ("_buffer", "_view", "maxSize")
 
-    def fromBox(
-        self,
-        name: bytes,
-        strings: dict[bytes, Any],
-        objects: dict[str, Any],
-        proto: Any,
-    ) -> None:
-        key = amp._wireNameToPythonIdentifier(name)
-        first = strings.get(name)
-        if first is None:
-            if not self.optional:
-                raise KeyError(name)
-            objects[key] = None
-            return
-        chunks = [first]
-        i = 1
-        while (chunk := strings.get(b"%s.%d" % (name, i))) is not None:
-            chunks.append(chunk)
-            i += 1
-        objects[key] = chunks[0] if i == 1 else b"".join(chunks)
+    def __init__(self, size: int = 1 << 16, maxSize: int = 1 << 20) -> None:
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self.maxSize = maxSize
+
+    def readFrom(self, fd: int) -> memoryview:
+        """
+        What one read of C{fd} gives (empty at the end of input), valid only
+        until the next read; C{OSError} as C{os.readv} raises it.
+        """
+        buffer = self._buffer
+        size = os.readv(fd, (buffer,))
+        view = self._view[:size]
+        if size == len(buffer) and size < self.maxSize:
+            # The view keeps the small buffer for as long as it is read.
+            self._buffer = bytearray(self.maxSize)
+            self._view = memoryview(self._buffer)
+        return view
+
+
+def pieceViews(pieces: list[Any]) -> list[memoryview]:
+    """Byte views of the non-empty C{pieces}, for C{os.writev}."""
+    return [memoryview(piece).cast("B") for piece in pieces if len(piece)]
+
+
+def advanceViews(views: list[memoryview], written: int) -> None:
+    """Drop from C{views} the C{written} bytes at their front."""
+    done = 0
+    while done < len(views) and written >= len(views[done]):
+        written -= len(views[done])
+        done += 1
+    del views[:done]
+    if written:
+        views[0] = views[0][written:]
+
+
+class BlockingPipeWriter:
+    """
+    A child's way back to its parent: every write is in the pipe when it returns.
+
+    So a result is in the pipe before the next task starts, and survives
+    the child's death.
+    """
+
+    disconnecting = False
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        # Results held back may be sent from another thread (see
+        # LocalRunner.holdResultsAtMost): one write at a time, whole.
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        with self._lock:
+            while view:
+                view = view[os.write(self.fd, view) :]
+
+    def writeSequence(self, data: list[Any]) -> None:
+        """Write the pieces with as few calls as the system allows, joining none."""
+        views = pieceViews(data)
+        with self._lock:
+            while views:
+                advanceViews(views, os.writev(self.fd, views[:_IOV_MAX]))
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def getPeer(self) -> str:
+        return "parent"
+
+    def getHost(self) -> str:
+        return f"pid {os.getpid()}"

@@ -21,21 +21,28 @@ remade connection is sent its functions again.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from operator import is_
-from typing import Any
 
-import cloudpickle
-from cloudpickle import cloudpickle as _cloudpickle
-
-from asynqueue.errors import UnpicklableError
-from asynqueue.wire.commands import COMMAND, DEFINE_FUNCTION, Pairs
+from asynqueue.wire.boxes import COMMAND, DEFINE_FUNCTION, Pairs
 from asynqueue.wire.framing import Value, bigValue
+
+try:
+    # hashlib's own, without the OpenSSL that importing hashlib loads first
+    # (a fifth of a child's start).
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover
+    from hashlib import blake2b
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
 
 __all__ = [
     "Definition",
@@ -43,6 +50,7 @@ __all__ = [
     "FunctionLedger",
     "FunctionStore",
     "definitionOf",
+    "cloudpickler",
     "loadCall",
     "referenceCall",
 ]
@@ -72,7 +80,15 @@ LOADED_FUNCTIONS = 256
 
 def keyOf(data: bytes) -> bytes:
     """The key of a pickled function: a digest of its bytes."""
-    return hashlib.blake2b(data, digest_size=KEY_BYTES).digest()
+    return blake2b(data, digest_size=KEY_BYTES).digest()
+
+
+def cloudpickler() -> ModuleType:
+    """cloudpickle's inner module, imported when the parent first needs it."""
+    from cloudpickle import cloudpickle
+
+    module: ModuleType = cloudpickle
+    return module
 
 
 class Definition:
@@ -185,7 +201,7 @@ def _byValue(f: types.FunctionType) -> bool:
     if f in _byReference:
         return False
     try:
-        byReference = bool(_cloudpickle._should_pickle_by_reference(f))
+        byReference = bool(cloudpickler()._should_pickle_by_reference(f))
     except Exception:
         byReference = False
     if byReference:
@@ -195,7 +211,7 @@ def _byValue(f: types.FunctionType) -> bool:
 
 def _names(f: types.FunctionType) -> tuple[str, ...]:
     """The global names C{f}'s code (nested code included) reads or writes."""
-    return tuple(_cloudpickle._extract_code_globals(f.__code__))
+    return tuple(cloudpickler()._extract_code_globals(f.__code__))
 
 
 def _shallow(f: types.FunctionType, names: tuple[str, ...], into: list[object]) -> None:
@@ -257,7 +273,7 @@ def _safe(value: object, nested: list[types.FunctionType], depth: int = 0) -> bo
         # A module's class travels by name; a class made in the script is
         # pickled by value, and its attributes can change unseen.
         try:
-            return bool(_cloudpickle._should_pickle_by_reference(value))
+            return bool(cloudpickler()._should_pickle_by_reference(value))
         except Exception:
             return False
     return False
@@ -310,7 +326,7 @@ def definitionOf(f: Callable[..., Any]) -> Definition | None:
     definition = None
     if safe:
         try:
-            data: bytes = cloudpickle.dumps(f, PROTOCOL)
+            data: bytes = cloudpickler().dumps(f, PROTOCOL)
         except Exception:
             # Pickled with each call, as before, which names the culprit.
             data = b""
@@ -329,7 +345,7 @@ def dumpArguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
             return data
     except Exception:
         pass
-    result: bytes = cloudpickle.dumps((args, kwargs), PROTOCOL)
+    result: bytes = cloudpickler().dumps((args, kwargs), PROTOCOL)
     return result
 
 
@@ -504,6 +520,8 @@ def loadCall(call: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str
         return f, args, kwargs
     definition: Definition | None = getattr(call, "definition", None)
     if definition is None:
+        from asynqueue.errors import UnpicklableError
+
         raise UnpicklableError(
             f"the call names function {call[4:_HEAD].hex()[:12]}, which was "
             "never sent here (or was forgotten)"

@@ -7,21 +7,29 @@ code, and errors encoded with their type, message and traceback text.
 from __future__ import annotations
 
 import pickle
-import traceback
 from collections.abc import Callable
-from typing import Any
 
-import cloudpickle
-
-from asynqueue.errors import RemoteError, UnpicklableError
 from asynqueue.wire.framing import Value
-from asynqueue.wire.functions import definitionOf, dumpArguments, referenceCall
+from asynqueue.wire.functions import (
+    cloudpickler,
+    definitionOf,
+    dumpArguments,
+    referenceCall,
+)
+
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 PROTOCOL = 5
 
 
 class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        from asynqueue.errors import UnpicklableError
+
         raise UnpicklableError(f"only plain data may travel here, not {module}.{name}")
 
 
@@ -38,7 +46,7 @@ def dumps(value: object) -> bytes:
         return pickle.dumps(value, PROTOCOL)
     except Exception:
         # Values made at a prompt or in a closure need cloudpickle.
-        result: bytes = cloudpickle.dumps(value, PROTOCOL)
+        result: bytes = cloudpickler().dumps(value, PROTOCOL)
         return result
 
 
@@ -74,7 +82,7 @@ def dumpCall(
     except Exception:
         pass
     try:
-        result: bytes = cloudpickle.dumps(call, PROTOCOL)
+        result: bytes = cloudpickler().dumps(call, PROTOCOL)
         return result
     except Exception as e:
         try:
@@ -82,6 +90,8 @@ def dumpCall(
         except Exception:
             # Naming the culprit must never be what fails the call.
             why = f"the call cannot be pickled: {describeError(e)}"
+        from asynqueue.errors import UnpicklableError
+
         raise UnpicklableError(why) from e
 
 
@@ -107,7 +117,7 @@ def _culprit(
     parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for what, obj in parts:
         try:
-            cloudpickle.dumps(obj, PROTOCOL)
+            cloudpickler().dumps(obj, PROTOCOL)
         except Exception as e:
             return f"{what} ({_short(obj)}) cannot be pickled: {describeError(e)}"
     return f"the call cannot be pickled: {describeError(error)}"
@@ -139,6 +149,9 @@ def encodeError(error: BaseException) -> bytes:
     pickles (and unpickles), and always its type name, message and
     traceback text.
     """
+    # Imported here: a child starts without it, and most calls never fail.
+    import traceback
+
     try:
         text = "".join(traceback.format_exception(error))
     except Exception:
@@ -170,6 +183,8 @@ def decodeError(payload: Value, where: str) -> BaseException:
         except Exception:
             error = None
     if not isinstance(error, BaseException):
+        from asynqueue.errors import RemoteError
+
         error = RemoteError(typeName, message, text)
     error.add_note(f"Traceback from {where}:\n{text.rstrip()}")
     error.remoteTraceback = text  # type: ignore[attr-defined]

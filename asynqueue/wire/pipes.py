@@ -1,38 +1,27 @@
 """
 Pipes in the reactor: L{PipeReader} (every read into one reused buffer)
 and L{PipeWriter} (writes at once when nothing waits), the parent's ends
-of a child's pipes; and the child's blocking way back to its parent.
+of a child's pipes (the child's own are in L{asynqueue.wire.framing}).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import threading
 from typing import Any
 
 from twisted.internet import abstract
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.python.failure import Failure
 
-_READ_SIZE = 1 << 20
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+from asynqueue.wire.framing import (
+    _IOV_MAX,
+    ReadBuffer,
+    advanceViews,
+    pieceViews,
+)
+
 _CONNECTION_DONE = Failure(CONNECTION_DONE)
-
-
-def _views(pieces: list[Any]) -> list[memoryview]:
-    return [memoryview(piece).cast("B") for piece in pieces if len(piece)]
-
-
-def _advance(views: list[memoryview], written: int) -> None:
-    """Drop from C{views} the C{written} bytes at their front."""
-    done = 0
-    while done < len(views) and written >= len(views[done]):
-        written -= len(views[done])
-        done += 1
-    del views[:done]
-    if written:
-        views[0] = views[0][written:]
 
 
 class _Pipe(abstract.FileDescriptor):
@@ -72,18 +61,15 @@ class PipeReader(_Pipe):
     """
     Reads a pipe in large pieces and feeds a protocol.
 
-    Every read lands in the same buffer, so a stream of large values costs
-    no fresh memory per read (in a virtual machine, touching new pages
-    costs more than copying them); the protocol gets a C{memoryview} of
-    what was read, valid only until it returns (L{BoxReader} keeps copies
-    of what it needs beyond that).
+    Every read lands in the same buffer (a L{ReadBuffer}); the protocol
+    gets a C{memoryview} of what was read, valid only until it returns
+    (L{BoxReader} keeps copies of what it needs beyond that).
     """
 
     def __init__(self, fd: int, protocol: Any, reactor: Any = None) -> None:
         super().__init__(fd, reactor)
         self.protocol = protocol
-        self._buffer = bytearray(_READ_SIZE)
-        self._view = memoryview(self._buffer)
+        self._buffer = ReadBuffer()
         self.startReading()
 
     def readNow(self) -> None:
@@ -93,14 +79,14 @@ class PipeReader(_Pipe):
 
     def doRead(self) -> object:
         try:
-            size = os.readv(self.fd, (self._buffer,))
+            data = self._buffer.readFrom(self.fd)
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EINTR):
                 return None
             return CONNECTION_LOST
-        if not size:
+        if not data:
             return CONNECTION_DONE
-        self.protocol.dataReceived(self._view[:size])
+        self.protocol.dataReceived(data)
         return None
 
     def connectionLost(self, reason: Failure) -> None:
@@ -135,12 +121,12 @@ class PipeWriter(_Pipe):
         if self.dataBuffer or self._tempDataBuffer or self.disconnecting:
             super().writeSequence(data)
             return
-        views = _views(data)
+        views = pieceViews(data)
         try:
             written = os.writev(self.fd, views[:_IOV_MAX])
         except OSError:
             written = 0
-        _advance(views, written)
+        advanceViews(views, written)
         if views:
             super().write(b"".join(views))
 
@@ -151,42 +137,3 @@ class PipeWriter(_Pipe):
             if e.errno in (errno.EAGAIN, errno.EINTR):
                 return 0
             return CONNECTION_LOST
-
-
-class _BlockingPipeTransport:
-    """
-    A child's way back to its parent: every write is in the pipe when it returns.
-
-    So a result is in the pipe before the next task starts, and survives
-    the child's death.
-    """
-
-    disconnecting = False
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        # Results held back may be sent from another thread (see
-        # LocalRunner.holdResultsAtMost): one write at a time, whole.
-        self._lock = threading.Lock()
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        with self._lock:
-            while view:
-                view = view[os.write(self.fd, view) :]
-
-    def writeSequence(self, data: list[Any]) -> None:
-        """Write the pieces with as few calls as the system allows, joining none."""
-        views = _views(data)
-        with self._lock:
-            while views:
-                _advance(views, os.writev(self.fd, views[:_IOV_MAX]))
-
-    def loseConnection(self) -> None:
-        self.disconnecting = True
-
-    def getPeer(self) -> str:
-        return "parent"
-
-    def getHost(self) -> str:
-        return f"pid {os.getpid()}"
