@@ -37,7 +37,8 @@ from asynqueue.queue.core import TaskQueue
 from asynqueue.tasks import Task
 from asynqueue.workers import daskside
 from asynqueue.workers.base import AdaptiveBacklog
-from asynqueue.workers.dasklink import SCATTER_BYTES, Bridge, DaskLink
+from asynqueue.workers.daskbridge import Bridge
+from asynqueue.workers.dasklink import SCATTER_BYTES, DaskLink
 from asynqueue.workers.daskside import IteratorRef
 
 __all__ = ["DaskWorker", "DaskQueue", "DaskIterationSource", "DaskError"]
