@@ -163,8 +163,9 @@ def descendants(of: int | None = None) -> dict[int, str]:
 
 
 def isOurLiveChild(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[1] == os.getpid() and stat[0] not in "ZX"
+    """A live process of ours: forked children's parent is the zygote, ours."""
+    state = descendants().get(pid)
+    return state is not None and state not in "ZX"
 
 
 def fdTable(pid: int | str = "self") -> dict[int, str]:
