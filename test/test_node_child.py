@@ -421,3 +421,130 @@ async def test_nodeProtocolRunsTasksAnswersInfoAndStops() -> None:
     pump.flush()
     assert answers == [{}]
     await stopped.addTimeout(10, reactor)
+
+
+# -- functions pickled by value, loaded without cloudpickle -------------------
+
+
+def _closures() -> list[Any]:
+    """Functions cloudpickle pickles by value, of each shape the stand-ins rebuild."""
+    import os.path
+
+    base = 3
+
+    def withEverything(x: int, y: int = 2, *, z: int = 4) -> str:
+        "A docstring."
+        return os.path.join("a", str(x + y + z + base))
+
+    withEverything.attribute = "kept"  # type: ignore[attr-defined]
+
+    def emptyCell() -> Any:
+        return late  # noqa: F821 (assigned after, so its cell is empty)
+
+    def recursive(n: int) -> int:
+        return 1 if n <= 1 else n * recursive(n - 1)
+
+    def callsAnother(n: int) -> int:
+        return recursive(n) + base
+
+    late = None
+    del late
+    return [
+        withEverything,
+        emptyCell,
+        recursive,
+        callsAnother,
+        lambda *args, **kwargs: (args, kwargs),
+    ]
+
+
+def _described(f: Any) -> tuple[Any, ...]:
+    """What a function is, bar its identity: what both ways of loading it must give."""
+    try:
+        outcome: Any = f(5)
+    except BaseException as e:
+        outcome = type(e)
+    cells = []
+    for cell in f.__closure__ or ():
+        try:
+            cells.append(("full", type(cell.cell_contents).__name__))
+        except ValueError:
+            cells.append(("empty",))
+    globalNames = sorted(k for k in f.__globals__ if k != "__builtins__")
+    return (
+        f.__name__,
+        f.__qualname__,
+        f.__module__,
+        f.__doc__,
+        f.__defaults__,
+        f.__kwdefaults__,
+        f.__annotations__,
+        dict(f.__dict__),
+        cells,
+        globalNames,
+        f.__globals__["__builtins__"] is __import__("builtins").__dict__,
+        outcome,
+    )
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_functionsPickledByValueLoadAsCloudpickleLoadsThem(index: int) -> None:
+    """cloudpickle's reconstructors' stand-ins make the very same functions."""
+    import io
+    import pickle
+
+    import cloudpickle
+
+    from asynqueue.plain import ByValueUnpickler
+
+    data = cloudpickle.dumps(_closures()[index], protocol=5)
+    assert b"cloudpickle" in data
+    ours = ByValueUnpickler(io.BytesIO(data)).load()
+    theirs = pickle.loads(data)
+    assert _described(ours) == _described(theirs)
+
+
+def test_functionPickledByValueLoadsWithoutImportingCloudpickle() -> None:
+    """A fresh interpreter runs a script's function without importing cloudpickle."""
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    data = cloudpickle.dumps(_closures()[0], protocol=5)
+    code = (
+        "import sys\n"
+        "from asynqueue.plain import loadsByValue\n"
+        "f = loadsByValue(sys.stdin.buffer.read())\n"
+        "print(f(1), f.attribute, 'cloudpickle' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=data, capture_output=True, check=True
+    )
+    assert out.stdout.decode().split() == ["a/10", "kept", "False"]
+
+
+class _Local:
+    """Stands for a class of the user's script (see the test below)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def test_whatHasNoStandInImportsCloudpickle() -> None:
+    """A class pickled by value needs cloudpickle's own reconstructors: imported."""
+    import io
+
+    import cloudpickle
+
+    from asynqueue.plain import ByValueUnpickler
+
+    # Pickled by value, as a class of __main__ would be.
+    cloudpickle.register_pickle_by_value(__import__(__name__))
+    try:
+        data = cloudpickle.dumps(lambda: _Local(7), protocol=5)
+    finally:
+        cloudpickle.unregister_pickle_by_value(__import__(__name__))
+    assert b"_make_skeleton_class" in data
+    made = ByValueUnpickler(io.BytesIO(data)).load()()
+    assert made.value == 7

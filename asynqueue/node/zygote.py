@@ -56,9 +56,12 @@ _PR_SET_PDEATHSIG = 1
 
 #: What only some calls need, imported once the zygote has been idle for
 #: L{IDLE_SECONDS}, one module a time (so that the first children, which
-#: the queue asks for at once, never wait for them): Twisted, for calls
-#: that return a Deferred or another awaitable (see L{asynqueue.node.child}).
-IDLE_PRELOAD = ("twisted.internet.defer", "asynqueue.util")
+#: the queue asks for at once, never wait for them): cloudpickle, for
+#: results and by-value classes that plain pickle cannot take (a function
+#: pickled by value loads without it: see L{asynqueue.plain.loadsByValue});
+#: Twisted, for calls that return a Deferred or another awaitable (see
+#: L{asynqueue.node.child}).
+IDLE_PRELOAD = ("cloudpickle", "twisted.internet.defer", "asynqueue.util")
 IDLE_SECONDS = 0.05
 
 #: How the zygote is started (the modules to preload follow, as arguments).
@@ -77,12 +80,9 @@ def _preload(modules: list[str]) -> None:
     Import what every child needs before it can work, once, here.
 
     The child runtime needs no Twisted (a child imports it only for a call
-    that returns a Deferred or another awaitable), so this is quick.
+    that returns a Deferred or another awaitable) nor cloudpickle (see
+    L{IDLE_PRELOAD}), so this is quick.
     """
-    # cloudpickle too: a function pickled by value (from a script, a
-    # lambda) needs it to load, and each child importing it costs more.
-    import cloudpickle  # noqa: F401
-
     import asynqueue.node.child  # noqa: F401
 
     for name in modules:

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from operator import is_
 
+from asynqueue.plain import loadsByValue
 from asynqueue.wire.boxes import COMMAND, DEFINE_FUNCTION, Pairs
 from asynqueue.wire.framing import Value, bigValue
 
@@ -504,7 +505,7 @@ def loadFunction(definition: Definition) -> Callable[..., Any]:
     key = definition.key
     f = _loaded.get(key)
     if f is None:
-        f = pickle.loads(definition.data)
+        f = loadsByValue(definition.data)
         _loaded[key] = f
         if len(_loaded) > LOADED_FUNCTIONS:
             _loaded.popitem(last=False)
