@@ -128,10 +128,7 @@ class FunctionCall(bytes):
 def referenceCall(definition: Definition, payload: bytes) -> bytes:
     """
     The call of C{definition}'s function; C{payload}: its pickled arguments.
-
-    Plain C{bytes}: the definition is found by its key (L{definitionFor})
-    while the function lives, as the task that holds the call holds the
-    function.
+    Its definition is found by key (L{definitionFor}) while the function lives.
     """
     return b"".join((MAGIC, definition.key, payload))
 
@@ -142,11 +139,7 @@ _defined: weakref.WeakValueDictionary[bytes, Definition] = weakref.WeakValueDict
 
 
 def definitionFor(call: Value) -> Definition | None:
-    """
-    The L{Definition} of the function C{call} names: the one it carries (a
-    L{FunctionCall}), or the one this process made; C{None} for a whole
-    pickled call, or a key unknown here.
-    """
+    """The L{Definition} C{call} carries, or this process made for its key."""
     definition: Definition | None = getattr(call, "definition", None)
     if definition is None and call[:4] == MAGIC:
         definition = _defined.get(bytes(call[4:_HEAD]))
@@ -154,10 +147,7 @@ def definitionFor(call: Value) -> Definition | None:
 
 
 def pinned(call: bytes) -> bytes:
-    """
-    C{call}, carrying its function's definition if it names one: for a call
-    kept longer than its function may live (a worker's setup calls).
-    """
+    """C{call} carrying its definition, to outlive its function (a setup call)."""
     definition = definitionFor(call)
     if definition is None or isinstance(call, FunctionCall):
         return call
