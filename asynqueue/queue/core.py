@@ -22,7 +22,6 @@ import functools
 import itertools
 import operator
 import os
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ from asynqueue.errors import (
 )
 from asynqueue.interfaces import IDescribedWorker, IWorker
 from asynqueue.queue.inspection import _Inspection
+from asynqueue.queue.kept import KeptRecords
 from asynqueue.queue.pending import PendingStore
 from asynqueue.queue.running import _RUNNING, _Running
 from asynqueue.queue.shutdown import _Shutdown
@@ -144,7 +144,7 @@ class TaskQueue(_Shutdown, _Inspection):
         self._updates = []
         self._seq = itertools.count()
         self._done = self._failed = self._cancelled = 0
-        self._records = deque(maxlen=maxRecords)
+        self._records = KeptRecords(maxRecords)
         self._liveRecords = {}
         self._maxRecords = maxRecords
         self._state = _RUNNING
@@ -435,7 +435,7 @@ class TaskQueue(_Shutdown, _Inspection):
         collector does not walk): equal to the one observers were told of,
         not the same object.
         """
-        records = [TaskRecord.fromRow(row) for row in self._records]
+        records = [TaskRecord.fromRow(row) for row in self._records.rows()]
         records += self._liveRecords.values()
         # Kept in the order they ended; told in the order they were submitted.
         records.sort(key=_recordID)

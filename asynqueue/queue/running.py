@@ -12,7 +12,6 @@ calls as it can.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,10 +27,11 @@ from asynqueue.errors import (
     TimeoutError,
     WorkerCrashed,
 )
+from asynqueue.queue.kept import KeptRecords
 from asynqueue.queue.pending import PendingStore
 from asynqueue.queue.talk import Talk
 from asynqueue.queue.taskstate import QueuedTask, cancelTimeout
-from asynqueue.tasks import RawResult, TaskOptions, TaskRecord, nameFor, recordRow
+from asynqueue.tasks import RawResult, TaskOptions, TaskRecord, nameFor
 
 if TYPE_CHECKING:
     from asynqueue.interfaces import IWorker
@@ -62,8 +62,8 @@ class _Running:
     #: Why tasks are being cancelled (set by a queue shutting down), or None.
     _cancelReason: str | None
     _seq: itertools.count[int]
-    #: The records of tasks that ended, as rows (L{recordRow}), the newest.
-    _records: deque[tuple[Any, ...]]
+    #: The records of tasks that ended, the newest.
+    _records: KeptRecords
     #: The records of tasks not ended yet, by ID.
     _liveRecords: dict[int, TaskRecord]
     _observers: list[Callable[[str, TaskRecord], object]]
@@ -415,7 +415,7 @@ class _Running:
             record.outcome = "result"
             self._done += 1
         if self._liveRecords.pop(record.id, None) is not None:
-            self._records.append(recordRow(record))
+            self._records.add(record)
         if self._observers:
             self._tell("ended", record)
         if self._endObservers:
