@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields
 from inspect import isawaitable
+from operator import attrgetter
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,15 @@ if TYPE_CHECKING:
 
     from asynqueue.interfaces import ITaskReporter
 
-__all__ = ["TaskOptions", "Task", "TaskRecord", "OPTION_NAMES", "RawCall", "RawResult"]
+__all__ = [
+    "TaskOptions",
+    "Task",
+    "TaskRecord",
+    "OPTION_NAMES",
+    "RawCall",
+    "RawResult",
+    "recordRow",
+]
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,11 @@ class TaskRecord:
     outcome: str | None = None
     attempts: int = 0
 
+    @classmethod
+    def fromRow(cls, row: tuple[Any, ...]) -> TaskRecord:
+        """The record kept as C{recordRow(record)}."""
+        return cls(*row)
+
     @property
     def waitTime(self) -> float | None:
         """Seconds from submission until the task started, if it did."""
@@ -172,6 +186,14 @@ class TaskRecord:
         if self.started is None or self.ended is None:
             return None
         return self.ended - self.started
+
+
+#: A record's fields, in order, as the plain tuple a queue keeps of a task
+#: that ended (L{TaskRecord.fromRow} makes the record again). A tuple of
+#: numbers and strings is one the cyclic garbage collector stops walking,
+#: where a queue keeps up to 100,000 records and every full pass would walk
+#: each of them.
+recordRow = attrgetter(*(f.name for f in fields(TaskRecord)))
 
 
 @dataclass(eq=False, slots=True)

@@ -465,6 +465,30 @@ def test_recordsTellWhatHappened(makeQueue: Any, clock: Any) -> None:
     assert (r.waitTime, r.runTime, r.state, r.outcome) == (3, 2, "done", "result")
 
 
+def test_recordsInSubmissionOrderBoundedAndNotWalkedByTheCollector(
+    makeQueue: Any,
+) -> None:
+    w = MemoryWorker(capacity=3)
+    q = makeQueue(w, maxRecords=3)
+    for name in "abcd":
+        q.call(len, name, name=name).addErrback(lambda f: f.trap(CancelledError))
+    first, second, third = (w.startNext() for _ in range(3))
+    assert first is not None and second is not None and third is not None
+    w.finish(third, 1)
+    w.finish(first, 1)
+    # Ended out of order, told in order: the newest three of four.
+    assert [(r.name, r.state) for r in q.records()] == [
+        ("b", "running"),
+        ("c", "done"),
+        ("d", "running"),
+    ]
+    # What is kept of an ended task is a row the collector stops walking.
+    gc.collect()
+    assert q._records.rows() and not any(gc.is_tracked(row) for row in q._records.rows())
+    assert q.records()[1] is not third.record
+    assert q.records()[1].runTime == third.record.runTime
+
+
 def test_deferredAndCoroutineFunctionsOnMemoryWorker(makeQueue: Any) -> None:
     w = MemoryWorker()
     q = makeQueue(w)

@@ -161,8 +161,10 @@ def test_dumpCallRoundTrip() -> None:
     f, args, kwargs = loads(dumpCall(square, (3,), {}))
     assert f is square and f(*args, **kwargs) == 9
     offset = 10
-    call = dumpCall(lambda x, y=0: x + y + offset, (1,), {"y": 2})
-    # A lambda is pickled by value, once: the call names it by key.
+    add = lambda x, y=0: x + y + offset  # noqa: E731
+    call = dumpCall(add, (1,), {"y": 2})
+    # A lambda is pickled by value, once: the call names it by key, which
+    # finds its pickle while the lambda lives (a queued task holds it).
     f, args, kwargs = loadCall(call)
     assert f(*args, **kwargs) == 13
 

@@ -176,6 +176,23 @@ async def test_deferToThreadHelpers(threadQueue: ThreadQueue) -> None:
     assert await threadQueue.deferToThread(max, 4, 9) == 9
 
 
+@pytest_twisted.ensureDeferred
+async def test_adaptiveCapacityTakesShortCallsByTheHundred() -> None:
+    """
+    Calls of a microsecond are handed to a thread up to 256 at a time (with
+    32 the thread ran dry between the reactor's turns); calls of 110 us as
+    many as take about 2 ms, whatever the ceiling.
+    """
+    worker = ThreadWorker()
+    backlog = worker._backlog
+    assert backlog is not None
+    try:
+        assert [backlog.ran(1e-6) for _ in range(200)][-1] == 256
+        assert [backlog.ran(1.1e-4) for _ in range(200)][-1] == 19
+    finally:
+        await worker.stop()
+
+
 def test_threadQueueNeedsAThread() -> None:
     with pytest.raises(ValueError):
         ThreadQueue(0)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import operator
 import os
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from asynqueue.errors import (
 )
 from asynqueue.interfaces import IDescribedWorker, IWorker
 from asynqueue.queue.inspection import _Inspection
+from asynqueue.queue.kept import KeptRecords
 from asynqueue.queue.pending import PendingStore
 from asynqueue.queue.running import _RUNNING, _Running
 from asynqueue.queue.shutdown import _Shutdown
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
     from asynqueue.web import Dashboard
 
 __all__ = ["TaskQueue"]
+
+_recordID = operator.attrgetter("id")
 
 
 class TaskQueue(_Shutdown, _Inspection):
@@ -141,7 +144,9 @@ class TaskQueue(_Shutdown, _Inspection):
         self._updates = []
         self._seq = itertools.count()
         self._done = self._failed = self._cancelled = 0
-        self._records = deque(maxlen=maxRecords)
+        self._records = KeptRecords(maxRecords)
+        self._liveRecords = {}
+        self._maxRecords = maxRecords
         self._state = _RUNNING
         self._noWorkers = None
         self._noWorkersError = NoWorkers
@@ -421,8 +426,23 @@ class TaskQueue(_Shutdown, _Inspection):
         }
 
     def records(self) -> list[TaskRecord]:
-        """The records of the tasks submitted so far (the newest C{maxRecords})."""
-        return list(self._records)
+        """
+        The records of the tasks submitted so far (the newest C{maxRecords}),
+        in the order they were submitted.
+
+        The record of a task that ended is made afresh from what the queue
+        keeps of it (a row of plain values, which the cyclic garbage
+        collector does not walk): equal to the one observers were told of,
+        not the same object.
+        """
+        records = [TaskRecord.fromRow(row) for row in self._records.rows()]
+        records += self._liveRecords.values()
+        # Kept in the order they ended; told in the order they were submitted.
+        records.sort(key=_recordID)
+        limit = self._maxRecords
+        if limit is not None and len(records) > limit:
+            del records[: len(records) - limit]
+        return records
 
     def size(
         self, waiting: bool = False, working: bool = False, completed: bool = False

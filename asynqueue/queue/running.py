@@ -12,7 +12,6 @@ calls as it can.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,6 +27,7 @@ from asynqueue.errors import (
     TimeoutError,
     WorkerCrashed,
 )
+from asynqueue.queue.kept import KeptRecords
 from asynqueue.queue.pending import PendingStore
 from asynqueue.queue.talk import Talk
 from asynqueue.queue.taskstate import QueuedTask, cancelTimeout
@@ -62,7 +62,10 @@ class _Running:
     #: Why tasks are being cancelled (set by a queue shutting down), or None.
     _cancelReason: str | None
     _seq: itertools.count[int]
-    _records: deque[TaskRecord]
+    #: The records of tasks that ended, the newest.
+    _records: KeptRecords
+    #: The records of tasks not ended yet, by ID.
+    _liveRecords: dict[int, TaskRecord]
     _observers: list[Callable[[str, TaskRecord], object]]
     _endObservers: list[
         Callable[[TaskRecord, tuple[Any, ...], dict[str, Any], object], object]
@@ -105,7 +108,7 @@ class _Running:
         )
         if not recorded:
             return QueuedTask(f, args, kwargs, options, record, Deferred())
-        self._records.append(record)
+        self._liveRecords[record.id] = record
         if self._observers:
             self._tell("submitted", record)
         d: Deferred[Any] = Deferred(self._canceller)
@@ -411,6 +414,8 @@ class _Running:
             record.state = "done"
             record.outcome = "result"
             self._done += 1
+        if self._liveRecords.pop(record.id, None) is not None:
+            self._records.add(record)
         if self._observers:
             self._tell("ended", record)
         if self._endObservers:

@@ -7,9 +7,12 @@ that names it by a key.
 The parent pickles such a function once, not per call: L{definitionOf}
 keeps its pickle, weakly, for as long as the function lives and nothing it
 captured has changed (see L{definitionOf} for the rule). The call's own
-bytes (L{FunctionCall}) begin with the function's key and carry the
-L{Definition} along, so whoever sends the call on (a worker to a fresh
-child, a network node to its children) can send the function first.
+bytes begin with the function's key; whoever sends the call on (a worker to
+a fresh child) finds the L{Definition} by that key (L{definitionFor}) and
+sends the function first. The parent's calls are plain C{bytes}, which the
+cyclic garbage collector never walks: a queue holds thousands of them.
+A call read off a wire is a L{FunctionCall} instead, which carries its
+definition along (a network node passes it on to its children).
 
 Each side of a wire keeps one ledger: the sender a L{FunctionLedger} of
 what the peer holds (bounded; it tells the peer what to forget), the
@@ -50,6 +53,7 @@ __all__ = [
     "FunctionCall",
     "FunctionLedger",
     "FunctionStore",
+    "definitionFor",
     "definitionOf",
     "cloudpickler",
     "loadCall",
@@ -95,7 +99,7 @@ def cloudpickler() -> ModuleType:
 class Definition:
     """A function pickled by value, and its key (the digest of the pickle)."""
 
-    __slots__ = ("key", "data")
+    __slots__ = ("key", "data", "__weakref__")
 
     def __init__(self, key: bytes, data: bytes) -> None:
         self.key = key
@@ -107,8 +111,9 @@ class Definition:
 
 class FunctionCall(bytes):
     """
-    A pickled call that names its function by key, with the function's
-    L{Definition} at hand for whoever must send it on.
+    A pickled call read off a wire that names its function by key, with the
+    function's L{Definition} at hand for whoever must send it on (see
+    L{FunctionStore.link}).
 
     Its bytes are what travels (a plain C{bytes} copy: see
     L{FunctionLedger.prepare}); the definition travels only the first time.
@@ -121,11 +126,35 @@ class FunctionCall(bytes):
         return (bytes, (bytes(self),))
 
 
-def referenceCall(definition: Definition, payload: bytes) -> FunctionCall:
-    """The call of C{definition}'s function; C{payload}: its pickled arguments."""
-    call = FunctionCall(b"".join((MAGIC, definition.key, payload)))
-    call.definition = definition
-    return call
+def referenceCall(definition: Definition, payload: bytes) -> bytes:
+    """
+    The call of C{definition}'s function; C{payload}: its pickled arguments.
+    Its definition is found by key (L{definitionFor}) while the function lives.
+    """
+    return b"".join((MAGIC, definition.key, payload))
+
+
+#: The definitions this process made, by key, while something keeps them:
+#: their function's L{_Kept}.
+_defined: weakref.WeakValueDictionary[bytes, Definition] = weakref.WeakValueDictionary()
+
+
+def definitionFor(call: Value) -> Definition | None:
+    """The L{Definition} C{call} carries, or this process made for its key."""
+    definition: Definition | None = getattr(call, "definition", None)
+    if definition is None and call[:4] == MAGIC:
+        definition = _defined.get(bytes(call[4:_HEAD]))
+    return definition
+
+
+def pinned(call: bytes) -> bytes:
+    """C{call} carrying its definition, to outlive its function (a setup call)."""
+    definition = definitionFor(call)
+    if definition is None or isinstance(call, FunctionCall):
+        return call
+    kept = FunctionCall(call)
+    kept.definition = definition
+    return kept
 
 
 def callKey(call: Value) -> bytes | None:
@@ -166,28 +195,61 @@ _BUILTIN = (
 )
 
 
+#: How many pickles of one function, made as what it captured changed, are
+#: kept while it lives (calls queued earlier name them); after that many, it
+#: is pickled with each call.
+KEPT_DEFINITIONS = 8
+
+
 class _Kept:
     """
     What L{definitionOf} keeps of one function: the functions pickled with
     it (itself first), each with the global names its code reads, the
-    snapshot of what they captured, and the pickle.
+    snapshot of what they captured, and the pickle; and its earlier
+    pickles, which calls still queued may name.
+
+    It holds functions weakly (those pickled, and those among what they
+    captured: a recursive closure captures itself), so that it never keeps
+    alive the function it is kept for, a weak key of L{_kept}.
     """
 
-    __slots__ = ("functions", "snapshot", "definition")
+    __slots__ = ("functions", "snapshot", "weakAt", "definition", "earlier")
 
     def __init__(
         self,
-        functions: tuple[tuple[types.FunctionType, tuple[str, ...]], ...],
+        functions: tuple[types.FunctionType, ...],
         definition: Definition | None,
+        earlier: tuple[Definition, ...] = (),
     ) -> None:
-        self.functions = functions
-        self.snapshot = _snapshot(functions)
+        self.functions = tuple((weakref.ref(g), _names(g)) for g in functions)
+        snapshot = _snapshot(functions)
+        self.weakAt = tuple(
+            i for i, value in enumerate(snapshot) if type(value) is types.FunctionType
+        )
+        for i in self.weakAt:
+            snapshot[i] = weakref.ref(snapshot[i])
+        self.snapshot = snapshot
         self.definition = definition
+        self.earlier = earlier
+        if definition is not None:
+            _defined[definition.key] = definition
 
     def holds(self) -> bool:
         """Whether everything pickled then is the very same object still."""
-        now = _snapshot(self.functions)
-        return len(now) == len(self.snapshot) and all(map(is_, now, self.snapshot))
+        now: list[object] = []
+        for ref, names in self.functions:
+            g = ref()
+            if g is None:
+                return False
+            _shallow(g, names, now)
+        if len(now) != len(self.snapshot):
+            return False
+        for i in self.weakAt:
+            value = now[i]
+            if type(value) is types.FunctionType:
+                # The same function's plain weak reference is one object.
+                now[i] = weakref.ref(value)
+        return all(map(is_, now, self.snapshot))
 
 
 _kept: weakref.WeakKeyDictionary[types.FunctionType, _Kept] = (
@@ -236,14 +298,12 @@ def _shallow(f: types.FunctionType, names: tuple[str, ...], into: list[object]) 
     into += [found(name, _MISSING) for name in names]
 
 
-def _snapshot(
-    functions: tuple[tuple[types.FunctionType, tuple[str, ...]], ...],
-) -> list[object]:
+def _snapshot(functions: tuple[types.FunctionType, ...]) -> list[object]:
     # Names read from a code object since replaced do not matter: the code
     # itself comes first, and differs.
     values: list[object] = []
-    for f, names in functions:
-        _shallow(f, names, values)
+    for f in functions:
+        _shallow(f, _names(f), values)
     return values
 
 
@@ -313,19 +373,25 @@ def definitionOf(f: Callable[..., Any]) -> Definition | None:
     checked in turn). A function that captures anything else (a list, a
     dict, an instance, a class of the script) is pickled with each call,
     as before, so that a change made to it in place always reaches the
-    child.
+    child; so is one whose captured values were replaced
+    L{KEPT_DEFINITIONS} times (each pickle is kept while the function
+    lives, for the calls queued that name it).
     """
     if type(f) is not types.FunctionType:
         return None
     kept = _kept.get(f)
+    earlier: tuple[Definition, ...] = ()
     if kept is not None:
         if kept.holds():
             return kept.definition
+        earlier = kept.earlier
+        if kept.definition is not None:
+            earlier += (kept.definition,)
     elif not _byValue(f):
         return None
     safe, nested = _examine(f)
     definition = None
-    if safe:
+    if safe and len(earlier) < KEPT_DEFINITIONS:
         try:
             data: bytes = cloudpickler().dumps(f, PROTOCOL)
         except Exception:
@@ -333,8 +399,7 @@ def definitionOf(f: Callable[..., Any]) -> Definition | None:
             data = b""
         if data:
             definition = Definition(keyOf(data), data)
-    functions = tuple((g, _names(g)) for g in (f, *nested))
-    _kept[f] = _Kept(functions, definition)
+    _kept[f] = _Kept((f, *nested), definition, earlier)
     return definition
 
 
@@ -403,14 +468,17 @@ class FunctionLedger:
         held = self.held
         for i, (taskID, call) in enumerate(batch):
             if type(call) is bytes:
-                continue
-            definition: Definition | None = getattr(call, "definition", None)
-            if out is batch:
-                out = list(batch)
-            # Pickled as plain bytes (a read-only buffer in-band is), without
-            # a copy of a large call first.
-            out[i] = (taskID, pickle.PickleBuffer(call))  # type: ignore[assignment]
+                if call[:4] != MAGIC:
+                    continue
+            else:
+                if out is batch:
+                    out = list(batch)
+                # Pickled as plain bytes (a read-only buffer in-band is),
+                # without a copy of a large call first.
+                out[i] = (taskID, pickle.PickleBuffer(call))  # type: ignore[assignment]
+            definition = definitionFor(call)
             if definition is None:
+                # A key nobody here knows: the peer says so, failing the call.
                 continue
             key = definition.key
             used.add(key)
@@ -519,7 +587,7 @@ def loadCall(call: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str
     if call[:4] != MAGIC:
         f, args, kwargs = pickle.loads(call)
         return f, args, kwargs
-    definition: Definition | None = getattr(call, "definition", None)
+    definition = definitionFor(call)
     if definition is None:
         from asynqueue.errors import UnpicklableError
 

@@ -62,7 +62,9 @@ def dumpCall(
     A function pickled by value (defined in C{__main__}, a closure, a
     lambda) is pickled once and named by key in its calls, as long as the
     rule of L{asynqueue.wire.functions.definitionOf} allows; the node is
-    sent it once (see L{asynqueue.wire.functions}).
+    sent it once (see L{asynqueue.wire.functions}). Such a call finds its
+    function's pickle while the function lives: keep the function (as a
+    queued task does) or L{asynqueue.wire.functions.pinned} the call.
     """
     definition = definitionOf(f)
     if definition is not None:

@@ -42,6 +42,7 @@ from asynqueue.node.child import _initialize
 from asynqueue.settings import settingsForQueue
 from asynqueue.tasks import Task
 from asynqueue.wire.commands import NodeInfo
+from asynqueue.wire.functions import pinned
 from asynqueue.wire.pickling import dumpCall, pickledCall
 from asynqueue.wire.results import WireIterationSource
 from asynqueue.workers.base import AdaptiveBacklog, nameAndSeries, runReporting
@@ -210,7 +211,7 @@ class ProcessWorker(ProcessWorkerExtras):
             task.finished(Failure(), attempt)
             return
         if task.update == "kept":
-            self._setup.append(call)
+            self._setup.append(pinned(call))
         if self._maxTasks is not None and self._child.sent >= self._maxTasks + len(
             self._setup
         ):

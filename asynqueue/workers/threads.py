@@ -97,8 +97,12 @@ class ThreadWorker(WorkerBase):
     task, plus as many more as take about C{backlogSeconds} to run by the
     average so far (up to C{maxCapacity}). So short tasks go through in
     bulk, while a more urgent task that arrives later waits at most about
-    C{backlogSeconds} behind those already handed to me. Give an int for a
-    fixed capacity; C{capacity=1} keeps priorities exact.
+    C{backlogSeconds} behind those already handed to me. The ceiling is
+    high (256) since 2 ms of calls of a few microseconds is hundreds of
+    them: with fewer, the thread runs dry between the reactor's turns, and
+    the reactor wakes for a few results at a time (30 a wake-up with a
+    ceiling of 32, 250 with 256, on a burst of trivial calls). Give an int
+    for a fixed capacity; C{capacity=1} keeps priorities exact.
 
     Cancelling a running task, or its timeout, abandons the thread: a
     Python thread cannot be stopped from outside, so it runs the call to its
@@ -117,7 +121,7 @@ class ThreadWorker(WorkerBase):
         capacity: int | None = None,
         reactor: Any = None,
         backlogSeconds: float = 0.002,
-        maxCapacity: int = 32,
+        maxCapacity: int = 256,
         raw: bool = False,
     ) -> None:
         super().__init__(name, series, capacity or 1)
