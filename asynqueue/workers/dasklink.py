@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 import distributed
+from dask.sizeof import sizeof
 from distributed import as_completed
 
 from asynqueue.errors import NodeLost
@@ -46,14 +47,26 @@ SUBMIT_INTERVAL = 0.01
 #: back the next message on the same stream by the scheduler's batching.
 RELEASE_INTERVAL = 0.1
 
+#: While other calls are out, finished ones are kept until this many, or
+#: results of this many bytes (by Dask's C{sizeof}), wait to be let go, or
+#: until none is out: letting go costs the scheduler and the workers work
+#: for every call and every message, which would compete with the calls.
+RELEASE_KEEP = 256
+RELEASE_BYTES = 64 << 20
+
 #: While more than this many calls per thread are still to finish (the
 #: scheduler has calls queued to keep the threads busy), the harvester waits
-#: C{GATHER_HOLD} seconds after a call finishes, so that the calls finishing
-#: meanwhile come in the same gather, and their successors go in the same
-#: graph update: far fewer messages through the client, the scheduler and
-#: the workers, whose cost per message competes with the calls for the cores.
+#: after a call finishes, so that the calls finishing meanwhile come in the
+#: same gather, and their successors go in the same graph update: far fewer
+#: messages through the client, the scheduler and the workers, whose cost
+#: per message competes with the calls for the cores. It waits
+#: C{GATHER_HOLD} seconds, or, for longer calls, until the calls queued
+#: beyond those would keep the threads busy for two such waits more (by
+#: their average run time), up to C{GATHER_HOLD_MAX}: the queue refills the
+#: scheduler before it drains, and an idle cluster's round trip is unchanged.
 GATHER_HOLD_PER_THREAD = 2
 GATHER_HOLD = 0.04
+GATHER_HOLD_MAX = 0.25
 
 
 def _payloadSize(value: object) -> int:
@@ -124,10 +137,13 @@ class DaskLink:
         self._plugins: list[str] = []
         self._futures: dict[str, Any] = {}
         self._done: list[Any] = []
+        self._doneBytes = 0
         self._lastRelease = 0.0
         self._releaseTimer: asyncio.TimerHandle | None = None
         #: The threads of the cluster's workers, as last counted.
         self.threads = 0
+        #: The moving average of how long calls ran, seconds.
+        self.average = 0.0
         self._ac: Any = None
         self._wake: asyncio.Event | None = None
         self._toSubmit: list[
@@ -339,7 +355,9 @@ class DaskLink:
             )
         for future in made:
             futures[future.key] = future
-        if self._done and now - self._lastRelease >= RELEASE_INTERVAL:
+        if now - self._lastRelease >= RELEASE_INTERVAL and self._mayRelease(
+            len(futures) > len(made)
+        ):
             # Let go after the graph update: both go in one message.
             self._releaseDone(now)
         if made:
@@ -371,9 +389,7 @@ class DaskLink:
                 first = await ac.__anext__()
             except StopAsyncIteration:
                 continue
-            waiting = len(self._futures) - ac.queue.qsize() - 1
-            if waiting > GATHER_HOLD_PER_THREAD * max(1, self.threads):
-                await asyncio.sleep(GATHER_HOLD)
+            await self._hold(ac)
             batch = [first, *ac.next_batch(block=False)]
             # Held here until the next batch, these futures would be let go
             # as it arrives: a release sent alone, which holds back the next
@@ -386,6 +402,31 @@ class DaskLink:
             del batch
             if outcomes:
                 self.bridge.toReactor(self.owner._delivered, outcomes)
+
+    async def _hold(self, ac: Any) -> None:
+        """Wait before gathering, while calls are queued at the scheduler."""
+        if self._queued(ac) <= 0:
+            return
+        await asyncio.sleep(GATHER_HOLD)
+        held = GATHER_HOLD
+        # Longer calls: on, in steps, until those still queued would keep the
+        # threads busy (by the calls' average run time) for two steps more,
+        # time enough for their successors to arrive; results go at once if
+        # every call ended meanwhile (calls of mixed lengths).
+        while held < GATHER_HOLD_MAX and not self._closing:
+            queued = self._queued(ac)
+            if queued * self.average <= 2 * GATHER_HOLD * max(1, self.threads):
+                return
+            await asyncio.sleep(GATHER_HOLD)
+            held += GATHER_HOLD
+
+    def _queued(self, ac: Any) -> int:
+        """
+        How many calls out are yet to finish, beyond those the threads hold
+        (the first finished one is out of C{ac}'s queue, not yet gathered).
+        """
+        unfinished = len(self._futures) - 1 - int(ac.queue.qsize())
+        return unfinished - GATHER_HOLD_PER_THREAD * max(1, self.threads)
 
     async def _outcomes(
         self, batch: list[Any]
@@ -420,8 +461,13 @@ class DaskLink:
             except Exception as e:
                 outcomes += [(f.key, "lost", str(e), None, 0.0) for f in finished]
                 finished, results = [], []
+            average, size = self.average, 0
             for future, (address, value, ran) in zip(finished, results, strict=False):
                 outcomes.append((future.key, "result", value, address, ran))
+                average = 0.9 * average + 0.1 * ran
+                size += sizeof(value)
+            self.average = average
+            self._doneBytes += size
         # Let go of them (Dask then releases their results) with a later
         # submission, or once idle: a release sent alone holds back, by the
         # client's batching, a submission that follows it at once.
@@ -434,17 +480,28 @@ class DaskLink:
             )
         return outcomes
 
+    def _mayRelease(self, busy: bool) -> bool:
+        """Whether to let go of finished calls now, C{busy} if others are out."""
+        return bool(self._done) and (
+            not busy
+            or len(self._done) >= RELEASE_KEEP
+            or self._doneBytes >= RELEASE_BYTES
+        )
+
     def _releaseDone(self, now: float) -> None:
         self._done.clear()
+        self._doneBytes = 0
         self._lastRelease = now
 
     def _releaseIdle(self) -> None:
-        """Let go of finished calls, unless calls are being submitted."""
+        """Let go of finished calls, unless calls are being submitted or out."""
         self._releaseTimer = None
         if not self._done:
             return
         now = self.bridge.loop.time()
-        if now - self._lastSubmit < 2 * SUBMIT_INTERVAL:
+        if now - self._lastSubmit < 2 * SUBMIT_INTERVAL or not self._mayRelease(
+            bool(self._futures)
+        ):
             # Busy: they go with a submission, or when it calms down.
             self._releaseTimer = self.bridge.loop.call_later(
                 RELEASE_INTERVAL, self._releaseIdle
@@ -460,6 +517,7 @@ class DaskLink:
             self._releaseTimer.cancel()
             self._releaseTimer = None
         self._done.clear()
+        self._doneBytes = 0
         client = self.client
         if client is not None:
             try:
