@@ -16,6 +16,8 @@ from asynqueue.iteration import Deferator
 
 distributed = pytest.importorskip("distributed")
 
+from distributed.diagnostics.plugin import SchedulerPlugin  # noqa: E402
+
 from asynqueue.workers import daskside  # noqa: E402
 from asynqueue.workers.dask import DaskError, DaskQueue, DaskWorker  # noqa: E402
 
@@ -273,12 +275,41 @@ def holdUntil(name: str) -> None:
     blockUntil(name)
 
 
-@pytest_twisted.ensureDeferred
-async def test_ourPrioritiesBecomeDasks() -> None:
-    """Lower runs sooner here; of two calls waiting in Dask, -5 runs before 5."""
+class Arrivals(SchedulerPlugin):  # type: ignore[misc]
+    """Counts the calls reaching a scheduler in this process, for the reactor."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+
+    def update_graph(self, scheduler: Any, *, keys: Any, **kwargs: Any) -> None:
+        # On the scheduler's loop: everything else in the reactor thread.
+        reactor.callFromThread(self._arrived, len(keys))  # type: ignore[attr-defined]
+
+    def _arrived(self, n: int) -> None:
+        self.seen += n
+        due = [d for total, d in self._waiters if total <= self.seen]
+        self._waiters = [(t, d) for t, d in self._waiters if t > self.seen]
+        for d in due:
+            d.callback(None)
+
+    def reached(self, total: int) -> Deferred[None]:
+        """A Deferred that fires once C{total} calls have reached the scheduler."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append((total, d))
+        self._arrived(0)
+        return d
+
+
+@pytest_twisted.async_yield_fixture()
+async def oneAtATime() -> AsyncIterator[tuple[TaskQueue, Arrivals]]:
+    """
+    A queue on a Dask worker of one thread given one call at a time (the
+    rest wait at the scheduler), whose calls all go to Dask at once, and
+    what reaches that scheduler.
+    """
     import dask
 
-    # One task per thread on the worker: the rest wait, by priority, in the scheduler.
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
         cluster = distributed.LocalCluster(
             n_workers=1,
@@ -287,23 +318,52 @@ async def test_ourPrioritiesBecomeDasks() -> None:
             dashboard_address=":0",
             worker_dashboard_address=":0",
         )
-    w = DaskWorker(cluster, tasksPerThread=4)
+    arrivals = Arrivals()
+    cluster.scheduler.add_plugin(arrivals, name="arrivals")
+    w = DaskWorker(cluster, tasksPerThread=32)
     q = TaskQueue(w, shutdownWithReactor=False)
-    try:
-        await w.whenConnected()
-        _order.clear()
-        _started["priorities"] = Deferred()
-        held = q.call(holdUntil, "priorities")
-        await _started["priorities"]
-        later = q.call(note, "later", priority=5)
-        sooner = q.call(note, "sooner", priority=-5)
-        # Both are in Dask before the thread is free (the queue could hold 4).
-        openGate("priorities")
-        await gatherResults([held, later, sooner])
-        assert _order == ["sooner", "later"]
-    finally:
-        await q.shutdown()
-        cluster.close()
+    await w.whenConnected()
+    _order.clear()
+    yield q, arrivals
+    await q.shutdown()
+    cluster.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_callsOfOnePriorityStartInTheOrderTheyWereMade(
+    oneAtATime: tuple[TaskQueue, Arrivals],
+) -> None:
+    """In one graph update and across several, while the Dask worker is busy."""
+    q, arrivals = oneAtATime
+    _started["fifo"] = Deferred()
+    held = q.call(holdUntil, "fifo")
+    await _started["fifo"]
+    calls = []
+    for update in range(4):
+        calls += [q.call(note, update * 6 + i) for i in range(6)]
+        # All of these at the scheduler before the next are made.
+        await arrivals.reached(1 + len(calls))
+    openGate("fifo")
+    await gatherResults([held, *calls])
+    assert _order == list(range(24))
+
+
+@pytest_twisted.ensureDeferred
+async def test_aMoreUrgentCallMadeLaterStartsFirst(
+    oneAtATime: tuple[TaskQueue, Arrivals],
+) -> None:
+    """Lower runs sooner: a later call of -5 starts before the 5s waiting in Dask."""
+    q, arrivals = oneAtATime
+    _started["priorities"] = Deferred()
+    held = q.call(holdUntil, "priorities")
+    await _started["priorities"]
+    later = [q.call(note, f"later{i}", priority=5) for i in range(3)]
+    await arrivals.reached(4)
+    sooner = [q.call(note, f"sooner{i}", priority=-5) for i in range(3)]
+    await arrivals.reached(7)
+    openGate("priorities")
+    await gatherResults([held, *later, *sooner])
+    assert _order == [f"sooner{i}" for i in range(3)] + [f"later{i}" for i in range(3)]
 
 
 @pytest_twisted.ensureDeferred
@@ -471,8 +531,15 @@ async def test_daskQueueStartsAndClosesALocalCluster() -> None:
     assert await q.call(square, 5) == 25
     await q.shutdown()
     assert worker.info()["connected"] is False
-    # No thread of the worker's, its client's or its cluster's is left.
-    left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    # No thread of the worker's, its client's or its cluster's is left. The
+    # asyncio reactor's loop may have started its default executor's thread
+    # ("asyncio_N": a closing Dask worker shuts its executor down through
+    # asyncio.to_thread): the loop's, kept for its life, not ours.
+    left = [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and t.is_alive() and not t.name.startswith("asyncio_")
+    ]
     for t in left:
         t.join(5)
     assert [t.name for t in left if t.is_alive()] == []
