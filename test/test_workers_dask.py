@@ -22,16 +22,24 @@ from asynqueue.workers import daskside  # noqa: E402
 from asynqueue.workers.dask import DaskError, DaskQueue, DaskWorker  # noqa: E402
 
 
+def localCluster(
+    workers: int = 1, threads: int = 1, processes: bool = False, **options: Any
+) -> Any:
+    """A LocalCluster whose HTTP servers take free ports."""
+    return distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=processes,
+        dashboard_address=":0",
+        worker_dashboard_address=":0",
+        **options,
+    )
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """One LocalCluster of threads (two workers, two threads each) per module."""
-    c = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=False,
-        dashboard_address=":0",
-        worker_dashboard_address=":0",
-    )
+    c = localCluster(workers=2, threads=2)
     yield c
     c.close()
 
@@ -192,13 +200,7 @@ def brokenInitializer() -> None:
 @pytest.fixture
 def smallCluster() -> Iterator[Any]:
     """A LocalCluster of threads with one worker of one thread, for one test."""
-    c = distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=False,
-        dashboard_address=":0",
-        worker_dashboard_address=":0",
-    )
+    c = localCluster()
     yield c
     c.close()
 
@@ -311,13 +313,7 @@ async def oneAtATime() -> AsyncIterator[tuple[TaskQueue, Arrivals]]:
     import dask
 
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-        cluster = distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=False,
-            dashboard_address=":0",
-            worker_dashboard_address=":0",
-        )
+        cluster = localCluster()
     arrivals = Arrivals()
     cluster.scheduler.add_plugin(arrivals, name="arrivals")
     w = DaskWorker(cluster, tasksPerThread=32)
@@ -486,13 +482,7 @@ async def test_aDaskWorkerKilledMidTaskIsAbsorbedByDask() -> None:
     import os
     import signal
 
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        worker_dashboard_address=":0",
-    )
+    cluster = localCluster(workers=2, processes=True)
     w = DaskWorker(cluster)
     q = TaskQueue(w, shutdownWithReactor=False)
     try:
@@ -591,14 +581,9 @@ async def test_securityGoesThrough() -> None:
     from distributed.security import Security
 
     security = Security.temporary()
-    cluster = distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=False,
+    cluster = localCluster(
         protocol="tls://",
         security=security,
-        dashboard_address=":0",
-        worker_dashboard_address=":0",
     )
     try:
         assert cluster.scheduler_address.startswith("tls://")
