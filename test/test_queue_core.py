@@ -484,7 +484,9 @@ def test_recordsInSubmissionOrderBoundedAndNotWalkedByTheCollector(
     ]
     # What is kept of an ended task is a row the collector stops walking.
     gc.collect()
-    assert q._records.rows() and not any(gc.is_tracked(row) for row in q._records.rows())
+    assert q._records.rows() and not any(
+        gc.is_tracked(row) for row in q._records.rows()
+    )
     assert q.records()[1] is not third.record
     assert q.records()[1].runTime == third.record.runTime
 
