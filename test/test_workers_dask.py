@@ -325,15 +325,21 @@ async def oneAtATime() -> AsyncIterator[tuple[TaskQueue, Arrivals]]:
     cluster.close()
 
 
+async def occupied(q: TaskQueue, gate: str) -> Deferred[Any]:
+    """A call that holds the one Dask thread until C{gate} opens, once running."""
+    _started[gate] = Deferred()
+    held = q.call(holdUntil, gate)
+    await _started[gate]
+    return held
+
+
 @pytest_twisted.ensureDeferred
 async def test_callsOfOnePriorityStartInTheOrderTheyWereMade(
     oneAtATime: tuple[TaskQueue, Arrivals],
 ) -> None:
     """In one graph update and across several, while the Dask worker is busy."""
     q, arrivals = oneAtATime
-    _started["fifo"] = Deferred()
-    held = q.call(holdUntil, "fifo")
-    await _started["fifo"]
+    held = await occupied(q, "fifo")
     calls = []
     for update in range(4):
         calls += [q.call(note, update * 6 + i) for i in range(6)]
@@ -350,9 +356,7 @@ async def test_aMoreUrgentCallMadeLaterStartsFirst(
 ) -> None:
     """Lower runs sooner: a later call of -5 starts before the 5s waiting in Dask."""
     q, arrivals = oneAtATime
-    _started["priorities"] = Deferred()
-    held = q.call(holdUntil, "priorities")
-    await _started["priorities"]
+    held = await occupied(q, "priorities")
     later = [q.call(note, f"later{i}", priority=5) for i in range(3)]
     await arrivals.reached(4)
     sooner = [q.call(note, f"sooner{i}", priority=-5) for i in range(3)]
