@@ -146,7 +146,6 @@ class TaskQueue(_Shutdown, _Inspection):
         self._done = self._failed = self._cancelled = 0
         self._records = KeptRecords(maxRecords)
         self._liveRecords = {}
-        self._maxRecords = maxRecords
         self._state = _RUNNING
         self._noWorkers = None
         self._noWorkersError = NoWorkers
@@ -439,7 +438,7 @@ class TaskQueue(_Shutdown, _Inspection):
         records += self._liveRecords.values()
         # Kept in the order they ended; told in the order they were submitted.
         records.sort(key=_recordID)
-        limit = self._maxRecords
+        limit = self._records.maxRecords
         if limit is not None and len(records) > limit:
             del records[: len(records) - limit]
         return records

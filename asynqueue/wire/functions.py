@@ -221,8 +221,13 @@ class _Kept:
         definition: Definition | None,
         earlier: tuple[Definition, ...] = (),
     ) -> None:
-        self.functions = tuple((weakref.ref(g), _names(g)) for g in functions)
-        snapshot = _snapshot(functions)
+        pairs = tuple((g, _names(g)) for g in functions)
+        self.functions = tuple((weakref.ref(g), names) for g, names in pairs)
+        # Names read from a code object since replaced do not matter: the
+        # code itself comes first, and differs.
+        snapshot: list[object] = []
+        for g, names in pairs:
+            _shallow(g, names, snapshot)
         self.weakAt = tuple(
             i for i, value in enumerate(snapshot) if type(value) is types.FunctionType
         )
@@ -296,15 +301,6 @@ def _shallow(f: types.FunctionType, names: tuple[str, ...], into: list[object]) 
                 into.append(_EMPTY_CELL)
     found = f.__globals__.get
     into += [found(name, _MISSING) for name in names]
-
-
-def _snapshot(functions: tuple[types.FunctionType, ...]) -> list[object]:
-    # Names read from a code object since replaced do not matter: the code
-    # itself comes first, and differs.
-    values: list[object] = []
-    for f in functions:
-        _shallow(f, _names(f), values)
-    return values
 
 
 def _safe(value: object, nested: list[types.FunctionType], depth: int = 0) -> bool:
