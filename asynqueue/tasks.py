@@ -210,10 +210,11 @@ class Task:
     L{asynqueue.interfaces}, these are all a worker may use of a task:
 
       - read: C{f}, C{args}, C{kwargs}, C{options} (C{options.timeout},
-        C{options.consumer}, ...), C{record} (its C{id} and C{name} for
+        C{options.consumer}, ...), C{name}, C{record} (its C{id}, for
         logs), C{deferred} (to see whether the caller gave up), C{attempt}
         (also C{runs}, the same number), C{pickled} and C{update};
-      - call: L{markStarted}, L{finished} (a reporting worker);
+      - call: L{markStarted}, L{finished} (a reporting worker),
+        L{noteWorker};
       - write: C{handle}, the worker's own, which the queue clears when the
         run ends.
 
@@ -250,6 +251,11 @@ class Task:
     def priority(self) -> float:
         """The priority the queue orders this task by."""
         return self.record.priority
+
+    @property
+    def name(self) -> str:
+        """The task's name in records and logs."""
+        return self.record.name
 
     @property
     def series(self) -> Hashable | None:
@@ -290,6 +296,13 @@ class Task:
         reporter = self.reporter
         if self.record.started is None and reporter is not None:
             reporter.started(self, ago)
+
+    def noteWorker(self, name: str) -> None:
+        """
+        Say which worker ran the call, where the worker that took it hands
+        it on (a Dask worker of a cluster): the record names it.
+        """
+        self.record.worker = name
 
     def finished(self, result: object, attempt: int) -> None:
         """

@@ -24,7 +24,7 @@ def test_rowsComeBackAsTheyWereOldestFirst() -> None:
     kept = KeptRecords(None)
     made = [record(i) for i in range(CHUNK * 2 + 5)]
     for r in made:
-        kept.add(r)
+        kept.add(recordRow(r))
     assert len(kept) == len(made)
     assert kept.rows() == [recordRow(r) for r in made]
     again = TaskRecord.fromRow(kept.rows()[7])
@@ -34,7 +34,7 @@ def test_rowsComeBackAsTheyWereOldestFirst() -> None:
 def test_theCollectorSeesChunksNotRows() -> None:
     kept = KeptRecords(None)
     for i in range(CHUNK * 3):
-        kept.add(record(i))
+        kept.add(recordRow(record(i)))
     gc.collect()
     # Everything kept is reachable through fewer objects than a chunk of rows.
     assert len(gc.get_referents(kept._packed)) == 3
@@ -45,7 +45,7 @@ def test_theCollectorSeesChunksNotRows() -> None:
 def test_theNewestMaxRecordsAreKept() -> None:
     kept = KeptRecords(CHUNK + 10)
     for i in range(CHUNK * 4 + 3):
-        kept.add(record(i))
+        kept.add(recordRow(record(i)))
     rows = kept.rows()
     assert len(rows) == len(kept) == CHUNK + 10
     assert [row[0] for row in rows] == list(range(CHUNK * 3 - 7, CHUNK * 4 + 3))
@@ -57,7 +57,7 @@ def test_theNewestMaxRecordsAreKept() -> None:
 def test_smallLimits(limit: int) -> None:
     kept = KeptRecords(limit)
     for i in range(CHUNK + 1):
-        kept.add(record(i))
+        kept.add(recordRow(record(i)))
     assert [row[0] for row in kept.rows()] == list(range(CHUNK + 1 - limit, CHUNK + 1))
 
 
@@ -68,5 +68,5 @@ def test_aSeriesThatIsNotPlainDataIsKeptAsItIs() -> None:
     gpu = Gpu()
     kept = KeptRecords(None)
     for i in range(CHUNK):
-        kept.add(record(i, gpu if i == 5 else "cpu"))
+        kept.add(recordRow(record(i, gpu if i == 5 else "cpu")))
     assert kept.rows()[5][4] is gpu and kept.rows()[6][4] == "cpu"

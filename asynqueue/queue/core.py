@@ -145,7 +145,7 @@ class TaskQueue(_Shutdown, _Inspection):
         self._seq = itertools.count()
         self._done = self._failed = self._cancelled = 0
         self._records = KeptRecords(maxRecords)
-        self._liveRecords = {}
+        self._live = {}
         self._state = _RUNNING
         self._noWorkers = None
         self._noWorkersError = NoWorkers
@@ -435,7 +435,7 @@ class TaskQueue(_Shutdown, _Inspection):
         not the same object.
         """
         records = [TaskRecord.fromRow(row) for row in self._records.rows()]
-        records += self._liveRecords.values()
+        records += [task.record for task in self._live.values()]
         # Kept in the order they ended; told in the order they were submitted.
         records.sort(key=_recordID)
         limit = self._records.maxRecords

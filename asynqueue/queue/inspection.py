@@ -8,6 +8,7 @@ all public, so that no tool reaches into the queue's private state.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -17,6 +18,8 @@ from asynqueue.queue.taskstate import QueuedTask
 from asynqueue.tasks import TaskRecord
 
 __all__ = ["EndObserver", "WorkObserver"]
+
+_taskID = operator.attrgetter("id")
 
 #: Hears of a task's end: its record (state set), the call's arguments and
 #: keywords, and what it ended with (a C{Failure} if it failed).
@@ -98,7 +101,7 @@ class _Inspection(_Running):
 
     def runningRecords(self) -> list[TaskRecord]:
         """The records of the tasks handed to workers, oldest first."""
-        return sorted((t.record for t in self._running), key=lambda r: r.id)
+        return [t.record for t in sorted(self._running, key=_taskID)]
 
     def pendingRecords(self, limit: int) -> list[TaskRecord]:
         """
@@ -149,15 +152,15 @@ class _Inspection(_Running):
                             add((priority, series, task.lane), 1)
         for lane, state in list(store.lanes.items()):
             front = state.front
-            if exact and front is not None and front.record.state == "pending":
+            if exact and front is not None and front.state == "pending":
                 # Counted above without its lane.
-                key = (front.record.priority, front.series, None)
+                key = (front.priority, front.series, None)
                 counts[key] -= 1
                 if not counts[key]:
                     del counts[key]
-                add((front.record.priority, front.series, lane), 1)
+                add((front.priority, front.series, lane), 1)
             for task in list(state.waiting):
-                add((task.record.priority, task.series, lane), 1)
+                add((task.priority, task.series, lane), 1)
         return counts
 
     def workerStates(self) -> dict[str, str]:
@@ -182,11 +185,11 @@ class _Inspection(_Running):
         through the tasks one by one: for a click, not a loop.
         """
         for task in list(self._running):
-            if task.record.id == taskID:
+            if task.id == taskID:
                 task.deferred.cancel()
                 return True
         for task in self._pending:
-            if task.record.id == taskID:
+            if task.id == taskID:
                 task.deferred.cancel()
                 return True
         return False

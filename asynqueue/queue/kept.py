@@ -16,8 +16,6 @@ import marshal
 from collections import deque
 from typing import Any
 
-from asynqueue.tasks import TaskRecord, recordRow
-
 __all__ = ["KeptRecords"]
 
 #: Rows packed together: the collector walks the last chunk's rows only.
@@ -25,7 +23,10 @@ CHUNK = 1024
 
 
 class KeptRecords:
-    """The rows (L{recordRow}) of up to C{maxRecords} ended tasks, the newest."""
+    """
+    The rows (L{asynqueue.tasks.recordRow}) of up to C{maxRecords} ended
+    tasks, the newest.
+    """
 
     def __init__(self, maxRecords: int | None) -> None:
         self.maxRecords = maxRecords
@@ -41,12 +42,12 @@ class KeptRecords:
         limit = self.maxRecords
         return count if limit is None else min(count, limit)
 
-    def add(self, record: TaskRecord) -> None:
-        """Keep what C{record} says now."""
+    def add(self, row: tuple[Any, ...]) -> None:
+        """Keep C{row}, a record's fields (L{recordRow})."""
         if self.maxRecords == 0:
             return
         fresh = self._fresh
-        fresh.append(recordRow(record))
+        fresh.append(row)
         if len(fresh) < CHUNK:
             return
         self._fresh = []

@@ -37,17 +37,16 @@ class _Line:
         self.priorities: list[float] = []
 
     def push(self, task: QueuedTask) -> None:
-        record = task.record
-        priority = record.priority
+        priority = task.priority
         level = self.levels.get(priority)
         if level is None:
             level = self.levels[priority] = deque()
             heapq.heappush(self.priorities, priority)
-        elif level and level[-1].record.id > record.id:
+        elif level and level[-1].id > task.id:
             # Arrived earlier than tasks already in line (a lane's next task,
             # a task put back after a crash): it goes in its arrival place.
-            ids = [t.record.id for t in level]
-            level.insert(bisect.bisect(ids, record.id), task)
+            ids = [t.id for t in level]
+            level.insert(bisect.bisect(ids, task.id), task)
             return
         level.append(task)
 
@@ -123,7 +122,7 @@ class PendingStore:
                 line = lines.get(series)
                 head = line.head() if line is not None else None
                 if head is not None:
-                    key = (head.record.priority, head.record.id)
+                    key = (head.priority, head.id)
                     if bestKey is None or key < bestKey:
                         best, bestKey = line, key
         task = best.pop() if best is not None else None

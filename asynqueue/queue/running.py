@@ -31,7 +31,7 @@ from asynqueue.queue.kept import KeptRecords
 from asynqueue.queue.pending import PendingStore
 from asynqueue.queue.talk import Talk
 from asynqueue.queue.taskstate import QueuedTask, cancelTimeout
-from asynqueue.tasks import RawResult, TaskOptions, TaskRecord, nameFor
+from asynqueue.tasks import RawResult, TaskOptions, TaskRecord
 
 if TYPE_CHECKING:
     from asynqueue.interfaces import IWorker
@@ -64,8 +64,8 @@ class _Running:
     _seq: itertools.count[int]
     #: The records of tasks that ended, the newest.
     _records: KeptRecords
-    #: The records of tasks not ended yet, by ID.
-    _liveRecords: dict[int, TaskRecord]
+    #: The tasks not ended yet, by ID.
+    _live: dict[int, QueuedTask]
     _observers: list[Callable[[str, TaskRecord], object]]
     _endObservers: list[
         Callable[[TaskRecord, tuple[Any, ...], dict[str, Any], object], object]
@@ -96,28 +96,19 @@ class _Running:
         A new task. An unrecorded one (an update) has no ID, record or
         canceller, and tells the queue nothing of how it goes.
         """
-        qualname = getattr(f, "__qualname__", None) or type(f).__qualname__
-        record = TaskRecord(
-            next(self._seq) if recorded else -1,
-            nameFor(f, options),
-            qualname,
-            options._priority,  # type: ignore[attr-defined]
-            options.series,
-            options.lane,
-            self._clock.seconds(),
-        )
         if not recorded:
-            return QueuedTask(f, args, kwargs, options, record, Deferred())
-        self._liveRecords[record.id] = record
-        if self._observers:
-            self._tell("submitted", record)
+            return QueuedTask(
+                f, args, kwargs, options, Deferred(), -1, self._clock.seconds()
+            )
         d: Deferred[Any] = Deferred(self._canceller)
-        # Positionally, up to the queue it reports to: keywords cost more.
         task = QueuedTask(
-            f, args, kwargs, options, record, d, None, None, None, 0, None, self
+            f, args, kwargs, options, d, next(self._seq), self._clock.seconds(), self
         )
+        self._live[task.id] = task
         # The canceller finds its task here; _finish lets go of it again.
         d.task = task  # type: ignore[attr-defined]
+        if self._observers:
+            self._tell("submitted", task.record)
         return task
 
     def _tellEnd(self, task: QueuedTask, result: object) -> None:
@@ -143,9 +134,10 @@ class _Running:
     def _requeue(self, task: QueuedTask) -> None:
         """Put a task that never started (or may be retried) back in line."""
         self._running.discard(task)
-        task.record.state = "pending"
-        task.record.worker = None
-        task.record.started = None
+        task.state = "pending"
+        task.worker = None
+        task.started = None
+        task.noteChange()
         task.workerDeferred = None
         task.slot = None
         task.handle = None
@@ -212,12 +204,13 @@ class _Running:
         slot.outstanding.add(task)
         slot.free -= 1
         self._running.add(task)
-        record = task.record
-        record.state = "running"
-        record.worker = slot.worker.name
-        record.attempts += 1
+        task.state = "running"
+        task.worker = slot.worker.name
+        task.attempts += 1
         task.runs += 1
         task.slot = slot
+        if task._record is not None:
+            task.noteChange()
         reporting = slot.reportingWorker
         if reporting is not None:
             # The fast path: the worker calls task.finished, no Deferred.
@@ -237,7 +230,9 @@ class _Running:
         if task.slot is None:
             # News of a run that has ended already (cancelled, timed out).
             return
-        task.record.started = self._clock.seconds() - ago
+        task.started = self._clock.seconds() - ago
+        if task._record is not None:
+            task.noteChange()
         timeout = task.options.timeout
         if timeout is not None:
             task.timeoutCall = self._clock.callLater(timeout, self._timeOut, task)
@@ -273,7 +268,7 @@ class _Running:
             self.log.failure(
                 "Worker {worker} failed to abandon {task}",
                 worker=slot.worker.name,
-                task=task.record.name,
+                task=task.name,
             )
         finally:
             # Whether or not the worker reported it: it ends as a cancelled
@@ -289,7 +284,7 @@ class _Running:
     def _cancelTask(self, task: QueuedTask) -> None:
         """The canceller of a task's Deferred."""
         task.cancelled = True
-        state = task.record.state
+        state = task.state
         if state == "pending":
             self._pending.cancelled(task)
             self._finish(task, Failure(self._cancellation()))
@@ -338,7 +333,7 @@ class _Running:
             if task.timedOut and result.check(CancelledError):
                 result = Failure(
                     TimeoutError(
-                        f"task {task.record.name!r} ran longer than its timeout of "
+                        f"task {task.name!r} ran longer than its timeout of "
                         f"{task.options.timeout} s"
                     )
                 )
@@ -352,18 +347,15 @@ class _Running:
             elif result.check(TaskNotStarted):
                 if not task.deferred.called and self._state != _STOPPED:
                     # It never ran: it uses up none of its attempts.
-                    task.record.attempts -= 1
+                    task.attempts -= 1
                     self._requeue(task)
                     self._afterSlotFreed(slot)
                     return
-            elif (
-                result.check(WorkerCrashed)
-                and task.record.attempts <= task.options.retries
-            ):
+            elif result.check(WorkerCrashed) and task.attempts <= task.options.retries:
                 if not task.deferred.called and self._state != _STOPPED:
                     self.log.warn(
                         "Retrying {task} after its worker {worker} crashed",
-                        task=task.record.name,
+                        task=task.name,
                         worker=slot.worker.name,
                     )
                     self._requeue(task)
@@ -394,30 +386,31 @@ class _Running:
         options = task.options
         if type(result) is RawResult:
             result = result.value
-        record = task.record
-        record.ended = self._clock.seconds()
+        task.ended = self._clock.seconds()
         failed = isinstance(result, Failure)
         if failed:
             result = cast(Failure, result)
             if task.timedOut and result.check(TimeoutError):
-                record.state = "timedOut"
+                task.state = "timedOut"
             elif result.check(CancelledError) or task.cancelled:
-                record.state = "cancelled"
+                task.state = "cancelled"
             else:
-                record.state = "failed"
-            record.outcome = result.type.__name__ if result.type else "Failure"
-            if record.state == "cancelled":
+                task.state = "failed"
+            task.outcome = result.type.__name__ if result.type else "Failure"
+            if task.state == "cancelled":
                 self._cancelled += 1
             else:
                 self._failed += 1
         else:
-            record.state = "done"
-            record.outcome = "result"
+            task.state = "done"
+            task.outcome = "result"
             self._done += 1
-        if self._liveRecords.pop(record.id, None) is not None:
-            self._records.add(record)
+        if task._record is not None:
+            task.noteChange()
+        if self._live.pop(task.id, None) is not None:
+            self._records.add(task.row())
         if self._observers:
-            self._tell("ended", record)
+            self._tell("ended", task.record)
         if self._endObservers:
             self._tellEnd(task, result)
         if self._talk.on or options._talks:  # type: ignore[attr-defined]

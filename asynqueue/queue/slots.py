@@ -146,7 +146,7 @@ class _Workers(_Running):
                 slot.release(task)
                 self._running.discard(task)
                 cancelTimeout(task)
-                task.record.attempts -= 1
+                task.attempts -= 1
                 if reassign:
                     self._requeue(task)
                 else:

@@ -30,7 +30,7 @@ def describeCall(task: Task) -> str:
     """C{name(arguments...)}, each argument shortened."""
     parts = [_short.repr(a) for a in task.args]
     parts.extend(f"{k}={_short.repr(v)}" for k, v in task.kwargs.items())
-    return f"{task.record.name}({', '.join(parts)})"
+    return f"{task.name}({', '.join(parts)})"
 
 
 class Talk:
@@ -64,7 +64,7 @@ class Talk:
         failed = isinstance(result, Failure)
         if not (spew or (failed and (warn or verbose))):
             return
-        what = describeCall(task) if verbose else task.record.name
+        what = describeCall(task) if verbose else task.name
         if isinstance(result, Failure):
             if verbose:
                 _log.failure("Task {what} failed", result, what=what)

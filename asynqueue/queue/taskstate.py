@@ -7,13 +7,13 @@ cancelled. A L{QueuedTask} is the task as its queue holds it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
-from asynqueue.tasks import Task
+from asynqueue.tasks import Task, TaskOptions, TaskRecord, nameFor
 
 if TYPE_CHECKING:
     from asynqueue.queue.slots import _WorkerSlot
@@ -29,7 +29,6 @@ class _Hearing(Protocol):
     def _taskDone(self, task: QueuedTask, result: object, attempt: int) -> None: ...
 
 
-@dataclass(eq=False, slots=True, repr=False)
 class QueuedTask(Task):
     """
     A task as its queue holds it: the public L{Task}, which is all a
@@ -38,7 +37,9 @@ class QueuedTask(Task):
     A worker's C{markStarted} and C{finished} go straight to the queue.
     The state is held in the task's own object, in the queue's subclass,
     rather than in an object beside it: a call then costs the hot path one
-    object, not two.
+    object, not two. So is what its record says: the L{TaskRecord} is made
+    only when asked for (by an observer, by C{records()}, by a worker that
+    reads C{record}), and from then on follows the task (L{noteChange}).
 
     @ivar hearing: The queue the task's news goes to.
     @ivar slot: The worker slot of the run in progress, or C{None} when
@@ -48,19 +49,132 @@ class QueuedTask(Task):
     @ivar timeoutCall: The run's timeout timer, if it has one and it is set.
     @ivar timedOut: The run was abandoned because it ran out of time.
     @ivar cancelled: The caller cancelled the task's Deferred.
+    @ivar id: The record's C{id}; C{started}, C{ended}, C{worker},
+        C{state}, C{outcome} and C{attempts} are the record's too.
     """
 
-    hearing: _Hearing | None = None
-    slot: _WorkerSlot | None = None
-    workerDeferred: Deferred[Any] | None = None
-    timeoutCall: IDelayedCall | None = None
-    timedOut: bool = False
-    cancelled: bool = False
+    __slots__ = (
+        "hearing",
+        "slot",
+        "workerDeferred",
+        "timeoutCall",
+        "timedOut",
+        "cancelled",
+        "id",
+        "priority",
+        "submitted",
+        "started",
+        "ended",
+        "worker",
+        "state",
+        "outcome",
+        "attempts",
+        "_record",
+    )
+
+    hearing: _Hearing | None
+    slot: _WorkerSlot | None
+    workerDeferred: Deferred[Any] | None
+    timeoutCall: IDelayedCall | None
+    timedOut: bool
+    cancelled: bool
+    id: int
+    priority: float
+    submitted: float
+    started: float | None
+    ended: float | None
+    worker: str | None
+    state: str
+    outcome: str | None
+    attempts: int
+    _record: TaskRecord | None
+
+    def __init__(
+        self,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions,
+        deferred: Deferred[Any],
+        id: int,
+        submitted: float,
+        hearing: _Hearing | None = None,
+    ) -> None:
+        # Not Task.__init__: it would take a record.
+        self.f = f
+        self.args = args
+        self.kwargs = kwargs
+        self.options = options
+        self.deferred = deferred
+        self.pickled = self.update = self.handle = self.reporter = None
+        self.runs = self.attempts = 0
+        self.id = id
+        self.priority = options._priority  # type: ignore[attr-defined]
+        self.submitted = submitted
+        self.hearing = hearing
+        self.slot = self.workerDeferred = self.timeoutCall = None
+        self.timedOut = self.cancelled = False
+        self.started = self.ended = self.worker = self.outcome = None
+        self.state = "pending"
+        self._record = None
+
+    @property
+    def record(self) -> TaskRecord:
+        """The task's record, made when first asked for; it follows the task."""
+        record = self._record
+        if record is None:
+            record = self._record = TaskRecord.fromRow(self.row())
+        return record
+
+    @record.setter
+    def record(self, record: TaskRecord) -> None:
+        raise AttributeError("a queued task's record is its own: it cannot be set")
+
+    @property
+    def name(self) -> str:
+        """The task's name in records and logs."""
+        return nameFor(self.f, self.options)
+
+    def row(self) -> tuple[Any, ...]:
+        """What the record says, as L{recordRow} would give it."""
+        f = self.f
+        options = self.options
+        return (
+            self.id,
+            nameFor(f, options),
+            getattr(f, "__qualname__", None) or type(f).__qualname__,
+            self.priority,
+            options.series,
+            options.lane,
+            self.submitted,
+            self.started,
+            self.ended,
+            self.worker,
+            self.state,
+            self.outcome,
+            self.attempts,
+        )
+
+    def noteChange(self) -> None:
+        """The queue changed the record's fields: a record made already follows."""
+        record = self._record
+        if record is not None:
+            record.started = self.started
+            record.ended = self.ended
+            record.worker = self.worker
+            record.state = self.state
+            record.outcome = self.outcome
+            record.attempts = self.attempts
+
+    def noteWorker(self, name: str) -> None:
+        """Name the worker that ran the call (see L{Task.noteWorker})."""
+        self.worker = name
+        self.noteChange()
 
     def markStarted(self, ago: float = 0.0) -> None:
         """Tell the queue that the call has begun (see L{Task.markStarted})."""
         hearing = self.hearing
-        if self.record.started is None and hearing is not None:
+        if self.started is None and hearing is not None:
             hearing._taskStarted(self, ago)
 
     def finished(self, result: object, attempt: int) -> None:
@@ -68,6 +182,9 @@ class QueuedTask(Task):
         hearing = self.hearing
         if hearing is not None:
             hearing._taskDone(self, result, attempt)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.name} {self.state}>"
 
 
 def cancelTimeout(task: QueuedTask) -> None:

@@ -226,7 +226,7 @@ class DaskWorker:
             return fail(QueueRunError(f"{self.name} is stopped"))
         if task.update is not None:
             return self._update(task)
-        key = f"{task.record.name}-{uuid.uuid4().hex}"
+        key = f"{task.name}-{uuid.uuid4().hex}"
         run = _Run(task, Deferred(lambda _: self._cancel(key)), key)
         self._runs[key] = run
         priority = -max(-_PRIORITY_BOUND, min(_PRIORITY_BOUND, task.priority))
@@ -356,7 +356,7 @@ class DaskWorker:
             if address:
                 hosts[address] = hosts.get(address, 0) + 1
                 # Which Dask worker ran it, for records and statistics.
-                run.task.record.worker = f"{self.name}@{address}"
+                run.task.noteWorker(f"{self.name}@{address}")
             if kind == "result":
                 if isinstance(value, IteratorRef):
                     Deferator(DaskIterationSource(self, value)).ready().chainDeferred(
