@@ -16,6 +16,7 @@ from twisted.protocols import amp
 from twisted.test import iosim
 
 from asynqueue.errors import RemoteError, UnpicklableError
+from asynqueue.wire.boxes import defineFunctionBox, readDefineFunction
 from asynqueue.wire.client import NodeClient
 from asynqueue.wire.commands import (
     CANCEL_TASK,
@@ -44,12 +45,7 @@ from asynqueue.wire.commands import (
     taskResultsBox,
 )
 from asynqueue.wire.framing import BoxReader, bigValue, boxPieces, writeBox
-from asynqueue.wire.functions import (
-    Definition,
-    defineFunctionBox,
-    loadCall,
-    readDefineFunction,
-)
+from asynqueue.wire.functions import Definition, loadCall
 from asynqueue.wire.pickling import decodeError, dumpCall, dumps, encodeError, loads
 
 CHUNK = amp.MAX_VALUE_LENGTH

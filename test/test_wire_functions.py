@@ -142,6 +142,24 @@ def test_changedGlobalDefaultsOrCodeMakeANewPickle() -> None:
     assert g(*args) == -1
 
 
+def test_changedKeywordDefaultsOrAttributesMakeANewPickle() -> None:
+    namespace = script("def f(x, *, k=1):\n    return x * k")
+    f = namespace["f"]
+    keys = [definitionOf(f).key]  # type: ignore[union-attr]
+    f.__kwdefaults__ = {"k": 2}
+    keys.append(definitionOf(f).key)  # type: ignore[union-attr]
+    f.tag = "first"
+    tagged = definitionOf(f)
+    # Unchanged, the very same pickle (not pickled again); each change, a new one.
+    assert tagged is not None and definitionOf(f) is tagged
+    keys.append(tagged.key)
+    f.tag = "second"
+    keys.append(definitionOf(f).key)  # type: ignore[union-attr]
+    assert len(set(keys)) == 4
+    g, args, kwargs = loadCall(dumpCall(f, (3,), {}))
+    assert g(*args, **kwargs) == 6 and g.tag == "second"
+
+
 def test_aHelperFunctionsGlobalIsSeenToo() -> None:
     namespace = script(
         "BASE = 1\ndef helper(x):\n    return x + BASE\ndef f(x):\n    return helper(x)"

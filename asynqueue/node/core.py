@@ -34,11 +34,12 @@ from asynqueue.wire.boxes import (
     Pairs,
     readBatch,
     readCancelTask,
+    readDefineFunction,
     taskResultBox,
     taskResultsBox,
 )
 from asynqueue.wire.framing import BoxReader, Value
-from asynqueue.wire.functions import FunctionStore, readDefineFunction
+from asynqueue.wire.functions import FunctionStore
 from asynqueue.wire.pickling import dumps, loadsPlain
 
 # typing for annotations only: importing it takes a good part of a child's start.

@@ -13,6 +13,11 @@ import enum
 
 from asynqueue.wire.framing import Value, bigValue
 
+# typing for annotations only: importing it takes a good part of a child's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from asynqueue.wire.functions import Definition
+
 #: A node runs at most this many tasks between two sends of results, so if
 #: it dies, only that many of the oldest unanswered tasks can have run.
 RESULT_WINDOW = 16
@@ -68,6 +73,9 @@ NODE_INFO = b"NodeInfo"
 
 Pairs = list[tuple[bytes, Value]]
 
+#: The bytes of a function's key (see L{asynqueue.wire.functions}).
+KEY_BYTES = 16
+
 
 def runTasksBox(batch: Value) -> Pairs:
     """The pairs of a C{RunTasks} box, for L{asynqueue.wire.framing.writeBox}."""
@@ -117,3 +125,24 @@ def readTaskResult(box: dict[bytes, Value]) -> tuple[int, str, bytes, float]:
         bytes(bigValue(box, b"payload") or b""),
         float(bytes(box[b"seconds"])),
     )
+
+
+def defineFunctionBox(definition: Definition, forget: list[bytes]) -> Pairs:
+    """The pairs of a L{DefineFunction} box."""
+    return [
+        (COMMAND, DEFINE_FUNCTION),
+        (b"forget", b"".join(forget)),
+        (b"function", definition.data),
+        (b"key", definition.key),
+    ]
+
+
+def readDefineFunction(box: dict[bytes, Value]) -> tuple[bytes, bytes, list[bytes]]:
+    """C{(key, data, forget)} of a L{DefineFunction} box; ValueError if malformed."""
+    key = bytes(box[b"key"])
+    data = bigValue(box, b"function")
+    forget = bytes(box[b"forget"])
+    if len(key) != KEY_BYTES or data is None or len(forget) % KEY_BYTES:
+        raise ValueError("a malformed DefineFunction")
+    keys = [forget[i : i + KEY_BYTES] for i in range(0, len(forget), KEY_BYTES)]
+    return key, bytes(data), keys

@@ -29,11 +29,11 @@ import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from operator import is_
 
 from asynqueue.plain import loadsByValue
-from asynqueue.wire.boxes import COMMAND, DEFINE_FUNCTION, Pairs
-from asynqueue.wire.framing import Value, bigValue
+from asynqueue.wire.boxes import KEY_BYTES, Pairs, defineFunctionBox
+from asynqueue.wire.captured import EMPTY_CELL, MISSING, listCaptured, sameCaptured
+from asynqueue.wire.framing import Value
 
 try:
     # hashlib's own, without the OpenSSL that importing hashlib loads first
@@ -65,7 +65,6 @@ PROTOCOL = 5
 #: How a call that names its function by key begins (a pickle never does:
 #: it begins with the PROTO opcode); then the key, then C{(args, kwargs)}.
 MAGIC = b"AQf1"
-KEY_BYTES = 16
 _HEAD = len(MAGIC) + KEY_BYTES
 
 #: How many functions a sender lets a peer keep; the oldest unused go first.
@@ -166,8 +165,6 @@ def callKey(call: Value) -> bytes | None:
 
 # -- the parent: a function's pickle, kept while it holds ---------------------
 
-_MISSING = object()
-_EMPTY_CELL = object()
 
 #: Values a function may capture and still be pickled only once: they
 #: cannot change without a new object (which the snapshot notices).
@@ -227,7 +224,7 @@ class _Kept:
         # code itself comes first, and differs.
         snapshot: list[object] = []
         for g, names in pairs:
-            _shallow(g, names, snapshot)
+            listCaptured(g, names, snapshot)
         self.weakAt = tuple(
             i for i, value in enumerate(snapshot) if type(value) is types.FunctionType
         )
@@ -241,20 +238,17 @@ class _Kept:
 
     def holds(self) -> bool:
         """Whether everything pickled then is the very same object still."""
-        now: list[object] = []
+        # Compared in place: this runs for every call, and each object it
+        # made would be one more for the collector to count.
+        at = 0
         for ref, names in self.functions:
             g = ref()
             if g is None:
                 return False
-            _shallow(g, names, now)
-        if len(now) != len(self.snapshot):
-            return False
-        for i in self.weakAt:
-            value = now[i]
-            if type(value) is types.FunctionType:
-                # The same function's plain weak reference is one object.
-                now[i] = weakref.ref(value)
-        return all(map(is_, now, self.snapshot))
+            at = sameCaptured(g, names, self.snapshot, at, self.weakAt)
+            if at < 0:
+                return False
+        return at == len(self.snapshot)
 
 
 _kept: weakref.WeakKeyDictionary[types.FunctionType, _Kept] = (
@@ -282,27 +276,6 @@ def _names(f: types.FunctionType) -> tuple[str, ...]:
     return tuple(cloudpickler()._extract_code_globals(f.__code__))
 
 
-def _shallow(f: types.FunctionType, names: tuple[str, ...], into: list[object]) -> None:
-    """Add to C{into} everything C{f} itself captures: pickled with it by value."""
-    into += (f.__code__, f.__name__, f.__qualname__, f.__module__, f.__defaults__)
-    keywords, attributes = f.__kwdefaults__, f.__dict__
-    if keywords:
-        for item in keywords.items():
-            into += item
-    if attributes:
-        for item in attributes.items():
-            into += item
-    closure = f.__closure__
-    if closure:
-        for cell in closure:
-            try:
-                into.append(cell.cell_contents)
-            except ValueError:
-                into.append(_EMPTY_CELL)
-    found = f.__globals__.get
-    into += [found(name, _MISSING) for name in names]
-
-
 def _safe(value: object, nested: list[types.FunctionType], depth: int = 0) -> bool:
     """
     Whether C{value}, captured by a function, cannot change without being
@@ -310,7 +283,7 @@ def _safe(value: object, nested: list[types.FunctionType], depth: int = 0) -> bo
     reference, a builtin); by-value functions it captures go to C{nested}.
     """
     kind = type(value)
-    if kind in _IMMUTABLE or value is _MISSING or value is _EMPTY_CELL:
+    if kind in _IMMUTABLE or value is MISSING or value is EMPTY_CELL:
         return True
     if depth > 8:
         return False
@@ -344,7 +317,7 @@ def _examine(f: types.FunctionType) -> tuple[bool, tuple[types.FunctionType, ...
     while functions:
         g = functions.pop()
         values: list[object] = []
-        _shallow(g, _names(g), values)
+        listCaptured(g, _names(g), values)
         # values[0] is the code: a code object is immutable anyway.
         if not all(_safe(value, nested) for value in values[1:]):
             return False, ()
@@ -412,27 +385,6 @@ def dumpArguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
 
 
 # -- the sender: what a peer holds -------------------------------------------
-
-
-def defineFunctionBox(definition: Definition, forget: list[bytes]) -> Pairs:
-    """The pairs of a L{DefineFunction} box."""
-    return [
-        (COMMAND, DEFINE_FUNCTION),
-        (b"forget", b"".join(forget)),
-        (b"function", definition.data),
-        (b"key", definition.key),
-    ]
-
-
-def readDefineFunction(box: dict[bytes, Value]) -> tuple[bytes, bytes, list[bytes]]:
-    """C{(key, data, forget)} of a L{DefineFunction} box; ValueError if malformed."""
-    key = bytes(box[b"key"])
-    data = bigValue(box, b"function")
-    forget = bytes(box[b"forget"])
-    if len(key) != KEY_BYTES or data is None or len(forget) % KEY_BYTES:
-        raise ValueError("a malformed DefineFunction")
-    keys = [forget[i : i + KEY_BYTES] for i in range(0, len(forget), KEY_BYTES)]
-    return key, bytes(data), keys
 
 
 class FunctionLedger:
