@@ -106,6 +106,9 @@ def _isAwaitable(result: object) -> bool:
 
 _CO_ITERABLE_COROUTINE = 0x100
 
+#: Results of these types are never awaitable nor iterators: pickled at once.
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, list, tuple, dict})
+
 
 def _checkSetup() -> None:
     if _setupError is not None:
@@ -327,11 +330,16 @@ class LocalRunner:
     def _runOne(self, taskID: int, call: bytes) -> None:
         began = perf_counter()
         try:
-            _checkSetup()
+            if _setupError is not None:
+                _checkSetup()
             f, args, kwargs = loadCall(call)
             result = f(*args, **kwargs)
         except BaseException as e:
             self._reply(taskID, _ERROR, encodeError(e), began)
+            return
+        if type(result) in _PLAIN:
+            # Neither awaitable nor an iterator: spared the checks for those.
+            self._pickle(taskID, result, began)
             return
         # A Deferred is awaitable too.
         if _isAwaitable(result):
@@ -385,6 +393,9 @@ class LocalRunner:
             else:
                 self._reply(taskID, _BYTES, result, began)
             return
+        self._pickle(taskID, result, began)
+
+    def _pickle(self, taskID: int, result: object, began: float) -> None:
         try:
             payload = dumps(result)
         except Exception as e:

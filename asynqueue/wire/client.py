@@ -23,6 +23,7 @@ from asynqueue.wire.commands import (
     TASK_RESULT,
     TASK_RESULTS,
     Pairs,
+    Status,
     cancelTaskBox,
     readBatch,
     readTaskResult,
@@ -31,10 +32,12 @@ from asynqueue.wire.commands import (
 from asynqueue.wire.framing import BoxReader, Value, writeBox
 from asynqueue.wire.functions import FunctionLedger
 from asynqueue.wire.pickling import dumps, loads
-from asynqueue.wire.results import Peer, deliverResult, reportResult
+from asynqueue.wire.results import Peer, deliverResult, reportResult, unloadable
 
 if TYPE_CHECKING:
     from asynqueue.tasks import Task
+
+_RESULT = Status.RESULT.value
 
 #: A task's outcome as it comes off the wire: C{(taskID, status, payload, seconds)}.
 Result = tuple[int, str, Value, float]
@@ -92,7 +95,15 @@ class SentCall:
                 # It ran and ended between two reads: it began this long ago.
                 self.started = True
                 task.markStarted(seconds)
-            reportResult(task, self.attempt, status, payload, peer)
+            if status == _RESULT:
+                # The usual answer, without the calls that decode the others.
+                try:
+                    outcome = loads(payload)
+                except Exception as e:
+                    outcome = unloadable(e)
+                task.finished(outcome, self.attempt)
+            else:
+                reportResult(task, self.attempt, status, payload, peer)
         elif deferred.called:
             return
         elif self.raw:

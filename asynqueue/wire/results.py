@@ -52,7 +52,7 @@ def decodeResult(status: str, payload: Value, peer: Peer) -> Any:
         try:
             return loads(payload)
         except Exception as e:
-            return Failure(UnpicklableError(f"the result cannot be unpickled: {e!r}"))
+            return unloadable(e)
     if status == _ERROR:
         return Failure(decodeError(payload, peer.where))
     if status != _ITERATOR:
@@ -62,6 +62,11 @@ def decodeResult(status: str, payload: Value, peer: Peer) -> Any:
     peer.openIterators += 1
     source = WireIterationSource(peer, loadsPlain(payload))
     return Deferator(source).ready()
+
+
+def unloadable(error: Exception) -> Failure:
+    """The outcome of a call whose result could not be unpickled here."""
+    return Failure(UnpicklableError(f"the result cannot be unpickled: {error!r}"))
 
 
 def deliverResult(d: Deferred[Any], status: str, payload: Value, peer: Peer) -> None:
