@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from asynqueue.wire.functions import Definition
 
 #: A node runs at most this many tasks between two sends of results, so if
-#: it dies, only that many of the oldest unanswered tasks can have run.
-RESULT_WINDOW = 16
+#: it dies, only that many of the oldest unanswered tasks can have run. As
+#: many as a process worker has out at most (its C{maxCapacity}): a burst of
+#: short calls comes back in a quarter of the boxes that 16 took.
+RESULT_WINDOW = 64
 
 #: Calls and results at most this big (bytes) travel together in one box;
 #: larger ones travel alone, without being pickled twice.
