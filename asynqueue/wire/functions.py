@@ -418,6 +418,14 @@ class FunctionLedger:
             if type(call) is bytes:
                 if call[:4] != MAGIC:
                     continue
+                # Most calls of a batch name a function the peer holds.
+                key = call[4:_HEAD]
+                if key in used:
+                    continue
+                if key in held:
+                    used.add(key)
+                    held.move_to_end(key)
+                    continue
             else:
                 if out is batch:
                     out = list(batch)

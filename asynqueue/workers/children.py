@@ -165,15 +165,13 @@ class _Child(ProcessProtocol):
 
     def send(self, sent: _Sent) -> None:
         self.sent += 1
-        inFlight = self.inFlight
-        # An idle child gets its call at once; others collect a reactor
-        # turn's worth of calls into one box.
-        self.amp.queueCall(sent, self.worker.reactor, now=not inFlight)
-        for oldest in inFlight.values():
-            # Usually marked already: a busy child's calls queue behind it.
-            if not oldest.started:
-                self._markRunning()
-            break
+        idle = not self.inFlight
+        # An idle child gets its call at once, and runs it; a busy one's
+        # calls collect a reactor turn's worth into one box, behind the one
+        # it runs (marked as the calls before it were answered or withdrawn).
+        self.amp.queueCall(sent, self.worker.reactor, idle)
+        if idle:
+            self._markRunning()
 
     def flush(self) -> None:
         self.amp.flush()
@@ -226,6 +224,8 @@ class _Child(ProcessProtocol):
                     # It started before it could see the cancel.
                     return True
             # Otherwise it has run already; its result is ignored.
+        # The call behind it may be the oldest now: the one the child runs.
+        self._markRunning()
         self._checkIdle()
         return False
 
