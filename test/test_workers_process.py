@@ -47,6 +47,7 @@ from asynqueue import (
 )
 from asynqueue.errors import WorkerError
 from asynqueue.interfaces import ITaskReporter
+from asynqueue.workers.base import AdaptiveBacklog
 
 # -- what the children run ----------------------------------------------------
 
@@ -867,8 +868,9 @@ def test_newsOfAnEarlierRunDoesNotStartTheNextOne() -> None:
 
     class Worker:
         name = "w"
+        callStats = False
 
-        def ran(self, seconds: float) -> None:
+        def ran(self, times: list[float]) -> None:
             pass
 
     starts: list[float] = []
@@ -899,3 +901,12 @@ def test_newsOfAnEarlierRunDoesNotStartTheNextOne() -> None:
     child.inFlight[9] = current
     child.resultsReceived([(9, "r", dumps(6), 0.5)])
     assert starts == [0.5] and reports[-1] == (6, 2)
+
+
+def test_aBatchOfRunTimesAdaptsCapacityAsEachInTurn() -> None:
+    """A worker notes a child's batch of run times at once, as one by one."""
+    times = [1e-6, 0.004, 2e-5, 0.0009, 3e-6] * 7
+    one, batch = AdaptiveBacklog(0.002, 64, floor=2), AdaptiveBacklog(0.002, 64, 2)
+    capacities = [one.ran(t) for t in times]
+    assert batch.ranAll(times) == capacities[-1] and batch.average == one.average
+    assert len(set(capacities)) > 1

@@ -234,8 +234,11 @@ class _Child(ProcessProtocol):
     def resultsReceived(self, batch: list[Result]) -> None:
         """Results from the child, in the order its tasks ran."""
         inFlight, worker = self.inFlight, self.worker
+        callStats = worker.callStats
         self.done += len(batch)
         self.answered = True
+        # The worker adapts its capacity once a batch (one call, not one a task).
+        times: list[float] = []
         for taskID, status, payload, seconds in batch:
             sent = inFlight.pop(taskID, None)
             if sent is not None:
@@ -250,8 +253,13 @@ class _Child(ProcessProtocol):
             if sent is None:
                 continue
             if sent.task is not None or sent.raw:
-                worker.ran(seconds)
+                times.append(seconds)
+                if callStats:
+                    # Noted before its caller hears of it (and asks for stats).
+                    worker._noteRan([seconds])
             sent.answer(status, payload, seconds, self)
+        if times:
+            worker.ran(times)
         # The oldest call still unanswered is the one the child runs now.
         self._markRunning()
         self._checkIdle()

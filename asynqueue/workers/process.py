@@ -411,12 +411,10 @@ class ProcessWorker(ProcessWorkerExtras):
         old.retire().addBoth(lambda _: self._retiring.discard(old))
         self._startChild()
 
-    def ran(self, seconds: float) -> None:
-        """A child reported a task's run time: adapt my capacity."""
-        if self.callStats:
-            self._noteRan(seconds)
+    def ran(self, times: list[float]) -> None:
+        """A child reported the run times of tasks (answered): adapt my capacity."""
         if self._backlog is not None:
-            self.capacity = self._backlog.ran(seconds)
+            self.capacity = self._backlog.ranAll(times)
 
     def childEnded(self, child: _Child, reason: Failure) -> None:
         """A child's process and pipe are both gone."""

@@ -95,10 +95,12 @@ class ProcessWorkerExtras:
         if self.callStats:
             self._sentAt.append(self.reactor.seconds())
 
-    def _noteRan(self, seconds: float) -> None:
-        if self.callStats and self._sentAt:
-            sentAt = self._sentAt.popleft()
-            self.callTimes.append((self.reactor.seconds() - sentAt, seconds))
+    def _noteRan(self, times: list[float]) -> None:
+        now = self.reactor.seconds()
+        for seconds in times:
+            if self.callStats and self._sentAt:
+                sentAt = self._sentAt.popleft()
+                self.callTimes.append((now - sentAt, seconds))
 
     def _forgetSent(self) -> None:
         # A dead child's calls are sent again (and noted again) or lost.
