@@ -5,7 +5,10 @@ ThreadPoolExecutor, in one run, on the default reactor.
 The headline is the user's way: a function defined in this script,
 results gathered with C{gatherResults}, one ThreadQueue kept for
 C{--user-rounds} (5) rounds against Twisted's C{deferToThread}, the
-spread between rounds reported.
+spread between rounds reported. Each contender runs in a process of its
+own, their rounds taken in turns (see C{lockstep.py}: raced in one
+process, each round pays for what the other left on the heap); the same
+rounds raced in this one process are shown beside it.
 
 Then the earlier measurements. Throughput: C{--calls} trivial calls
 submitted at once, every result collected in the reactor thread; best of
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ from common import (
     printRatio,
     printTable,
 )
+from lockstep import Lockstep, serveRounds
 from twisted.internet import threads as twistedThreads
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.task import react
@@ -202,12 +207,55 @@ def executorMapCeiling(calls: int, reps: int) -> Rounds:
     return rounds
 
 
+USER_TQ, USER_DTT = f"ThreadQueue({WORKERS}), one queue", "deferToThread"
+
+
+async def contenderRounds(args: argparse.Namespace) -> None:
+    """
+    One contender of the headline in a process of its own (C{--contender}):
+    the script's function, C{gatherResults}, one queue for every round.
+    """
+    f, xs = trivialHere, list(range(args.calls))
+    q = ThreadQueue(WORKERS, name="bench-user") if args.contender == "tq" else None
+
+    def call(x: int) -> Deferred[Any]:
+        if q is None:
+            return twistedThreads.deferToThread(f, x)
+        return q.call(f, x)
+
+    async def oneRound() -> float:
+        gc.collect()
+        with Stopwatch() as watch:
+            results = await gatherResults([call(x) for x in xs])
+        assert results == xs
+        return watch.wall
+
+    try:
+        await gatherResults([call(x) for x in range(WARMUP)])
+        await serveRounds(oneRound)
+    finally:
+        if q is not None:
+            await q.shutdown()
+
+
+def userWayApart(args: argparse.Namespace) -> bool:
+    """The headline: each contender in its own process, rounds in turns."""
+    command = [sys.executable, __file__, "--calls", str(args.calls), "--contender"]
+    names = {"tq": USER_TQ, "dtt": USER_DTT}
+    seconds: dict[str, list[float]] = {USER_TQ: [], USER_DTT: []}
+    with Lockstep({name: [*command, key] for key, name in names.items()}) as race:
+        for _ in range(args.userRounds):
+            for name, wall in race.round().items():
+                seconds[name].append(wall)
+    return reportUserWay(args, seconds, "each in a process of its own")
+
+
 async def userWay(args: argparse.Namespace) -> bool:
     """
-    The headline: one ThreadQueue kept for every round, the script's own
-    function, C{gatherResults}; against deferToThread in the same rounds.
+    Beside the headline: the same rounds, both contenders in this process,
+    taking turns.
     """
-    TQ, DTT = f"ThreadQueue({WORKERS}), one queue", "deferToThread"
+    TQ, DTT = USER_TQ, USER_DTT
     q = ThreadQueue(WORKERS, name="bench-user")
     f, xs = trivialHere, list(range(args.calls))
     seconds: dict[str, list[float]] = {TQ: [], DTT: []}
@@ -215,10 +263,16 @@ async def userWay(args: argparse.Namespace) -> bool:
         await gatherResults([q.call(f, x) for x in range(WARMUP)])
         await gatherResults([twistedThreads.deferToThread(f, x) for x in range(WARMUP)])
         for _ in range(args.userRounds):
+            # Each contender starts from a collected heap (as bench_process's
+            # rounds do): deferToThread leaves some 12,000 objects of cyclic
+            # garbage a round, which the next round's collections would
+            # otherwise find and free on the other contender's time.
+            gc.collect()
             with Stopwatch() as watch:
                 results = await gatherResults([q.call(f, x) for x in xs])
             seconds[TQ].append(watch.wall)
             assert results == xs
+            gc.collect()
             with Stopwatch() as watch:
                 results = await gatherResults(
                     [twistedThreads.deferToThread(f, x) for x in xs]
@@ -227,6 +281,14 @@ async def userWay(args: argparse.Namespace) -> bool:
             assert results == xs
     finally:
         await q.shutdown()
+    return reportUserWay(args, seconds, "both in this one process")
+
+
+def reportUserWay(
+    args: argparse.Namespace, seconds: dict[str, list[float]], where: str
+) -> bool:
+    """Print the rounds of the user's way and their ratio; whether 3x is met."""
+    TQ, DTT = USER_TQ, USER_DTT
     rows = []
     for name, walls in seconds.items():
         rates = [args.calls / s for s in walls]
@@ -243,7 +305,8 @@ async def userWay(args: argparse.Namespace) -> bool:
         )
     printTable(
         f"The user's way: {args.calls:,} calls of a function defined in the "
-        f"script, gatherResults, one queue for {args.userRounds} rounds (calls/s)",
+        f"script, gatherResults, one queue for {args.userRounds} rounds, {where} "
+        "(calls/s)",
         ["contender", "best", "median", "worst", "spread", "each round"],
         rows,
     )
@@ -257,9 +320,10 @@ async def userWay(args: argparse.Namespace) -> bool:
     return met
 
 
-async def main(reactor: Any, args: argparse.Namespace) -> None:
+async def main(reactor: Any, args: argparse.Namespace, userMet: bool | None) -> None:
     print(f"reactor: {type(reactor).__module__}.{type(reactor).__name__}")
-    userMet = await userWay(args) if args.userRounds else None
+    if args.userRounds:
+        await userWay(args)
     everyone = contenders(reactor)
     TQ, AW, DTT, TPE = (c.name for c in everyone)
 
@@ -335,7 +399,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     )
     if userMet is not None:
         print(
-            "Target, the user's way: ThreadQueue(2) >= 3x deferToThread: "
+            "Target, the user's way (each in its own process): "
+            "ThreadQueue(2) >= 3x deferToThread: "
             f"{'MET' if userMet else 'NOT MET'}"
         )
 
@@ -363,6 +428,7 @@ def parseArgs() -> argparse.Namespace:
         type=int,
         help="sequential calls for latency (default 200)",
     )
+    parser.add_argument("--contender", choices=("tq", "dtt"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -379,6 +445,9 @@ def parseArgs() -> argparse.Namespace:
 
 def run() -> None:
     args = parseArgs()
+    if args.contender:
+        react(lambda reactor: Deferred.fromCoroutine(contenderRounds(args)))
+        return
     print(
         machineHeader(
             Twisted=twisted.__version__,
@@ -386,9 +455,10 @@ def run() -> None:
         )
     )
     start = now()
+    userMet = userWayApart(args) if args.userRounds else None
     args.mapRounds = executorMapCeiling(args.calls, args.reps)
     try:
-        react(lambda reactor: Deferred.fromCoroutine(main(reactor, args)))
+        react(lambda reactor: Deferred.fromCoroutine(main(reactor, args, userMet)))
     finally:
         print(f"(whole run: {now() - start:.1f} s)")
 

@@ -200,6 +200,30 @@ class _Running:
         finally:
             self._dispatching = False
 
+    def _refill(self, slot: _WorkerSlot) -> None:
+        """
+        Give C{slot}, where a run just ended, the most urgent tasks it may
+        run: what a dispatch pass would, without a pass over every slot.
+        No other slot's room changed (what changes it asks for a pass).
+        """
+        if self._dispatching or slot.free <= 0:
+            self._dispatch()
+            return
+        self._dispatching = True
+        self._dispatchAgain = False
+        pending, worker = self._pending, slot.worker
+        try:
+            while slot.free > 0 and pending.count:
+                task = pending.popFor(worker)
+                if task is None:
+                    break
+                self._start(slot, task)
+        finally:
+            self._dispatching = False
+        if self._dispatchAgain:
+            # Something asked for a pass meanwhile.
+            self._dispatch()
+
     def _start(self, slot: _WorkerSlot, task: QueuedTask) -> None:
         slot.outstanding.add(task)
         slot.free -= 1
@@ -369,7 +393,7 @@ class _Running:
             self._afterSlotFreed(slot)
         elif self._pending.count:
             # _afterSlotFreed's common case, a call fewer.
-            self._dispatch()
+            self._refill(slot)
 
     def _afterSlotFreed(self, slot: _WorkerSlot) -> None:
         if slot.idleWaiters and not slot.outstanding:

@@ -192,6 +192,11 @@ class ThreadWorker(WorkerBase):
             news = list(self._outbox)
             self._outbox.clear()
         jobs, backlog = self._jobs, self._backlog
+        if backlog is not None:
+            # Once a batch: the same average as a result at a time, for less.
+            ran = [item[4] for item in news if item[0] == "done"]
+            if ran:
+                self.capacity = backlog.ranAll(ran)
         for item in news:
             kind, job = item[0], item[1]
             if kind == "done":
@@ -209,8 +214,6 @@ class ThreadWorker(WorkerBase):
                 if job.state == _CANCELLED:
                     continue
                 task.markStarted(ranFor)
-                if backlog is not None:
-                    self.capacity = backlog.ran(ranFor)
                 if not ok or type(result) in PLAIN_TYPES:
                     task.finished(result, job.attempt)
                 else:
