@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 
 from asynqueue import MemoryWorker
+from asynqueue.tasks import recordRow
 from helpers import failureOf, result
 
 
@@ -102,3 +104,52 @@ def test_announcedWorkReachesItsObserversUntilStopped(makeQueue: Any) -> None:
     stop()  # Stopping twice is harmless.
     q.announceWork(done=1)
     assert heard == [(3, 0), (0, 2)]
+
+
+def test_aRecordTakenMidwayFollowsItsTaskToTheEnd(makeQueue: Any, clock: Any) -> None:
+    """
+    A queued task makes its record only when asked for; from then on the
+    record follows the task as it is retried, named by its worker, and ends.
+    """
+    worker = MemoryWorker(name="mem")
+    q = makeQueue(worker)
+    heard: list[str] = []
+    d = q.call(pow, 2, 10, name="power", retries=1)
+    clock.advance(1)
+    (pending,) = q.runningRecords()
+    assert (pending.name, pending.function, pending.worker) == ("power", "pow", "mem")
+    assert (pending.state, pending.started, pending.attempts) == ("running", None, 1)
+    task = worker.startNext()
+    assert task is not None and task.record is pending and pending.started == 1
+    task.noteWorker("mem@elsewhere")
+    assert pending.worker == "mem@elsewhere"
+    clock.advance(4)
+    stop = q.observe(lambda event, record: heard.append(f"{event} {record.state}"))
+    worker.finish(task, 1024)
+    assert result(d) == 1024
+    assert heard == ["ended done"]
+    stop()
+    assert (pending.state, pending.outcome, pending.ended) == ("done", "result", 5)
+    (kept,) = q.records()
+    assert kept is not pending and recordRow(kept) == recordRow(pending) == task.row()
+    assert (kept.worker, kept.runTime, kept.state) == ("mem@elsewhere", 4, "done")
+    with pytest.raises(AttributeError):
+        task.record = pending
+
+
+def test_aRecordMadeBeforeARetryIsPendingAgain(makeQueue: Any) -> None:
+    worker = MemoryWorker(name="mem")
+    q = makeQueue(worker)
+    d = q.call(pow, 3, 2, retries=1)
+    task = worker.startNext()
+    assert task is not None
+    record = task.record
+    q.detachWorker(worker, crash=True)
+    # It ran once (a crash of a task that started uses up an attempt).
+    assert (record.state, record.worker, record.attempts) == ("pending", None, 1)
+    other = MemoryWorker(name="other")
+    q.attachWorker(other)
+    again = other.startNext()
+    assert again is task and (record.state, record.worker) == ("running", "other")
+    other.finish(again, 9)
+    assert result(d) == 9 and (record.state, record.attempts) == ("done", 2)
