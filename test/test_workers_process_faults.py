@@ -13,6 +13,7 @@ import itertools
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -335,6 +336,59 @@ async def test_childrenDyingYoungAreRespawnedWithBackOff(clock: Clock) -> None:
     assert await within(resigned) is worker
     assert delays == [0.5, 1.0]
     await within(worker.stop())
+
+
+def dieIfReplayed(marker: str, answerFirst: bool) -> None:
+    """
+    Mark the first run; in every later one (a kept update's replays) die,
+    at once or some time after answering.
+    """
+    if not os.path.exists(marker):
+        Path(marker).touch()
+    elif answerFirst:
+        # Long after the answer reached the parent (sent within a millisecond).
+        threading.Timer(0.2, os._exit, (3,)).start()
+    else:
+        os._exit(3)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("answerFirst", [False, True])
+async def test_childrenDyingInTheirSetUpAreRespawnedWithBackOff(
+    tmp_path: Path, answerFirst: bool
+) -> None:
+    # A kept update that kills every child it is replayed in: such a child
+    # never runs a call of its own, so it died young, however far it got.
+    worker = ProcessWorker(respawnDelay=0.5, maxStartFailures=3)
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    deaths: list[float] = []
+    over: Deferred[None] = Deferred()
+    ending: list[bool] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("name") != worker.name or ending:
+            return
+        if "delay" in event:
+            deaths.append(event["delay"])
+        # Resigned, or (before the fix) respawning at once for ever.
+        if "resigns" in event.get("log_format", "") or len(deaths) > 3:
+            # Once out of the log call: a worker resigns right after saying so.
+            ending.append(True)
+            reactor.callLater(0, over.callback, None)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        await within(q.update(dieIfReplayed, str(tmp_path / "ran"), answerFirst))
+        worker.reactor = FlakySpawns(failures=0)  # waits noted, not waited
+        assert isinstance(await failureOf(q.call(exitAtOnce)), WorkerCrashed)
+        await within(over)
+        # The death in a call costs nothing; each in a replay doubles the wait.
+        assert deaths == [0.0, 0.5, 1.0]
+        error = await failureOf(q.call(identity, 1))
+        assert isinstance(error, NoWorkers) and "3 processes in a row" in str(error)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        await within(q.shutdown(timeout=3))
 
 
 # -- defect 8: a call that cannot be prepared fails its Deferred ---------------

@@ -94,12 +94,16 @@ class _Child(ProcessProtocol):
         self.keepForIterators = True
         #: The ID of its last set-up call (initializer, kept updates), or 0.
         self.setupThrough = 0
-        #: Whether it ever answered a call.
+        #: Whether it ever answered a call other than its set-up calls.
         self.answered = False
 
     @property
     def cameUp(self) -> bool:
-        """Whether it ever got as far as running a call or answering one."""
+        """
+        Whether it ever got as far as running a call or answering one, its
+        set-up calls aside: a child that dies in those, or idle after them,
+        died young.
+        """
         return self.answered or self.lastStarted() > self.setupThrough
 
     @property
@@ -236,7 +240,10 @@ class _Child(ProcessProtocol):
         inFlight, worker = self.inFlight, self.worker
         callStats = worker.callStats
         self.done += len(batch)
-        self.answered = True
+        if not self.answered:
+            # Answers to its set-up calls alone do not say it came up.
+            setup = self.setupThrough
+            self.answered = any(result[0] > setup for result in batch)
         # The worker adapts its capacity once a batch (one call, not one a task).
         times: list[float] = []
         for taskID, status, payload, seconds in batch:

@@ -47,7 +47,11 @@ from asynqueue.wire.pickling import dumpCall, pickledCall
 from asynqueue.wire.results import WireIterationSource
 from asynqueue.workers.base import AdaptiveBacklog, nameAndSeries, runReporting
 from asynqueue.workers.children import _Child, _Sent
-from asynqueue.workers.processextras import ProcessQueueExtras, ProcessWorkerExtras
+from asynqueue.workers.processextras import (
+    ProcessQueueExtras,
+    ProcessWorkerExtras,
+    preloadFor,
+)
 from asynqueue.workers.spawning import ChildStarter, startMethod
 
 #: The longest wait before starting a child after others died young (seconds).
@@ -142,7 +146,7 @@ class ProcessWorker(ProcessWorkerExtras):
         self._maxTasks = maxTasksPerWorker
         self._executable = executable or sys.executable
         # Forked by a zygote that has the initializer's module imported too.
-        self._starter = ChildStarter(startMethod(start), _preloadFor(initializer))
+        self._starter = ChildStarter(startMethod(start), preloadFor(initializer))
         self._env = dict(os.environ if env is None else env)
         # The child finds what the parent can import (functions pickled by
         # reference), then whatever PYTHONPATH says besides.
@@ -383,7 +387,10 @@ class ProcessWorker(ProcessWorkerExtras):
                 d.addErrback(self._setupFailed)
             else:
                 d.addErrback(self._replayFailed)
-            child.send(_Sent(next(self._taskIDs), call, None, d))
+            sent = _Sent(next(self._taskIDs), call, None, d)
+            child.send(sent)
+            # A child that dies in these has not come up (see childEnded).
+            child.setupThrough = sent.taskID
         return child
 
     def _setupFailed(self, failure: Failure) -> None:
@@ -540,14 +547,6 @@ class ProcessWorker(ProcessWorkerExtras):
             for sent in waiting:
                 if sent.open:
                     self._resend(sent)
-
-
-def _preloadFor(initializer: Callable[..., Any] | None) -> tuple[str, ...]:
-    """The module of C{initializer}, if a zygote can import it."""
-    module = getattr(initializer, "__module__", None)
-    if isinstance(module, str) and module != "__main__":
-        return (module,)
-    return ()
 
 
 class ProcessQueue(ProcessQueueExtras):

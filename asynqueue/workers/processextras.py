@@ -1,7 +1,8 @@
 """
 AsynQueue's extras of the process workers: L{ProcessBase}, a worker's
 L{ProcessWorkerExtras.memUsage}, a queue's C{callStats}, C{stats()} of
-AsynQueue's shape and L{ProcessQueueExtras.crashWorkers}, and C{cores()}.
+AsynQueue's shape and L{ProcessQueueExtras.crashWorkers}, and C{cores()};
+and L{preloadFor}, the module a zygote imports for an initializer.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections import deque
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -188,3 +190,11 @@ class ProcessQueueExtras(TaskQueue):
         finally:
             stop()
         return gatherResults(ds).addCallback(lambda _: cut)
+
+
+def preloadFor(initializer: Callable[..., Any] | None) -> tuple[str, ...]:
+    """The module of C{initializer}, if a zygote can import it."""
+    module = getattr(initializer, "__module__", None)
+    if isinstance(module, str) and module != "__main__":
+        return (module,)
+    return ()
