@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import weakref
 from typing import Any
 
 import pytest
@@ -251,21 +252,37 @@ def test_cancelRunningTaskCancelsWorkerDeferred(makeQueue: Any) -> None:
     assert result(d2) == 2
 
 
-def test_firedDeferredLetsGoOfItsTask(makeQueue: Any) -> None:
-    # A fired Deferred no longer refers back to its task (so the two die by
-    # reference count, not by the cyclic collector); a late cancel of it
-    # changes nothing.
+def test_firedDeferredIsItsTaskAndLeavesNoCycle(makeQueue: Any) -> None:
+    # The caller's Deferred is the task itself: once fired, nothing of the
+    # queue refers to it, so it dies by reference count, not by the cyclic
+    # collector, and the call's arguments go as it ends, even while the
+    # caller keeps the Deferred; a late cancel of it changes nothing.
+    class Argument:
+        pass
+
     w = MemoryWorker(capacity=2)
     q = makeQueue(w)
-    ok = q.call(lambda: 1)
+    argument = Argument()
+    argumentGone = weakref.ref(argument)
+    ok = q.call(lambda a: 1, argument)
     bad = q.call(lambda: 1 / 0)
-    assert ok.task is not None and bad.task is not None  # type: ignore[attr-defined]
-    w.runAll()
-    assert result(ok) == 1
-    assert failureOf(bad).check(ZeroDivisionError)
-    assert ok.task is None and bad.task is None  # type: ignore[attr-defined]
-    ok.cancel()
-    assert q.stats()["done"] == 1 and q.stats()["cancelled"] == 0
+    del argument
+    assert ok.deferred is ok and bad.deferred is bad  # type: ignore[attr-defined]
+    wasEnabled = gc.isenabled()
+    gc.disable()
+    try:
+        w.runAll()
+        assert result(ok) == 1
+        assert failureOf(bad).check(ZeroDivisionError)
+        assert argumentGone() is None
+        ok.cancel()
+        assert q.stats()["done"] == 1 and q.stats()["cancelled"] == 0
+        okGone, badGone = weakref.ref(ok), weakref.ref(bad)
+        del ok, bad
+        assert okGone() is None and badGone() is None
+    finally:
+        if wasEnabled:
+            gc.enable()
 
 
 def test_cancelLaneMemberLetsLaneGoOn(makeQueue: Any) -> None:

@@ -97,16 +97,18 @@ class _Running:
         canceller, and tells the queue nothing of how it goes.
         """
         if not recorded:
-            return QueuedTask(
-                f, args, kwargs, options, Deferred(), -1, self._clock.seconds()
-            )
-        d: Deferred[Any] = Deferred(self._canceller)
+            return QueuedTask(f, args, kwargs, options, None, -1, self._clock.seconds())
         task = QueuedTask(
-            f, args, kwargs, options, d, next(self._seq), self._clock.seconds(), self
+            f,
+            args,
+            kwargs,
+            options,
+            self._canceller,
+            next(self._seq),
+            self._clock.seconds(),
+            self,
         )
         self._live[task.id] = task
-        # The canceller finds its task here; _finish lets go of it again.
-        d.task = task  # type: ignore[attr-defined]
         if self._observers:
             self._tell("submitted", task.record)
         return task
@@ -126,10 +128,8 @@ class _Running:
                 self.log.failure("Observer {observer} failed", observer=observer)
 
     def _cancelDeferred(self, d: Deferred[Any]) -> None:
-        """The canceller of every task's Deferred."""
-        task = d.task  # type: ignore[attr-defined]
-        if task is not None:
-            self._cancelTask(task)
+        """The canceller of every task's Deferred (the task itself)."""
+        self._cancelTask(cast(QueuedTask, d))
 
     def _requeue(self, task: QueuedTask) -> None:
         """Put a task that never started (or may be retried) back in line."""
@@ -441,28 +441,23 @@ class _Running:
             self._talk.tell(task, result)
         if options.lane is not None:
             self._advanceLane(task, result)
-        # The task and its Deferred refer to each other: let the arguments
-        # go now rather than whenever the cyclic collector comes by.
+        # The caller may keep the task (its Deferred) long after: what the
+        # call took goes now.
         task.args, task.kwargs = (), _NO_KEYWORDS
         task.pickled = None
-        d = task.deferred
-        if d.called:
-            d.task = None  # type: ignore[attr-defined]
+        if task.called:
             return
         if options.consumer is not None and not failed:
             from asynqueue.iteration import Deferator, IterationProducer
 
             if isinstance(result, Deferator):
-                # Cancellable until the consumer has it all: it keeps its task.
-                IterationProducer(result, options.consumer).run().chainDeferred(d)
+                # Cancellable until the consumer has it all.
+                IterationProducer(result, options.consumer).run().chainDeferred(task)
                 return
-        # Fired now, it is never cancelled: without the link back to its
-        # task, the two die by reference count, not by the cyclic collector.
-        d.task = None  # type: ignore[attr-defined]
         if failed:
-            d.errback(cast(Failure, result))
+            task.errback(cast(Failure, result))
         else:
-            d.callback(result)
+            task.callback(result)
 
     # ------------------------------------------------------------------
     # Lanes

@@ -2,7 +2,8 @@
 What a L{TaskQueue} keeps of each of its tasks, apart from the public
 L{asynqueue.tasks.Task}: the worker slot a run holds, the run's Deferred
 (a plain worker's), its timeout timer, and whether it timed out or was
-cancelled. A L{QueuedTask} is the task as its queue holds it.
+cancelled. A L{QueuedTask} is the task as its queue holds it, and the
+Deferred its caller was given.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ class _Hearing(Protocol):
     def _taskDone(self, task: QueuedTask, result: object, attempt: int) -> None: ...
 
 
-class QueuedTask(Task):
+class QueuedTask(Deferred[Any], Task):
     """
     A task as its queue holds it: the public L{Task}, which is all a
     worker sees, and the queue's own state of it, which no worker reads.
+    It is also the Deferred the caller was given (C{deferred} is the task
+    itself).
+
+    One object, not three (a Deferred, a task, a link back for the
+    Deferred's canceller): a burst of waiting calls is that many fewer
+    objects for every pass of the cyclic collector to walk, and a call
+    that ends leaves no cycle behind.
 
     A worker's C{markStarted} and C{finished} go straight to the queue.
     The state is held in the task's own object, in the queue's subclass,
@@ -95,17 +103,17 @@ class QueuedTask(Task):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: TaskOptions,
-        deferred: Deferred[Any],
+        canceller: Callable[[Deferred[Any]], None] | None,
         id: int,
         submitted: float,
         hearing: _Hearing | None = None,
     ) -> None:
+        Deferred.__init__(self, canceller)
         # Not Task.__init__: it would take a record.
         self.f = f
         self.args = args
         self.kwargs = kwargs
         self.options = options
-        self.deferred = deferred
         self.pickled = self.update = self.handle = self.reporter = None
         self.runs = self.attempts = 0
         self.id = id
@@ -117,6 +125,15 @@ class QueuedTask(Task):
         self.started = self.ended = self.worker = self.outcome = None
         self.state = "pending"
         self._record = None
+
+    @property
+    def deferred(self) -> Deferred[Any]:
+        """The caller's Deferred: the task itself."""
+        return self
+
+    @deferred.setter
+    def deferred(self, deferred: Deferred[Any]) -> None:
+        raise AttributeError("a queued task is its own Deferred: it cannot be set")
 
     @property
     def record(self) -> TaskRecord:
