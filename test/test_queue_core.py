@@ -714,3 +714,24 @@ def test_callsMadeOneAtATimeAreSpreadOverWorkers(makeQueue: Any) -> None:
     first.runAll()
     second.runAll()
     assert [result(d) for d in ds] == [2**i for i in range(6)]
+
+
+def test_callsOneAtATimeGoToTheWorkerIdleLast(makeQueue: Any) -> None:
+    # A call that finds every worker idle goes to the one that ran out of
+    # work last (its child or thread is the one awake), not to each in
+    # turn; a burst still spreads over the idle workers.
+    a, b = MemoryWorker(name="a"), MemoryWorker(name="b")
+    q = makeQueue(a, b)
+    ran = []
+    for i in range(4):
+        d = q.call(lambda: i)
+        worker = a if a.accepted else b
+        ran.append(worker.name)
+        worker.runAll()
+        assert result(d) == i
+    assert len(set(ran)) == 1
+    burst = [q.call(lambda: 0) for _ in range(2)]
+    assert len(a.accepted) == len(b.accepted) == 1
+    a.runAll()
+    b.runAll()
+    assert [result(d) for d in burst] == [0, 0]

@@ -76,6 +76,10 @@ class _Running:
     _dispatching: bool
     #: Where the next pass of dispatch starts in C{_slotList}.
     _nextSlot: int = 0
+    #: The slot whose worker ran out of work last: a pass that finds it
+    #: idle starts there, so that calls made one at a time go to the child
+    #: or thread still awake (and on its CPU), not to each worker in turn.
+    _warmSlot: _WorkerSlot | None = None
     _dispatchAgain: bool
     _idleWaiters: list[Deferred[None]]
     _canceller: Callable[[Deferred[Any]], None]
@@ -184,6 +188,13 @@ class _Running:
                 slots = self._slotList
                 count = len(slots)
                 first = self._nextSlot % count if count else 0
+                warm = self._warmSlot
+                if warm is not None and not warm.outstanding and warm.free > 0:
+                    try:
+                        first = slots.index(warm)
+                    except ValueError:
+                        # Detached since.
+                        self._warmSlot = None
                 for k in range(count):
                     slot = slots[(first + k) % count]
                     if slot.free > 0:
@@ -349,6 +360,8 @@ class _Running:
         outstanding = slot.outstanding
         if task in outstanding:
             outstanding.discard(task)
+            if not outstanding:
+                self._warmSlot = slot
             if slot.ready and not slot.leaving:
                 # Read afresh: a worker's capacity may change as it runs.
                 slot.free = int(slot.worker.capacity) - len(outstanding)
