@@ -724,7 +724,7 @@ def test_callsOneAtATimeGoToTheWorkerIdleLast(makeQueue: Any) -> None:
     q = makeQueue(a, b)
     ran = []
     for i in range(4):
-        d = q.call(lambda: i)
+        d = q.call(lambda x: x, i)
         worker = a if a.accepted else b
         ran.append(worker.name)
         worker.runAll()

@@ -11,13 +11,14 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.protocols import amp
 from twisted.test import iosim
 
-from asynqueue.errors import RemoteError, UnpicklableError
+from asynqueue.errors import RemoteError, UnpicklableError, WorkerError
 from asynqueue.wire.boxes import defineFunctionBox, readDefineFunction
-from asynqueue.wire.client import NodeClient
+from asynqueue.wire.client import NodeClient, SentCall
 from asynqueue.wire.commands import (
     CANCEL_TASK,
     COMMAND,
@@ -47,6 +48,7 @@ from asynqueue.wire.commands import (
 from asynqueue.wire.framing import BoxReader, bigValue, boxPieces, writeBox
 from asynqueue.wire.functions import Definition, loadCall
 from asynqueue.wire.pickling import decodeError, dumpCall, dumps, encodeError, loads
+from helpers import failureOf
 
 CHUNK = amp.MAX_VALUE_LENGTH
 SIZES = [0, 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7]
@@ -571,6 +573,8 @@ def test_bigValueJoinsChunksInOrder() -> None:
 class RecordingTransport:
     """A transport that records how it was written to."""
 
+    takesViews = True
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
@@ -587,6 +591,66 @@ class WriteOnlyTransport:
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+
+
+class FailingTransport:
+    """A transport whose every write raises (a bug in a writer, say)."""
+
+    disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        raise TypeError("Data must be bytes")
+
+    writeSequence = write
+
+
+@pytest.mark.parametrize("now", [False, True])
+def test_callsThatCannotBeWrittenFailRatherThanWait(now: bool) -> None:
+    # Writing a batch of calls raised: each call fails with a WorkerError
+    # saying why, and none is left waiting for an answer.
+    from twisted.internet.task import Clock
+
+    client = NodeClient()
+    client.transport = FailingTransport()  # type: ignore[assignment]
+    clock = Clock()
+    sent = [SentCall(i, dumpCall(len, ("ab",), {}), None, Deferred()) for i in (1, 2)]
+    for call in sent:
+        client.queueCall(call, clock, now=now)
+    clock.advance(0)
+    for call in sent:
+        assert call.deferred is not None
+        error = failureOf(call.deferred)
+        assert error.check(WorkerError)
+        assert "could not be sent" in str(error.value) and "Data must be bytes" in str(
+            error.value
+        )
+    assert not client.inFlight and not client.outgoing
+
+
+def test_pipeWriterTakesPiecesBehindBufferedData() -> None:
+    # A large box's pieces (views of its value) written while earlier data
+    # still waits for the pipe: buffered behind it, whole and in order.
+    import os
+
+    from asynqueue.wire.pipes import PipeWriter
+
+    r, w = os.pipe()
+    writer = PipeWriter(w)
+    try:
+        first = b"a" * (1 << 20)
+        writer.write(first)
+        assert writer.dataBuffer or writer._tempDataBuffer
+        value = payload(200_000)
+        writer.writeSequence([b"head", memoryview(value)[:100_000], memoryview(value)])
+        waiting = bytes(writer.dataBuffer[writer.offset :]) + b"".join(
+            writer._tempDataBuffer
+        )
+        inPipe = len(first) - (len(waiting) - 4 - 300_000)
+        assert waiting.endswith(b"head" + value[:100_000] + value)
+        assert waiting[: len(first) - inPipe] == first[inPipe:]
+    finally:
+        writer.connectionLost(None)
+        os.close(r)
 
 
 @pytest.mark.parametrize(
@@ -613,6 +677,26 @@ def test_writeBoxLargeValueUsesWriteSequence() -> None:
     assert sum(isinstance(p, memoryview) and p.obj is value for p in pieces) == 4
     boxes = readBoxes([joined(pieces)])
     assert len(boxes) == 1 and bigValue(boxes[0], b"payload") == value
+
+
+class BytesOnlyTransport(RecordingTransport):
+    """As Twisted's TCP and Unix transports: writeSequence takes bytes only."""
+
+    takesViews = False
+
+    def writeSequence(self, data: list[Any]) -> None:
+        if not all(type(piece) is bytes for piece in data):
+            raise TypeError("Data must be bytes")
+        super().writeSequence(data)
+
+
+def test_writeBoxLargeValueToATransportOfBytesJoins() -> None:
+    value = payload(200_000)
+    transport = BytesOnlyTransport()
+    writeBox(transport, [(b"payload", value)])
+    assert [kind for kind, _ in transport.calls] == ["write"]
+    [box] = amp.parseString(transport.calls[0][1])
+    assert bigValue(box, b"payload") == value
 
 
 def test_writeBoxWithoutWriteSequenceJoins() -> None:

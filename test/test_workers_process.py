@@ -284,6 +284,25 @@ async def test_callsRunInTheChild(
 
 
 @pytest_twisted.ensureDeferred
+async def test_aLargeFunctionReachesChildrenBehindCallsBuffered(
+    makeProcessQueue: Callable[..., ProcessQueue],
+) -> None:
+    # A function pickled by value whose definition (its closure's table,
+    # 1.2 MB) is more than a pipe holds, called many times at once on two
+    # children: its definition goes out behind what waits in the pipe
+    # already, and every call is answered (before: a TypeError in the
+    # writer, and the calls waited for ever).
+    table = list(range(200)) * 3000
+
+    def lookup(i: int) -> int:
+        return table[i] + len(table)
+
+    q = makeProcessQueue(2)
+    results = await within(gatherResults([q.call(lookup, i) for i in range(20)]))
+    assert results == [i + len(table) for i in range(20)]
+
+
+@pytest_twisted.ensureDeferred
 async def test_finishedTaskHoldsNothingOfItsCall(
     makeProcessQueue: Callable[..., ProcessQueue],
 ) -> None:

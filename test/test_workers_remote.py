@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from processes import within
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, succeed
 from twisted.internet.error import (
@@ -590,6 +591,37 @@ async def test_nodeShutdownLeavesNoProcess(certs: Path) -> None:
             if os.waitpid(pid, os.WNOHANG) == (0, 0):
                 os.kill(pid, 0)
             raise ProcessLookupError
+
+
+@pytest_twisted.ensureDeferred
+async def test_largeValuesTravelOverAPlaintextConnection(
+    plaintextNode: NodeService,
+) -> None:
+    # Values over 64 KiB go in chunks; over plain TCP (whose transport takes
+    # bytes only) they are joined first, both ways (before: the node's
+    # writer raised and the call waited for ever).
+    port = plaintextNode.port.getHost().port
+    q = TaskQueue(
+        RemoteWorker(f"tcp:127.0.0.1:{port}", insecurePlaintext=True),
+        shutdownWithReactor=False,
+    )
+    table = list(range(200)) * 3000
+
+    def lookup(i: int) -> int:
+        return table[i]
+
+    try:
+        assert await within(q.call(bytes, 300_000)) == bytes(300_000)
+        assert await within(q.call(len, b"x" * 300_000)) == 300_000
+        assert await within(gatherResults([q.call(lookup, i) for i in range(5)])) == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]
+    finally:
+        await q.shutdown()
 
 
 @pytest_twisted.ensureDeferred

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from asynqueue.errors import WorkerError
 from asynqueue.wire.commands import (
     ASK,
     BATCH_BYTES,
@@ -185,7 +186,7 @@ class NodeClient(amp.AMP):
         self.inFlight[sent.taskID] = sent
         if now or len(sent.call) > BATCH_BYTES:
             self.flush()
-            self.writeCalls([(sent.taskID, sent.call)])
+            self._writeOrFail([(sent.taskID, sent.call)])
         else:
             self.outgoing.append((sent.taskID, sent.call))
             if self.flushCall is None:
@@ -198,7 +199,24 @@ class NodeClient(amp.AMP):
             flushCall.cancel()
         if self.outgoing and self.canSend():
             batch, self.outgoing = self.outgoing, []
+            self._writeOrFail(batch)
+
+    def _writeOrFail(self, batch: list[tuple[int, bytes]]) -> None:
+        """
+        L{writeCalls}; should writing raise, fail the batch's calls with
+        that error, rather than leave them waiting for answers that cannot
+        come.
+        """
+        try:
             self.writeCalls(batch)
+        except Exception as e:
+            error = WorkerError(
+                f"a call could not be sent to its node: {type(e).__name__}: {e}"
+            )
+            for taskID, _ in batch:
+                sent = self.inFlight.pop(taskID, None)
+                if sent is not None:
+                    sent.fail(error)
 
     def writeCalls(self, batch: list[tuple[int, bytes]]) -> None:
         """Write C{batch} in one L{RunTasks} box (a subclass notes more)."""

@@ -190,7 +190,9 @@ def writeBox(transport: Any, pairs: list[tuple[bytes, Value]]) -> None:
     """Write one AMP box of C{pairs}; a large one without joining its pieces."""
     pieces = boxPieces(pairs)
     # More pieces than two a pair: a value was cut in chunks, so it is large.
-    if len(pieces) > 2 * len(pairs) + 1 and hasattr(transport, "writeSequence"):
+    # Only our pipe writers take the chunks as views (Twisted's TCP and Unix
+    # transports take nothing but bytes; its TLS joins them anyway).
+    if len(pieces) > 2 * len(pairs) + 1 and getattr(transport, "takesViews", False):
         transport.writeSequence(pieces)
     else:
         transport.write(b"".join(pieces))
@@ -252,6 +254,9 @@ class BlockingPipeWriter:
     """
 
     disconnecting = False
+
+    #: L{writeBox} may hand L{writeSequence} views, not only bytes.
+    takesViews = True
 
     def __init__(self, fd: int) -> None:
         self.fd = fd

@@ -98,6 +98,9 @@ class PipeReader(_Pipe):
 class PipeWriter(_Pipe):
     """Writes to a pipe without blocking, buffering what does not fit yet."""
 
+    #: L{asynqueue.wire.framing.writeBox} may hand L{writeSequence} views.
+    takesViews = True
+
     def __init__(self, fd: int, reactor: Any = None) -> None:
         super().__init__(fd, reactor)
         self.connected = 1
@@ -119,7 +122,10 @@ class PipeWriter(_Pipe):
     def writeSequence(self, data: Any) -> None:
         # As write: at once if nothing waits, and without joining the pieces.
         if self.dataBuffer or self._tempDataBuffer or self.disconnecting:
-            super().writeSequence(data)
+            # Behind what waits already: buffered whole (Twisted's own
+            # writeSequence takes nothing but bytes, and the pieces of a
+            # large value are views of it).
+            super().write(b"".join(data))
             return
         views = pieceViews(data)
         try:
