@@ -141,6 +141,43 @@ async def test_fastResultsDoNotWaitBehindASlowCall(
     assert isinstance(await failureOf(spinner), CancelledError)
 
 
+def breakTheNextResultWrite() -> str:
+    """In the child: its next box (this call's result) cannot be written."""
+    import asynqueue.node.child as child
+
+    real = child.writeBox
+
+    def failing(transport: Any, pairs: Any) -> None:
+        child.writeBox = real
+        raise MemoryError("no room for the result box")
+
+    child.writeBox = failing
+    return "written"
+
+
+@pytest_twisted.ensureDeferred
+async def test_resultThatCannotBeWrittenEndsTheChild(
+    makeProcessQueue: Callable[..., ProcessQueue],
+) -> None:
+    # Fast calls and then a slow one, sent together: the fast ones' results
+    # are held for batching while the slow call runs, so the child's
+    # held-results thread writes them, and fails. Before, that thread died,
+    # the results were lost and their calls waited for ever (the child went
+    # on serving); now the child drops its parent, which sees a crash.
+    q = makeProcessQueue(1, capacity=32)
+    await warmUp(q)
+    fast = [q.call(identity, i) for i in range(5)]
+    broken = q.call(breakTheNextResultWrite)
+    slow = q.call(say, "slow", 0.3)
+    outcomes = await within(
+        defer.DeferredList([*fast, broken, slow], consumeErrors=True)
+    )
+    assert not outcomes[-2][0] and outcomes[-2][1].check(WorkerCrashed)
+    for i, (ok, value) in enumerate(outcomes[:-2]):
+        assert value == i if ok else value.check(WorkerCrashed), value
+    assert await within(q.call(identity, 3)) == 3
+
+
 # -- defect 2: descriptors and processes over many respawns -------------------
 
 

@@ -1219,3 +1219,49 @@ def test_connectDeadlineMustBePositive() -> None:
     for bad in (0, -1, float("inf")):
         with pytest.raises(ValueError, match="connectDeadline must be positive"):
             RemoteWorker("tcp:127.0.0.1:1", insecurePlaintext=True, connectDeadline=bad)
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+@pytest_twisted.ensureDeferred
+async def test_aResultTheNodeCannotWriteDropsTheConnection(
+    plaintextNode: NodeService,
+    monkeypatch: pytest.MonkeyPatch,
+    retries: int,
+) -> None:
+    """
+    A node that fails to write a result box cuts its connection, so that
+    the call is run again (as its retries allow) or fails with NodeLost;
+    before, the result was lost and the call waited for ever on a node
+    that still answered its heartbeats.
+    """
+    import asynqueue.node.protocol as nodeProtocol
+    from asynqueue.wire.boxes import COMMAND, TASK_RESULT, TASK_RESULTS
+
+    failures: list[bytes] = []
+    realWriteBox = nodeProtocol.writeBox
+
+    def writeBoxFailingOnce(transport: Any, pairs: Any) -> None:
+        command = dict(pairs).get(COMMAND)
+        if command in (TASK_RESULT, TASK_RESULTS) and not failures:
+            failures.append(command)
+            raise MemoryError("no room for the result box")
+        realWriteBox(transport, pairs)
+
+    monkeypatch.setattr(nodeProtocol, "writeBox", writeBoxFailingOnce)
+    port = plaintextNode.port.getHost().port
+    worker = RemoteWorker(f"tcp:127.0.0.1:{port}", insecurePlaintext=True)
+    await worker.whenConnected()
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        d = q.call(square, 7, retries=retries)
+        if retries:
+            assert await within(d) == 49
+            assert q.records()[0].attempts == 2
+        else:
+            with pytest.raises(NodeLost, match="was lost"):
+                await within(d)
+        assert failures, "no result box failed to be written"
+        # The worker connects again and serves the next call.
+        assert await within(q.call(square, 8)) == 64
+    finally:
+        await q.shutdown()

@@ -507,7 +507,7 @@ def childMain(
             writeBox(writer, pairs)
 
     def abort(why: str) -> None:
-        sys.stderr.write(f"child {os.getpid()}: dropping its parent: it sent {why}\n")
+        sys.stderr.write(f"child {os.getpid()}: dropping its parent: {why}\n")
         writer.loseConnection()
         loop.stop()
 
@@ -518,7 +518,7 @@ def childMain(
             loop.callLater(0, loop.stop)
 
     def logError(why: str) -> None:
-        sys.stderr.write(why)
+        sys.stderr.write(why if why.endswith("\n") else why + "\n")
 
     core = NodeCore(
         lambda send: LocalRunner(loop, send, started, ring),

@@ -60,9 +60,11 @@ class NodeCore:
     The node's side of the wire, as boxes in (L{feed}) and boxes out.
 
     C{write(pairs)} sends one box (dropping it if the connection is going);
-    C{abort(why)} cuts the peer off; C{stopSoon()} ends the node once the
-    answer to L{Stop} is out, and C{logError(why)} reports a failure no
-    answer can carry. The runner, made by C{makeRunner(send)}, runs the
+    C{abort(why)} cuts the peer off, saying why, as does a box that cannot
+    be written (the peer then sees its calls lost, instead of waiting for
+    their results); C{stopSoon()} ends the node once the answer to L{Stop}
+    is out, and C{logError(why)} reports a failure no answer can carry.
+    The runner, made by C{makeRunner(send)}, runs the
     tasks and sends their results through C{send}.
     """
 
@@ -113,7 +115,17 @@ class NodeCore:
     def malformed(self, why: str) -> None:
         """A peer that sends garbage loses its connection, and only that."""
         self.reader.stop()
-        self._abort(why)
+        self._abort(f"it sent {why}")
+
+    def _send(self, pairs: Pairs) -> None:
+        """Write one box; if that fails, end the connection rather than lose it."""
+        try:
+            self._write(pairs)
+        except Exception as e:
+            why = f"a box could not be written ({e!r})"
+            self._logError(why)
+            self.reader.stop()
+            self._abort(why)
 
     def boxReceived(self, box: dict[bytes, Value]) -> None:
         command = box.get(COMMAND)
@@ -161,22 +173,20 @@ class NodeCore:
             elif type(value) is int:
                 value = b"%d" % value
             pairs.append((name.encode(), value))
-        self._write(pairs)
+        self._send(pairs)
 
     def _fail(self, ask: bytes, why: str) -> None:
         self._logError(why)
         code, description = _UNKNOWN_ERROR
-        self._write(
-            [(ERROR, ask), (ERROR_CODE, code), (ERROR_DESCRIPTION, description)]
-        )
+        self._send([(ERROR, ask), (ERROR_CODE, code), (ERROR_DESCRIPTION, description)])
 
     def sendResults(self, batch: list[tuple[int, str, bytes, float]]) -> None:
         """Send results (the runner's C{send}): one box however many."""
         if len(batch) == 1 and len(batch[0][2]) > BATCH_BYTES:
             # Alone, a large result travels without being pickled twice.
-            self._write(taskResultBox(*batch[0]))
+            self._send(taskResultBox(*batch[0]))
         else:
-            self._write(taskResultsBox(dumps(batch)))
+            self._send(taskResultsBox(dumps(batch)))
 
     def _runTasks(self, box: dict[bytes, Value]) -> dict[str, Any]:
         # Only IDs and pickled calls: read as plain data, so nothing in the

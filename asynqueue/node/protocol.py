@@ -62,7 +62,7 @@ class NodeProtocol(amp.AMP):
 
     def _abort(self, why: str) -> None:
         """A peer that sends garbage loses its connection, and only that."""
-        log.warn("Dropping {peer}: it sent {why}", peer=self.transport, why=why)
+        log.warn("Dropping {peer}: {why}", peer=self.transport, why=why)
         transport = self.transport
         if transport is not None:
             abort = getattr(transport, "abortConnection", transport.loseConnection)
