@@ -111,8 +111,15 @@ class UserWay:
         self.pool.join()
         self.executor.shutdown(wait=True)
 
-    async def round(self) -> None:
-        """One round of every job, the contenders taking turns within each."""
+    async def round(self, turn: int = 0) -> None:
+        """
+        One round of every job, the contenders taking turns within each.
+
+        The turns rotate with C{turn} (the round's number): each contender
+        runs first in some rounds and after each other one in others, so
+        that none always follows the serial run, a fresh queue's shutdown
+        or the same neighbour (which this machine's noise could favour).
+        """
         for job in ("trivial", "cpu", "bytes"):
             count = self.counts[job]
             xs = [self.arg(job, i) for i in range(count)]
@@ -123,36 +130,48 @@ class UserWay:
                 for x in xs:
                     f(x)
                 self.note(job, SERIAL, now() - start)
-            # The queue kept for the program's life, the user's function.
-            gc.collect()
-            start = now()
-            results = await gatherResults([self.queue.call(f, x) for x in xs])
-            self.note(job, PQ, now() - start)
-            _check(job, results, count)
-            # Today's figure: a fresh queue, a module's function.
-            fresh = asynqueue.ProcessQueue(WORKERS)
-            try:
-                g = self.calls.of(job, module=True)
-                warm = self.calls.moduleTrivial
-                await gatherResults([fresh.call(warm, x) for x in range(WARMUP)])
-                gc.collect()
-                start = now()
-                results = await gatherResults([fresh.call(g, x) for x in xs])
-                self.note(job, PQ_FRESH, now() - start)
-                _check(job, results, count)
-            finally:
-                await fresh.shutdown()
-            gc.collect()
-            start = now()
-            results = list(self.pool.imap(f, xs, chunksize=1))
-            self.note(job, POOL, now() - start)
-            _check(job, results, count)
-            gc.collect()
-            start = now()
-            results = list(self.executor.map(f, xs))
-            self.note(job, PPE, now() - start)
-            _check(job, results, count)
+            contenders = [self._kept, self._fresh, self._pool, self._executor]
+            shift = turn % len(contenders)
+            for contender in contenders[shift:] + contenders[:shift]:
+                await contender(job, f, xs)
         await self.latency()
+
+    async def _kept(self, job: str, f: Callable[[Any], Any], xs: list[Any]) -> None:
+        """The queue kept for the program's life, the user's function."""
+        gc.collect()
+        start = now()
+        results = await gatherResults([self.queue.call(f, x) for x in xs])
+        self.note(job, PQ, now() - start)
+        _check(job, results, len(xs))
+
+    async def _fresh(self, job: str, f: Callable[[Any], Any], xs: list[Any]) -> None:
+        """Today's figure: a fresh queue, a module's function."""
+        fresh = asynqueue.ProcessQueue(WORKERS)
+        try:
+            g = self.calls.of(job, module=True)
+            warm = self.calls.moduleTrivial
+            await gatherResults([fresh.call(warm, x) for x in range(WARMUP)])
+            gc.collect()
+            start = now()
+            results = await gatherResults([fresh.call(g, x) for x in xs])
+            self.note(job, PQ_FRESH, now() - start)
+            _check(job, results, len(xs))
+        finally:
+            await fresh.shutdown()
+
+    async def _pool(self, job: str, f: Callable[[Any], Any], xs: list[Any]) -> None:
+        gc.collect()
+        start = now()
+        results = list(self.pool.imap(f, xs, chunksize=1))
+        self.note(job, POOL, now() - start)
+        _check(job, results, len(xs))
+
+    async def _executor(self, job: str, f: Callable[[Any], Any], xs: list[Any]) -> None:
+        gc.collect()
+        start = now()
+        results = list(self.executor.map(f, xs))
+        self.note(job, PPE, now() - start)
+        _check(job, results, len(xs))
 
     async def latency(self) -> None:
         """Sequential calls, each awaited before the next: the median of this round."""
@@ -323,7 +342,7 @@ async def run(
     try:
         for i in range(rounds):
             start = now()
-            await way.round()
+            await way.round(i)
             print(f"(the user's way, round {i + 1}: {now() - start:.1f} s)")
     finally:
         await way.close()
