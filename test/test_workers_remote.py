@@ -1222,23 +1222,26 @@ def test_connectDeadlineMustBePositive() -> None:
 
 
 @pytest.mark.parametrize("retries", [0, 1])
+@pytest.mark.parametrize("broken", ["writing", "pickling"])
 @pytest_twisted.ensureDeferred
 async def test_aResultTheNodeCannotWriteDropsTheConnection(
     plaintextNode: NodeService,
     monkeypatch: pytest.MonkeyPatch,
     retries: int,
+    broken: str,
 ) -> None:
     """
-    A node that fails to write a result box cuts its connection, so that
-    the call is run again (as its retries allow) or fails with NodeLost;
-    before, the result was lost and the call waited for ever on a node
-    that still answered its heartbeats.
+    A node that fails to make or write a result box cuts its connection,
+    so that the call is run again (as its retries allow) or fails with
+    NodeLost; before, the result was lost and the call waited for ever on
+    a node that still answered its heartbeats.
     """
+    import asynqueue.node.core as nodeCore
     import asynqueue.node.protocol as nodeProtocol
     from asynqueue.wire.boxes import COMMAND, TASK_RESULT, TASK_RESULTS
 
-    failures: list[bytes] = []
-    realWriteBox = nodeProtocol.writeBox
+    failures: list[object] = []
+    realWriteBox, realDumps = nodeProtocol.writeBox, nodeCore.dumps
 
     def writeBoxFailingOnce(transport: Any, pairs: Any) -> None:
         command = dict(pairs).get(COMMAND)
@@ -1247,7 +1250,16 @@ async def test_aResultTheNodeCannotWriteDropsTheConnection(
             raise MemoryError("no room for the result box")
         realWriteBox(transport, pairs)
 
-    monkeypatch.setattr(nodeProtocol, "writeBox", writeBoxFailingOnce)
+    def dumpsFailingOnce(value: Any) -> bytes:
+        if not failures:
+            failures.append(value)
+            raise MemoryError("no room for the pickled results")
+        return realDumps(value)
+
+    if broken == "writing":
+        monkeypatch.setattr(nodeProtocol, "writeBox", writeBoxFailingOnce)
+    else:
+        monkeypatch.setattr(nodeCore, "dumps", dumpsFailingOnce)
     port = plaintextNode.port.getHost().port
     worker = RemoteWorker(f"tcp:127.0.0.1:{port}", insecurePlaintext=True)
     await worker.whenConnected()

@@ -122,10 +122,13 @@ class NodeCore:
         try:
             self._write(pairs)
         except Exception as e:
-            why = f"a box could not be written ({e!r})"
-            self._logError(why)
-            self.reader.stop()
-            self._abort(why)
+            self._cannotSend(e)
+
+    def _cannotSend(self, e: Exception) -> None:
+        why = f"a box could not be written ({e!r})"
+        self._logError(why)
+        self.reader.stop()
+        self._abort(why)
 
     def boxReceived(self, box: dict[bytes, Value]) -> None:
         command = box.get(COMMAND)
@@ -182,11 +185,16 @@ class NodeCore:
 
     def sendResults(self, batch: list[tuple[int, str, bytes, float]]) -> None:
         """Send results (the runner's C{send}): one box however many."""
-        if len(batch) == 1 and len(batch[0][2]) > BATCH_BYTES:
-            # Alone, a large result travels without being pickled twice.
-            self._send(taskResultBox(*batch[0]))
-        else:
-            self._send(taskResultsBox(dumps(batch)))
+        try:
+            if len(batch) == 1 and len(batch[0][2]) > BATCH_BYTES:
+                # Alone, a large result travels without being pickled twice.
+                pairs = taskResultBox(*batch[0])
+            else:
+                pairs = taskResultsBox(dumps(batch))
+        except Exception as e:
+            self._cannotSend(e)
+            return
+        self._send(pairs)
 
     def _runTasks(self, box: dict[bytes, Value]) -> dict[str, Any]:
         # Only IDs and pickled calls: read as plain data, so nothing in the
