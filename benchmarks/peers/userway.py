@@ -33,8 +33,11 @@ PQ = f"ProcessQueue({WORKERS}), script function, one queue"
 PQ_FRESH = f"ProcessQueue({WORKERS}), module function, fresh queue"
 POOL = f"Pool({WORKERS}).imap(chunksize=1), script function, one pool"
 PPE = f"ProcessPoolExecutor({WORKERS}), script function, one pool"
+#: A second ProcessPoolExecutor, for the CPU-bound job only: the same pool
+#: twice shows how far apart two equals come out in one run here.
+PPE_AGAIN = f"ProcessPoolExecutor({WORKERS}), a second one (yardstick)"
 SERIAL = "serial, in this process"
-ORDER = [SERIAL, PQ, PQ_FRESH, POOL, PPE]
+ORDER = [SERIAL, PQ, PQ_FRESH, POOL, PPE, PPE_AGAIN]
 
 
 @dataclass
@@ -99,17 +102,20 @@ class UserWay:
         self.queue = asynqueue.ProcessQueue(WORKERS)
         self.pool = context.Pool(WORKERS)
         self.executor = ProcessPoolExecutor(WORKERS, mp_context=context)
+        self.executorAgain = ProcessPoolExecutor(WORKERS, mp_context=context)
         warm = list(range(WARMUP))
         f = self.calls.trivial
         await gatherResults([self.queue.call(f, x) for x in warm])
         list(self.pool.imap(f, warm, chunksize=1))
         list(self.executor.map(f, warm))
+        list(self.executorAgain.map(f, warm))
 
     async def close(self) -> None:
         await self.queue.shutdown()
         self.pool.close()
         self.pool.join()
         self.executor.shutdown(wait=True)
+        self.executorAgain.shutdown(wait=True)
 
     async def round(self, turn: int = 0) -> None:
         """
@@ -131,6 +137,8 @@ class UserWay:
                     f(x)
                 self.note(job, SERIAL, now() - start)
             contenders = [self._kept, self._fresh, self._pool, self._executor]
+            if job == "cpu":
+                contenders.append(self._executorAgain)
             shift = turn % len(contenders)
             for contender in contenders[shift:] + contenders[:shift]:
                 await contender(job, f, xs)
@@ -171,6 +179,15 @@ class UserWay:
         start = now()
         results = list(self.executor.map(f, xs))
         self.note(job, PPE, now() - start)
+        _check(job, results, len(xs))
+
+    async def _executorAgain(
+        self, job: str, f: Callable[[Any], Any], xs: list[Any]
+    ) -> None:
+        gc.collect()
+        start = now()
+        results = list(self.executorAgain.map(f, xs))
+        self.note(job, PPE_AGAIN, now() - start)
         _check(job, results, len(xs))
 
     async def latency(self) -> None:
@@ -309,6 +326,13 @@ def report(way: UserWay, rounds: int) -> list[tuple[str, bool | None, str]]:
         1.0,
         True,
     )
+    yardstick = perRound("cpu", PPE_AGAIN, PPE)
+    if yardstick:
+        print(
+            "  CPU-bound speedup, a second ProcessPoolExecutor / the first "
+            f"(the yardstick, no target): {statistics.median(yardstick):.2f}x "
+            f"median [{min(yardstick):.2f}-{max(yardstick):.2f}x over rounds]"
+        )
     line(
         "1 MiB results / ProcessPoolExecutor, every round",
         perRound("bytes", PQ, PPE),
