@@ -125,9 +125,10 @@ class NodeCore:
             self._cannotSend(e)
 
     def _cannotSend(self, e: Exception) -> None:
-        why = f"a box could not be written ({e!r})"
+        # The reader goes on: this may run in a child's held-results thread
+        # while its main thread reads, and the connection drops anyway.
+        why = f"a box could not be made or written ({e!r})"
         self._logError(why)
-        self.reader.stop()
         self._abort(why)
 
     def boxReceived(self, box: dict[bytes, Value]) -> None:
