@@ -143,3 +143,36 @@ async def test_childServesOnInTheReactorAfterADeferred(start: str) -> None:
         assert await within(q.call(len, b"x" * 200_000)) == 200_000
     finally:
         await within(q.shutdown())
+
+
+def test_stopOfAHandedOverLoopIsSafeFromAnotherThread(pipe: Any) -> None:
+    """
+    Once handed to a reactor, a stop from another thread (a child's
+    held-results thread dropping its parent) goes through callFromThread;
+    from the loop's own thread it stops the reactor at once.
+    """
+    import threading
+
+    class FakeReactor:
+        running = True
+
+        def __init__(self) -> None:
+            self.stops: list[str] = []
+            self.fromThread: list[Any] = []
+
+        def stop(self) -> None:
+            self.stops.append(threading.current_thread().name)
+
+        def callFromThread(self, f: Any, *args: Any) -> None:
+            self.fromThread.append((f, args))
+
+    loop = ChildLoop(pipe[0])
+    reactor = FakeReactor()
+    loop._reactor = reactor
+    other = threading.Thread(target=loop.stop, name="held-results")
+    other.start()
+    other.join()
+    assert reactor.stops == [] and len(reactor.fromThread) == 1
+    f, args = reactor.fromThread[0]
+    f(*args)
+    assert reactor.stops == [threading.current_thread().name]

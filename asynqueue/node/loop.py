@@ -9,6 +9,7 @@ import heapq
 import itertools
 import os
 import select
+import threading
 import time
 from collections.abc import Callable
 
@@ -65,6 +66,7 @@ class ChildLoop:
         self._running = True
         self._wantReactor = False
         self._reactor: Any = None
+        self._mainThread = threading.get_ident()
         #: What takes the bytes read, and hears of the end of input (after
         #: which this loop ends, but a reactor it handed over to runs on).
         self.feed: Callable[[Value], object] = lambda data: None
@@ -83,12 +85,17 @@ class ChildLoop:
         self._wantReactor = True
 
     def stop(self) -> None:
+        """End the loop (or the reactor it handed over to); from any thread."""
         reactor = self._reactor
-        if reactor is not None:
+        if reactor is None:
+            # Seen by the loop once the call it runs returns.
+            self._running = False
+        elif threading.get_ident() == self._mainThread:
             if reactor.running:
                 reactor.stop()
         else:
-            self._running = False
+            # A child's held-results thread drops its parent this way.
+            reactor.callFromThread(self.stop)
 
     def readNow(self) -> bool:
         """Read what has come, if anything; False at the end of input."""
