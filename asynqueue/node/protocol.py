@@ -61,7 +61,8 @@ class NodeProtocol(amp.AMP):
         writeBox(transport, pairs)
 
     def _abort(self, why: str) -> None:
-        """A peer that sends garbage loses its connection, and only that."""
+        """Drop this connection, and only it: a peer sent garbage, or a box
+        for it could not be written."""
         log.warn("Dropping {peer}: {why}", peer=self.transport, why=why)
         transport = self.transport
         if transport is not None:

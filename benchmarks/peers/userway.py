@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,27 +168,25 @@ class UserWay:
             await fresh.shutdown()
 
     async def _pool(self, job: str, f: Callable[[Any], Any], xs: list[Any]) -> None:
-        gc.collect()
-        start = now()
-        results = list(self.pool.imap(f, xs, chunksize=1))
-        self.note(job, POOL, now() - start)
-        _check(job, results, len(xs))
+        self._mapped(job, POOL, lambda: self.pool.imap(f, xs, chunksize=1), len(xs))
 
     async def _executor(self, job: str, f: Callable[[Any], Any], xs: list[Any]) -> None:
-        gc.collect()
-        start = now()
-        results = list(self.executor.map(f, xs))
-        self.note(job, PPE, now() - start)
-        _check(job, results, len(xs))
+        self._mapped(job, PPE, lambda: self.executor.map(f, xs), len(xs))
 
     async def _executorAgain(
         self, job: str, f: Callable[[Any], Any], xs: list[Any]
     ) -> None:
+        self._mapped(job, PPE_AGAIN, lambda: self.executorAgain.map(f, xs), len(xs))
+
+    def _mapped(
+        self, job: str, name: str, results: Callable[[], Iterable[Any]], count: int
+    ) -> None:
+        """Time a plain pool's round: C{results()} taken to the last one."""
         gc.collect()
         start = now()
-        results = list(self.executorAgain.map(f, xs))
-        self.note(job, PPE_AGAIN, now() - start)
-        _check(job, results, len(xs))
+        got = list(results())
+        self.note(job, name, now() - start)
+        _check(job, got, count)
 
     async def latency(self) -> None:
         """Sequential calls, each awaited before the next: the median of this round."""
