@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import weakref
+from functools import partial
 from typing import Any
 
 import pytest
@@ -735,3 +736,31 @@ def test_callsOneAtATimeGoToTheWorkerIdleLast(makeQueue: Any) -> None:
     a.runAll()
     b.runAll()
     assert [result(d) for d in burst] == [0, 0]
+
+
+@pytest.mark.parametrize("how", ["call", "callWith"])
+def test_aWaitingCallHoldsNoKeywordsDictOfItsOwn(makeQueue: Any, how: str) -> None:
+    """
+    A waiting call without keywords is three objects for the collector to
+    count (the task, its callbacks and the arguments), not four: the empty
+    dict made for its keywords is let go. A burst of calls gathered at once
+    keeps them all alive, and every full pass of the collector walks them.
+    """
+    # All but the first wait: the worker takes one at a time.
+    q = makeQueue(MemoryWorker())
+    submit = q.call if how == "call" else partial(q.callWith, TaskOptions())
+    calls = 1000
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        waiting = [submit(abs, i) for i in range(calls)]
+        alive = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    for d in waiting:
+        d.addErrback(lambda f: f.trap(CancelledError))
+    assert len(waiting) == calls
+    assert alive / calls < 3.5
+    kept = q.call(dict, a=1)
+    assert kept.kwargs == {"a": 1}

@@ -40,7 +40,7 @@ from asynqueue.interfaces import IDescribedWorker, IWorker
 from asynqueue.queue.inspection import _Inspection
 from asynqueue.queue.kept import KeptRecords
 from asynqueue.queue.pending import PendingStore
-from asynqueue.queue.running import _RUNNING, _Running
+from asynqueue.queue.running import _NO_KEYWORDS, _RUNNING, _Running
 from asynqueue.queue.shutdown import _Shutdown
 from asynqueue.queue.slots import _Workers
 from asynqueue.queue.talk import Talk
@@ -200,7 +200,11 @@ class TaskQueue(_Shutdown, _Inspection):
         queue, not arguments for C{f}; see L{callWith} for functions that
         take such keywords themselves.
         """
-        if not kwargs or OPTION_NAMES.isdisjoint(kwargs):
+        if not kwargs:
+            # The shared empty dict, not this call's own: one object fewer
+            # alive a waiting call, for every pass of the collector to count.
+            return self._submit(_DEFAULT_OPTIONS, f, args, _NO_KEYWORDS)
+        if OPTION_NAMES.isdisjoint(kwargs):
             return self._submit(_DEFAULT_OPTIONS, f, args, kwargs)
         try:
             options = TaskOptions.fromKeywords(kwargs)
@@ -217,7 +221,7 @@ class TaskQueue(_Shutdown, _Inspection):
         Every keyword goes to C{f} unchanged, so this is the way to call a
         function that takes a keyword named C{priority}, C{timeout}, etc.
         """
-        return self._submit(options, f, args, kwargs)
+        return self._submit(options, f, args, kwargs or _NO_KEYWORDS)
 
     def _submit(
         self,
