@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 import pytest
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from asynqueue import (
@@ -765,3 +765,27 @@ def test_aWaitingCallHoldsNoKeywordsDictOfItsOwn(makeQueue: Any, how: str) -> No
     kept = q.call(dict, a=1)
     kept.addErrback(lambda f: f.trap(CancelledError))
     assert kept.kwargs == {"a": 1}
+
+
+def test_aTaskThatFiresGetsNoDictOfItsOwn(makeQueue: Any) -> None:
+    """
+    Tasks made in a burst and fired after it keep their attributes without
+    a dict each (the Deferred's C{result} among them): a dict per call would
+    be one more object for every pass of the collector to walk.
+    """
+    w = MemoryWorker()
+    q = makeQueue(w)
+    # Enough objects made before the first fires to use up the room CPython
+    # keeps for new attribute names of a class.
+    tasks = [q.call(abs, -i) for i in range(200)]
+    gathered = gatherResults(tasks)
+    while w.accepted:
+        w.runNext()
+    assert result(gathered) == list(range(200))
+    # A dict of its own, not the (shared, empty) keywords.
+    withDict = [
+        t
+        for t in tasks
+        if any(type(o) is dict and o is not t.kwargs for o in gc.get_referents(t))
+    ]
+    assert withDict == []

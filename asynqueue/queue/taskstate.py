@@ -204,6 +204,50 @@ class QueuedTask(Deferred[Any], Task):
         return f"<Task {self.id} {self.name} {self.state}>"
 
 
+#: Every attribute a task's object is given outside its slots: the task's
+#: own (L{Task}'s) and those its Deferred sets as it fires or is cancelled.
+_DICT_ATTRIBUTES = (
+    "_callbacks",
+    "_canceller",
+    "f",
+    "args",
+    "kwargs",
+    "options",
+    "pickled",
+    "update",
+    "handle",
+    "reporter",
+    "runs",
+    "called",
+    "result",
+    "_runningCallbacks",
+    "_chainedTo",
+    "paused",
+    "_suppressAlreadyCalled",
+    "_debugInfo",
+)
+
+
+def _nameEveryAttribute() -> None:
+    """
+    Have one throwaway task name every attribute a task's object may get,
+    before any real task is made.
+
+    CPython (3.11 on) keeps an object's attributes without a dict of its
+    own for the names its class has seen while it still had room for new
+    ones, and each object made takes some of that room. The Deferred's
+    C{result} is first set when the first task ends, after a burst of tasks
+    was made: with no room left, every task would then get a dict when it
+    fired, one more object per call for every pass of the collector.
+    """
+    task = QueuedTask.__new__(QueuedTask)
+    for name in _DICT_ATTRIBUTES:
+        setattr(task, name, None)
+
+
+_nameEveryAttribute()
+
+
 def cancelTimeout(task: QueuedTask) -> None:
     """Stop the timer of C{task}'s run, if it has one."""
     timeoutCall = task.timeoutCall
