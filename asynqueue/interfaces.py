@@ -191,9 +191,10 @@ class ICallPickling(IWorker):
     A queue whose workers all provide this pickles each call when it is
     submitted, with L{prepareCall} of one of them, so that a call that
     cannot travel fails at once; the bytes go in C{task.pickled}, which the
-    worker sends instead of pickling the call again. Every worker providing
-    this must accept what any other's L{prepareCall} made (the workers here
-    all use L{asynqueue.wire.pickling.dumpCall}).
+    worker sends instead of pickling the call again, and C{task.args} is
+    C{None} while the call waits (the pickle holds them; see L{argumentsOf}).
+    Every worker providing this must accept what any other's L{prepareCall}
+    made (the workers here all use L{asynqueue.wire.pickling.dumpCall}).
     """
 
     def prepareCall(
@@ -202,6 +203,15 @@ class ICallPickling(IWorker):
         """
         Pickle the call C{f(*args, **kwargs)} as I send it; raise
         L{asynqueue.errors.UnpicklableError} naming what cannot be pickled.
+        """
+
+    def argumentsOf(call: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """
+        The arguments of a call L{prepareCall} (mine or another's) pickled,
+        as C{(args, kwargs)}: a queue that holds a waiting call pickled lets
+        its arguments go (C{task.args} is C{None}), and asks for copies of
+        them only if something needs them (a worker that does not pickle,
+        an end observer added since).
         """
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "RawCall",
     "RawResult",
     "recordRow",
+    "IN_THE_PICKLE",
 ]
 
 
@@ -196,6 +197,21 @@ class TaskRecord:
 recordRow = attrgetter(*(f.name for f in fields(TaskRecord)))
 
 
+class _InThePickle(tuple[Any, ...]):
+    """What C{task.args} is while the call's pickle holds its arguments."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<arguments in task.pickled>"
+
+
+#: C{task.args} of a waiting call that a queue of pickling workers holds
+#: pickled (L{asynqueue.interfaces.ICallPickling}): the arguments are in
+#: C{task.pickled}, and the originals were let go.
+IN_THE_PICKLE: tuple[Any, ...] = _InThePickle()
+
+
 @dataclass(eq=False, slots=True)
 class Task:
     """
@@ -225,7 +241,10 @@ class Task:
 
     @ivar pickled: The call as an L{asynqueue.interfaces.ICallPickling}
         worker's C{prepareCall} pickled it when it was queued (for a queue
-        whose workers all pickle calls), or C{None}.
+        whose workers all pickle calls), or C{None}. Such a queue lets the
+        arguments go once they are pickled: C{args} is then
+        L{IN_THE_PICKLE} (and C{kwargs} empty), and a worker sends the
+        pickle; a worker that does not pickle is given copies.
     @ivar update: C{"kept"} or C{"ephemeral"} for a L{TaskQueue.update}
         call, else C{None}.
     @ivar handle: Whatever the worker running the task keeps for it.

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +48,7 @@ from asynqueue import (
 )
 from asynqueue.errors import WorkerError
 from asynqueue.interfaces import ITaskReporter
+from asynqueue.tasks import IN_THE_PICKLE
 from asynqueue.workers.base import AdaptiveBacklog
 
 # -- what the children run ----------------------------------------------------
@@ -857,6 +859,42 @@ async def test_cancelQueuedTaskWithdrawsIt(
     for d in (second, fourth):
         assert isinstance(await failureOf(d), CancelledError)
     assert not os.path.exists(m2) and not os.path.exists(m4)
+
+
+class Measured:
+    """An argument the parent can watch go; the child gets a copy."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def measure(m: Measured, extra: int = 0) -> int:
+    return m.n + extra
+
+
+@pytest.mark.parametrize("raw", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_aWaitingCallKeepsItsArgumentsOnlyPickled(raw: bool) -> None:
+    """
+    Behind a running call, the next waits pickled: the queue lets its
+    arguments go, and the child (a raw worker too, which pickles the call
+    again) still runs it with them.
+    """
+    q = asynqueue.TaskQueue(shutdownWithReactor=False)
+    q.attachWorker(ProcessWorker(capacity=1, raw=raw))
+    try:
+        first = q.call(measure, Measured(1))
+        arg = Measured(20)
+        watched = weakref.ref(arg)
+        d = q.call(measure, arg, extra=3)
+        del arg
+        gc.collect()
+        assert d.args is IN_THE_PICKLE, d.args
+        assert watched() is None, "the queue kept the argument"
+        assert await within(first) == 1
+        assert await within(d) == 23
+    finally:
+        await within(q.shutdown(timeout=3, cancelPending=True), 15)
 
 
 # -- ending -------------------------------------------------------------------

@@ -47,6 +47,7 @@ from asynqueue.queue.talk import Talk
 from asynqueue.settings import Settings, shutdownTimeoutOf
 from asynqueue.tasks import (
     _DEFAULT_OPTIONS,
+    IN_THE_PICKLE,
     OPTION_NAMES,
     RawCall,
     TaskOptions,
@@ -139,6 +140,7 @@ class TaskQueue(_Shutdown, _Inspection):
         self._slots = {}
         self._slotList = []
         self._callPickler = None
+        self._argumentsReader = None
         self._pending = PendingStore()
         self._running = set()
         self._updates = []
@@ -272,6 +274,14 @@ class TaskQueue(_Shutdown, _Inspection):
                 return fail(UnpicklableError(f"the call cannot be pickled: {_say(e)}"))
         task = self._newTask(f, args, kwargs, options)
         task.pickled = call
+        if (
+            call is not None
+            and self._argumentsReader is pickler
+            and not (self._endObservers or self._talk.on or options._talks)  # type: ignore[attr-defined]
+        ):
+            # The pickle holds the arguments: a waiting call keeps them once,
+            # not twice, and is an object fewer for the collector to walk.
+            task.args, task.kwargs = IN_THE_PICKLE, _NO_KEYWORDS
         lane = options.lane
         if lane is not None:
             state = self._pending.lane(lane)

@@ -47,6 +47,10 @@ class _Inspection(_Running):
         (done, failed, timed out or cancelled), in the reactor thread, before
         the queue lets go of its arguments. Return a function that stops it.
 
+        A queue of workers that pickle calls keeps the arguments of a call
+        made while nobody observed only in its pickle: the observer then
+        gets copies read from it (equal, not the caller's own objects).
+
         It costs a task one call, and nothing while no one observes.
         """
         self._endObservers.append(observer)

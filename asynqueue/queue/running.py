@@ -31,10 +31,10 @@ from asynqueue.queue.kept import KeptRecords
 from asynqueue.queue.pending import PendingStore
 from asynqueue.queue.talk import Talk
 from asynqueue.queue.taskstate import QueuedTask, cancelTimeout
-from asynqueue.tasks import RawResult, TaskOptions, TaskRecord
+from asynqueue.tasks import IN_THE_PICKLE, RawResult, TaskOptions, TaskRecord
 
 if TYPE_CHECKING:
-    from asynqueue.interfaces import IWorker
+    from asynqueue.interfaces import ICallPickling, IWorker
     from asynqueue.queue.slots import _WorkerSlot
 
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
@@ -84,6 +84,10 @@ class _Running:
     _idleWaiters: list[Deferred[None]]
     _canceller: Callable[[Deferred[Any]], None]
     _talk: Talk
+    #: The last worker seen that pickles calls and reads their arguments
+    #: back (L{ICallPickling.argumentsOf}), for calls whose arguments the
+    #: queue let go once pickled; C{None} if none was ever attached.
+    _argumentsReader: ICallPickling | None
 
     # ------------------------------------------------------------------
     # Making tasks
@@ -117,10 +121,27 @@ class _Running:
             self._tell("submitted", task.record)
         return task
 
+    def _arguments(self, task: QueuedTask) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """
+        C{task}'s arguments: copies read from its pickle if the queue let
+        the originals go (L{IN_THE_PICKLE}); raise if they cannot be read.
+        """
+        if task.args is not IN_THE_PICKLE:
+            return task.args, task.kwargs
+        reader = self._argumentsReader
+        if reader is None or task.pickled is None:
+            raise ValueError(f"the arguments of {task.name!r} are gone")
+        return reader.argumentsOf(task.pickled)
+
     def _tellEnd(self, task: QueuedTask, result: object) -> None:
+        try:
+            args, kwargs = self._arguments(task)
+        except Exception:
+            self.log.failure("Cannot read the arguments of {task}", task=task.name)
+            args, kwargs = task.args, task.kwargs
         for observer in list(self._endObservers):
             try:
-                observer(task.record, task.args, task.kwargs, result)
+                observer(task.record, args, kwargs, result)
             except Exception:
                 self.log.failure("End observer {observer} failed", observer=observer)
 
@@ -236,6 +257,15 @@ class _Running:
             self._dispatch()
 
     def _start(self, slot: _WorkerSlot, task: QueuedTask) -> None:
+        if task.args is IN_THE_PICKLE and not slot.picklesCalls:
+            # Held pickled for workers that pickle; this one runs the call
+            # as it is: copies of the arguments, from the pickle.
+            try:
+                task.args, task.kwargs = self._arguments(task)
+            except Exception:
+                self._finish(task, Failure())
+                self._checkIdle()
+                return
         slot.outstanding.add(task)
         slot.free -= 1
         self._running.add(task)

@@ -52,6 +52,8 @@ class _WorkerSlot:
     worker: IWorker
     outstanding: set[QueuedTask] = field(default_factory=set)
     reportingWorker: IReportingWorker | None = None
+    #: The worker pickles calls (L{ICallPickling}): it sends C{task.pickled}.
+    picklesCalls: bool = False
     ready: bool = False
     leaving: bool = False
     free: int = 0
@@ -106,6 +108,7 @@ class _Workers(_Running):
         slot = _WorkerSlot(
             worker,
             reportingWorker=worker if IReportingWorker.providedBy(worker) else None,
+            picklesCalls=ICallPickling.providedBy(worker),
         )
         self._noWorkers = None
         self._slots[worker] = slot
@@ -192,7 +195,11 @@ class _Workers(_Running):
         """Pickle calls at submission if, and only if, every worker pickles them."""
         workers = list(self._slots)
         if workers and all(ICallPickling.providedBy(w) for w in workers):
-            self._callPickler = cast(ICallPickling, workers[0])
+            pickler = self._callPickler = cast(ICallPickling, workers[0])
+            # Kept once the pickling workers are gone: what waits pickled
+            # may yet go to a worker that does not pickle.
+            if hasattr(pickler, "argumentsOf"):
+                self._argumentsReader = pickler
         else:
             self._callPickler = None
 

@@ -204,20 +204,11 @@ class QueuedTask(Deferred[Any], Task):
         return f"<Task {self.id} {self.name} {self.state}>"
 
 
-#: Every attribute a task's object is given outside its slots: the task's
-#: own (L{Task}'s) and those its Deferred sets as it fires or is cancelled.
+#: Every attribute a task's object gets outside the slots (its own and
+#: L{Task}'s): those its Deferred sets, as it is made, fires or is cancelled.
 _DICT_ATTRIBUTES = (
     "_callbacks",
     "_canceller",
-    "f",
-    "args",
-    "kwargs",
-    "options",
-    "pickled",
-    "update",
-    "handle",
-    "reporter",
-    "runs",
     "called",
     "result",
     "_runningCallbacks",

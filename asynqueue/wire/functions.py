@@ -133,6 +133,11 @@ def referenceCall(definition: Definition, payload: bytes) -> bytes:
     return b"".join((MAGIC, definition.key, payload))
 
 
+def referencePayload(call: bytes) -> memoryview:
+    """The pickled arguments of a call L{referenceCall} made."""
+    return memoryview(call)[_HEAD:]
+
+
 #: The definitions this process made, by key, while something keeps them:
 #: their function's L{_Kept}.
 _defined: weakref.WeakValueDictionary[bytes, Definition] = weakref.WeakValueDictionary()

@@ -11,10 +11,12 @@ from collections.abc import Callable
 
 from asynqueue.wire.framing import Value
 from asynqueue.wire.functions import (
+    MAGIC,
     cloudpickler,
     definitionOf,
     dumpArguments,
     referenceCall,
+    referencePayload,
 )
 
 # typing for annotations only: importing it takes a good part of a child's start.
@@ -95,6 +97,18 @@ def dumpCall(
         from asynqueue.errors import UnpicklableError
 
         raise UnpicklableError(why) from e
+
+
+def callArguments(call: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """
+    The arguments of a call L{dumpCall} pickled, as C{(args, kwargs)}: equal
+    copies of those it was given (for a queue that let the originals go).
+    """
+    if call[:4] == MAGIC:
+        args, kwargs = loads(referencePayload(call))
+    else:
+        _, args, kwargs = loads(call)
+    return args, kwargs
 
 
 def pickledCall(task: Any) -> bytes:

@@ -189,12 +189,6 @@ class ProcessWorker(ProcessWorkerExtras):
         """Register what to call, with me, if I must resign."""
         self._resignator = callableObject
 
-    def prepareCall(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> bytes:
-        """Pickle a call as I send it (L{ICallPickling})."""
-        return dumpCall(f, args, kwargs)
-
     def run(self, task: Task) -> Deferred[Any]:
         """Pickle the call now, send it to my child; a Deferred of its result."""
         return runReporting(self, task)

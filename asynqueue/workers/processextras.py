@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 from twisted.internet.defer import Deferred, gatherResults, succeed
 
 from asynqueue.queue.core import TaskQueue
-from asynqueue.tasks import RawCall, Task, TaskRecord
-from asynqueue.wire.pickling import dumpCall
+from asynqueue.tasks import IN_THE_PICKLE, RawCall, Task, TaskRecord
+from asynqueue.wire.pickling import callArguments, dumpCall
 
 __all__ = ["ProcessBase", "ProcessQueueExtras", "ProcessWorkerExtras"]
 
@@ -81,9 +81,21 @@ class ProcessWorkerExtras:
         self.raw = bool(raw)
         self.useReactor = bool(useReactor)
 
+    def prepareCall(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes:
+        """Pickle a call as I send it (L{ICallPickling})."""
+        return dumpCall(f, args, kwargs)
+
+    def argumentsOf(self, call: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments of a call pickled (L{ICallPickling})."""
+        return callArguments(call)
+
     def _rawCall(self, task: Task) -> bytes:
         """The call of C{task} pickled to come back raw (L{RawCall})."""
         f = task.f if type(task.f) is RawCall else RawCall(task.f)
+        if task.args is IN_THE_PICKLE and task.pickled is not None:
+            return dumpCall(f, *callArguments(task.pickled))
         return dumpCall(f, task.args, task.kwargs)
 
     def _keepCallStats(self, callStats: bool) -> None:

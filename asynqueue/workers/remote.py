@@ -38,7 +38,13 @@ from asynqueue.interfaces import (
 )
 from asynqueue.tasks import Task
 from asynqueue.wire.commands import Stop
-from asynqueue.wire.pickling import PROTOCOL, dumpCall, loadsPlain, pickledCall
+from asynqueue.wire.pickling import (
+    PROTOCOL,
+    callArguments,
+    dumpCall,
+    loadsPlain,
+    pickledCall,
+)
 from asynqueue.wire.universe import WireWorkerUniverse
 from asynqueue.workers.base import runReporting
 from asynqueue.workers.connection import (
@@ -197,6 +203,10 @@ class RemoteWorker:
     ) -> bytes:
         """Pickle a call as I send it (L{ICallPickling})."""
         return dumpCall(f, args, kwargs)
+
+    def argumentsOf(self, call: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments of a call pickled (L{ICallPickling})."""
+        return callArguments(call)
 
     def whenConnected(self) -> Deferred[RemoteWorker]:
         """A Deferred that fires with me once I am connected and know my capacity."""
