@@ -42,6 +42,7 @@ from asynqueue.wire.commands import (
     readCancelTask,
     readTaskResult,
     runTasksBox,
+    runTasksFrame,
     taskResultBox,
     taskResultsBox,
 )
@@ -363,6 +364,22 @@ def twistedBoxes() -> list[amp.AmpBox]:
 def twistedStream() -> tuple[bytes, list[Box]]:
     boxes = twistedBoxes()
     return b"".join(b.serialize() for b in boxes), [dict(b) for b in boxes]
+
+
+@pytest.mark.parametrize("size", [0, 1, 0xFFFF])
+def test_runTasksFrameIsTheBoxWriteBoxWrites(size: int) -> None:
+    """The one-step frame of a call's box: the same bytes, read back whole."""
+    batch = bytes(random.getrandbits(8) for _ in range(size))
+    transport = StringTransport()
+    writeBox(transport, runTasksBox(batch))
+    frame = runTasksFrame(batch)
+    assert frame == transport.value()
+    [box] = readBoxes([frame])
+    assert box[COMMAND] == RUN_TASKS and readBatch(box) == batch
+
+
+def test_runTasksFrameLeavesALargeBatchToWriteBox() -> None:
+    assert runTasksFrame(bytes(0x10000)) is None
 
 
 def test_boxReaderParsesTwistedBoxes() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-from asynqueue.wire.framing import Value, bigValue
+from asynqueue.wire.framing import MAX_VALUE_LENGTH, Value, bigValue
 
 # typing for annotations only: importing it takes a good part of a child's start.
 TYPE_CHECKING = False
@@ -82,6 +82,26 @@ KEY_BYTES = 16
 def runTasksBox(batch: Value) -> Pairs:
     """The pairs of a C{RunTasks} box, for L{asynqueue.wire.framing.writeBox}."""
     return [(COMMAND, RUN_TASKS), (b"batch", batch)]
+
+
+def _pairHead(key: bytes) -> bytes:
+    return len(key).to_bytes(2, "big") + key
+
+
+_RUN_TASKS_HEAD = _pairHead(COMMAND) + _pairHead(RUN_TASKS) + _pairHead(b"batch")
+
+
+def runTasksFrame(batch: bytes) -> bytes | None:
+    """
+    The bytes of a whole C{RunTasks} box, as L{writeBox} writes
+    L{runTasksBox}, for a C{batch} that fits one value (else C{None}): the
+    box an idle child's call goes in, made in one step.
+    """
+    if len(batch) > MAX_VALUE_LENGTH:
+        return None
+    return b"".join(
+        (_RUN_TASKS_HEAD, len(batch).to_bytes(2, "big"), batch, b"\x00\x00")
+    )
 
 
 def cancelTaskBox(taskID: int) -> Pairs:

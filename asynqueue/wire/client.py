@@ -7,6 +7,7 @@ withdrawing them, and reading their results back.
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -29,10 +30,11 @@ from asynqueue.wire.commands import (
     readBatch,
     readTaskResult,
     runTasksBox,
+    runTasksFrame,
 )
 from asynqueue.wire.framing import BoxReader, Value, writeBox
 from asynqueue.wire.functions import FunctionLedger
-from asynqueue.wire.pickling import dumps, loads
+from asynqueue.wire.pickling import PROTOCOL, loads
 from asynqueue.wire.results import Peer, deliverResult, reportResult, unloadable
 
 if TYPE_CHECKING:
@@ -266,7 +268,13 @@ class NodeClient(amp.AMP):
         after the functions they name that the node does not hold yet.
         """
         batch = self.functions.prepare(batch, self.sendPairs)
-        self.sendPairs(runTasksBox(dumps(batch)))
+        # Task IDs and bytes: plain pickle always takes them.
+        data = pickle.dumps(batch, PROTOCOL)
+        frame = runTasksFrame(data)
+        if frame is None:
+            self.sendPairs(runTasksBox(data))
+        elif self.transport is not None:
+            self.transport.write(frame)
 
     def sendCancel(self, taskID: int) -> None:
         """Withdraw a call the node has not started (L{CancelTask})."""

@@ -33,6 +33,7 @@ from asynqueue.wire.boxes import (
     readCancelTask,
     readTaskResult,
     runTasksBox,
+    runTasksFrame,
     taskResultBox,
     taskResultsBox,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "readCancelTask",
     "readTaskResult",
     "runTasksBox",
+    "runTasksFrame",
     "taskResultBox",
     "taskResultsBox",
 ]
