@@ -301,7 +301,7 @@ class TaskQueue(_Shutdown, _Inspection):
                 if slot.free > 0:
                     self._dispatch()
                     break
-        return task.deferred
+        return task  # the caller's Deferred
 
     def update(
         self, f: Callable[..., Any], *args: Any, ephemeral: bool = False, **kwargs: Any

@@ -218,7 +218,7 @@ class _Running:
                         self._warmSlot = None
                 for k in range(count):
                     slot = slots[(first + k) % count]
-                    if slot.free > 0:
+                    if slot.free > 0 and pending.count:
                         task = pending.popFor(slot.worker)
                         if task is not None:
                             self._start(slot, task)

@@ -187,7 +187,8 @@ class NodeClient(amp.AMP):
         """
         self.inFlight[sent.taskID] = sent
         if now or len(sent.call) > BATCH_BYTES:
-            self.flush()
+            if self.outgoing or self.flushCall is not None:
+                self.flush()
             self._writeOrFail([(sent.taskID, sent.call)])
         else:
             self.outgoing.append((sent.taskID, sent.call))

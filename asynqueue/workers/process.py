@@ -204,7 +204,11 @@ class ProcessWorker(ProcessWorkerExtras):
             task.finished(Failure(self._setupError()), attempt)
             return
         try:
-            call = self._rawCall(task) if self.raw else pickledCall(task)
+            call = task.pickled
+            if self.raw:
+                call = self._rawCall(task)
+            elif call is None:
+                call = pickledCall(task)
         except UnpicklableError:
             task.finished(Failure(), attempt)
             return
