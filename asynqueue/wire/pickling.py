@@ -111,6 +111,23 @@ def callArguments(call: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return args, kwargs
 
 
+class CallPickler:
+    """
+    How the workers here pickle calls and read their arguments back (the
+    methods of L{asynqueue.interfaces.ICallPickling}), for them to inherit.
+    """
+
+    def prepareCall(
+        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes:
+        """Pickle a call as I send it (L{ICallPickling})."""
+        return dumpCall(f, args, kwargs)
+
+    def argumentsOf(self, call: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments of a call pickled (L{ICallPickling})."""
+        return callArguments(call)
+
+
 def pickledCall(task: Any) -> bytes:
     """
     A task's call, pickled: as the queue pickled it when it was queued, or

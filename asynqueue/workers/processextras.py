@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 
 from asynqueue.queue.core import TaskQueue
 from asynqueue.tasks import IN_THE_PICKLE, RawCall, Task, TaskRecord
-from asynqueue.wire.pickling import callArguments, dumpCall
+from asynqueue.wire.pickling import CallPickler, callArguments, dumpCall
 
 __all__ = ["ProcessBase", "ProcessQueueExtras", "ProcessWorkerExtras"]
 
@@ -54,7 +54,7 @@ class ProcessBase:
         return data[name]
 
 
-class ProcessWorkerExtras:
+class ProcessWorkerExtras(CallPickler):
     """What a L{asynqueue.workers.process.ProcessWorker} keeps of AsynQueue's."""
 
     #: The series every process worker runs (AsynQueue's class qualifications).
@@ -80,16 +80,6 @@ class ProcessWorkerExtras:
         #: Deferred or coroutine its call returns, with or without it.
         self.raw = bool(raw)
         self.useReactor = bool(useReactor)
-
-    def prepareCall(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> bytes:
-        """Pickle a call as I send it (L{ICallPickling})."""
-        return dumpCall(f, args, kwargs)
-
-    def argumentsOf(self, call: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """The arguments of a call pickled (L{ICallPickling})."""
-        return callArguments(call)
 
     def _rawCall(self, task: Task) -> bytes:
         """The call of C{task} pickled to come back raw (L{RawCall})."""

@@ -40,8 +40,7 @@ from asynqueue.tasks import Task
 from asynqueue.wire.commands import Stop
 from asynqueue.wire.pickling import (
     PROTOCOL,
-    callArguments,
-    dumpCall,
+    CallPickler,
     loadsPlain,
     pickledCall,
 )
@@ -62,7 +61,7 @@ from asynqueue.workers.connection import (
     IDescribedWorker,
     IResignationExplaining,
 )
-class RemoteWorker:
+class RemoteWorker(CallPickler):
     """
     Runs calls on a remote worker node.
 
@@ -197,16 +196,6 @@ class RemoteWorker:
     def setCapacityObserver(self, callableObject: Callable[[], object]) -> None:
         """Register what to call when my capacity changes (on (dis)connection)."""
         self._capacityObserver = callableObject
-
-    def prepareCall(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> bytes:
-        """Pickle a call as I send it (L{ICallPickling})."""
-        return dumpCall(f, args, kwargs)
-
-    def argumentsOf(self, call: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """The arguments of a call pickled (L{ICallPickling})."""
-        return callArguments(call)
 
     def whenConnected(self) -> Deferred[RemoteWorker]:
         """A Deferred that fires with me once I am connected and know my capacity."""
