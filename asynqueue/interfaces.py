@@ -191,10 +191,9 @@ class ICallPickling(IWorker):
     A queue whose workers all provide this pickles each call when it is
     submitted, with L{prepareCall} of one of them, so that a call that
     cannot travel fails at once; the bytes go in C{task.pickled}, which the
-    worker sends instead of pickling the call again, and C{task.args} is
-    C{None} while the call waits (the pickle holds them; see L{argumentsOf}).
-    Every worker providing this must accept what any other's L{prepareCall}
-    made (the workers here all use L{asynqueue.wire.pickling.dumpCall}).
+    worker sends instead of pickling the call again. Every worker providing
+    this must accept what any other's L{prepareCall} made (the workers here
+    all use L{asynqueue.wire.pickling.dumpCall}).
     """
 
     def prepareCall(
@@ -208,10 +207,15 @@ class ICallPickling(IWorker):
     def argumentsOf(call: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """
         The arguments of a call L{prepareCall} (mine or another's) pickled,
-        as C{(args, kwargs)}: a queue that holds a waiting call pickled lets
-        its arguments go (C{task.args} is C{None}), and asks for copies of
-        them only if something needs them (a worker that does not pickle,
-        an end observer added since).
+        as C{(args, kwargs)}.
+
+        A worker with this method sends C{task.pickled} and never reads the
+        task's arguments. When every worker of a queue has it, the queue
+        lets a call's arguments go once the call is pickled: C{task.args}
+        is then L{asynqueue.tasks.IN_THE_PICKLE} (test it with C{is}: it is
+        an empty tuple), and the queue asks for copies only if something
+        needs them (a worker without this method, an end observer added
+        since).
         """
 
 

@@ -147,21 +147,60 @@ def test_unreadableArgumentsFailTheCallNotTheQueue(makeQueue: Any) -> None:
     plain.runAll()
 
 
-def test_aWorkerWithoutArgumentsOfKeepsThemAsBefore(makeQueue: Any) -> None:
-    """An ICallPickling worker written before argumentsOf: nothing is let go."""
+@implementer(ICallPickling)
+class OlderWorker(MemoryWorker):
+    """An ICallPickling worker written before argumentsOf: it reads task.args."""
 
-    @implementer(ICallPickling)
-    class OlderWorker(MemoryWorker):
-        def prepareCall(self, f: Any, args: Any, kwargs: Any) -> bytes:
-            return pickle.dumps((f, args, kwargs))
+    def prepareCall(self, f: Any, args: Any, kwargs: Any) -> bytes:
+        return pickle.dumps((f, args, kwargs))
 
-    w = OlderWorker()
-    q = makeQueue(w)
+
+@pytest.mark.parametrize("olderFirst", [None, True, False])
+def test_aWorkerWithoutArgumentsOfKeepsThemAsBefore(
+    makeQueue: Any, olderFirst: bool | None
+) -> None:
+    """
+    A worker that may read the arguments, alone or beside one that cannot
+    (in either order): nothing is let go, and each worker gets them.
+    """
+    older = OlderWorker()
+    workers = [older] if olderFirst is None else [older, PicklingWorker()]
+    q = makeQueue(*(workers if olderFirst in (None, True) else workers[::-1]))
     payload = Payload(3)
-    d = q.call(size, payload)
-    assert d.args[0] is payload
+    calls = [q.call(size, payload, extra=i) for i in range(4)]
+    assert all(d.args[0] is payload for d in calls)
+    for w in workers:
+        w.runAll()
+    assert [result(d) for d in calls] == [3, 4, 5, 6]
+    assert older.started == {} and not older.accepted
+
+
+def test_theSharedEmptyKeywordsCannotBeChanged(makeQueue: Any) -> None:
+    """
+    Calls made without keywords share one empty dict: an end observer that
+    tries to change it fails (and is logged), and no other call sees a
+    keyword it did not pass.
+    """
+    w = PicklingWorker()
+    q = makeQueue(w)
+    tried: list[str] = []
+
+    def meddle(record: Any, args: Any, kwargs: Any, outcome: Any) -> None:
+        try:
+            kwargs.setdefault("extra", 1000)
+        except TypeError as e:
+            tried.append(str(e))
+
+    q.observeEnds(meddle)
+    first = q.call(size, Payload(1))
     w.runAll()
-    assert result(d) == 3
+    # Made after the observer's attempt: as it would be on any queue.
+    second = q.call(size, Payload(2))
+    w.runAll()
+    assert [result(first), result(second)] == [1, 2]
+    assert len(tried) == 2 and "cannot change" in tried[0]
+    assert pickle.loads(pickle.dumps(first.kwargs)) == {}
+    assert type(pickle.loads(pickle.dumps(first.kwargs))) is dict
 
 
 @pytest.mark.parametrize("byValue", [False, True])

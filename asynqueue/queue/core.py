@@ -141,6 +141,7 @@ class TaskQueue(_Shutdown, _Inspection):
         self._slotList = []
         self._callPickler = None
         self._argumentsReader = None
+        self._dropsArguments = False
         self._pending = PendingStore()
         self._running = set()
         self._updates = []
@@ -265,7 +266,8 @@ class TaskQueue(_Shutdown, _Inspection):
             # Every worker would pickle the call: do it now, so that a call
             # that cannot travel fails at once, not when a worker is free.
             try:
-                call = pickler.prepareCall(f, args, kwargs)
+                # A plain dict, not the shared frozen one: it pickles as such.
+                call = pickler.prepareCall(f, args, kwargs or {})
             except UnpicklableError as e:
                 return fail(e)
             except Exception as e:
@@ -276,7 +278,7 @@ class TaskQueue(_Shutdown, _Inspection):
         task.pickled = call
         if (
             call is not None
-            and self._argumentsReader is pickler
+            and self._dropsArguments
             and not (self._endObservers or self._talk.on or options._talks)  # type: ignore[attr-defined]
         ):
             # The pickle holds the arguments: a waiting call keeps them once,

@@ -49,7 +49,10 @@ class _Inspection(_Running):
 
         A queue of workers that pickle calls keeps the arguments of a call
         made while nobody observed only in its pickle: the observer then
-        gets copies read from it (equal, not the caller's own objects).
+        gets copies read from it (equal, not the caller's own objects), or
+        L{asynqueue.tasks.IN_THE_PICKLE} if they cannot be read back. The
+        keywords of a call made without any are one shared empty dict,
+        which refuses to change.
 
         It costs a task one call, and nothing while no one observes.
         """

@@ -38,8 +38,29 @@ if TYPE_CHECKING:
     from asynqueue.queue.slots import _WorkerSlot
 
 _RUNNING, _STOPPING, _STOPPED = "running", "stopping", "stopped"
-#: What a finished task's keywords become (never changed).
-_NO_KEYWORDS: dict[str, Any] = {}
+
+
+class _NoKeywords(dict[str, Any]):
+    """
+    The keywords of every call made without any: one empty dict, shared,
+    so it refuses to change (it pickles as a plain empty dict).
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("the keywords of a call made without any cannot change")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    setdefault = update = pop = popitem = clear = _refuse
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[()]]:
+        return dict, ()
+
+
+#: The keywords of a call made without any, and what a finished task's
+#: keywords become.
+_NO_KEYWORDS: dict[str, Any] = _NoKeywords()
 
 
 class _Running:
@@ -84,10 +105,13 @@ class _Running:
     _idleWaiters: list[Deferred[None]]
     _canceller: Callable[[Deferred[Any]], None]
     _talk: Talk
-    #: The last worker seen that pickles calls and reads their arguments
-    #: back (L{ICallPickling.argumentsOf}), for calls whose arguments the
-    #: queue let go once pickled; C{None} if none was ever attached.
+    #: A worker that pickles calls and reads their arguments back
+    #: (L{ICallPickling.argumentsOf}): an attached one, else the last one
+    #: seen, for calls whose arguments the queue let go once pickled.
     _argumentsReader: ICallPickling | None
+    #: Every worker sends calls pickled and can read them back: a call's
+    #: arguments go once it is pickled.
+    _dropsArguments: bool
 
     # ------------------------------------------------------------------
     # Making tasks

@@ -39,6 +39,14 @@ from asynqueue.tasks import TaskOptions
 __all__ = ["_WorkerSlot"]
 
 
+def _sendsPickle(worker: IWorker) -> bool:
+    """
+    Whether C{worker} sends the calls it is given as pickled, never their
+    arguments (an L{ICallPickling} that can read them back: C{argumentsOf}).
+    """
+    return ICallPickling.providedBy(worker) and hasattr(worker, "argumentsOf")
+
+
 @dataclass(eq=False, slots=True)
 class _WorkerSlot:
     """
@@ -108,7 +116,7 @@ class _Workers(_Running):
         slot = _WorkerSlot(
             worker,
             reportingWorker=worker if IReportingWorker.providedBy(worker) else None,
-            picklesCalls=ICallPickling.providedBy(worker),
+            picklesCalls=_sendsPickle(worker),
         )
         self._noWorkers = None
         self._slots[worker] = slot
@@ -195,13 +203,16 @@ class _Workers(_Running):
         """Pickle calls at submission if, and only if, every worker pickles them."""
         workers = list(self._slots)
         if workers and all(ICallPickling.providedBy(w) for w in workers):
-            pickler = self._callPickler = cast(ICallPickling, workers[0])
-            # Kept once the pickling workers are gone: what waits pickled
-            # may yet go to a worker that does not pickle.
-            if hasattr(pickler, "argumentsOf"):
-                self._argumentsReader = pickler
+            self._callPickler = cast(ICallPickling, workers[0])
         else:
             self._callPickler = None
+        # Arguments go once pickled only if no worker needs them.
+        self._dropsArguments = bool(workers) and all(map(_sendsPickle, workers))
+        readers = [w for w in workers if _sendsPickle(w)]
+        if readers:
+            # Kept once the pickling workers are gone: what waits pickled
+            # may yet go to a worker that does not pickle.
+            self._argumentsReader = cast(ICallPickling, readers[0])
 
     def _capacityChanged(self, slot: _WorkerSlot) -> None:
         """A worker's capacity changed by itself (a remote node (dis)connected)."""

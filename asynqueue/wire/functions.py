@@ -28,7 +28,7 @@ import pickle
 import types
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from asynqueue.plain import loadsByValue
 from asynqueue.wire.boxes import KEY_BYTES, Pairs, defineFunctionBox
@@ -377,8 +377,22 @@ def definitionOf(f: Callable[..., Any]) -> Definition | None:
     return definition
 
 
+#: The empty keywords as they travel: only ever pickled, never handed out.
+_PLAIN_EMPTY: dict[str, Any] = {}
+
+
+def plainKeywords(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Keywords given as another mapping (a queue's shared, frozen empty dict,
+    say), as the plain dict they travel as: the callee gets one anyway.
+    """
+    return dict(kwargs) if kwargs else _PLAIN_EMPTY
+
+
 def dumpArguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle a call's arguments, by value where plain pickle would name C{__main__}."""
+    if type(kwargs) is not dict:
+        kwargs = plainKeywords(kwargs)
     try:
         data = pickle.dumps((args, kwargs), PROTOCOL)
         if b"__main__" not in data:

@@ -15,6 +15,7 @@ from asynqueue.wire.functions import (
     cloudpickler,
     definitionOf,
     dumpArguments,
+    plainKeywords,
     referenceCall,
     referencePayload,
 )
@@ -75,6 +76,8 @@ def dumpCall(
         except Exception:
             # The whole call again, which names the culprit.
             pass
+    if type(kwargs) is not dict:
+        kwargs = plainKeywords(kwargs)
     call = (f, args, kwargs)
     try:
         data = pickle.dumps(call, PROTOCOL)

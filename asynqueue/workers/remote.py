@@ -38,6 +38,7 @@ from asynqueue.interfaces import (
 )
 from asynqueue.tasks import Task
 from asynqueue.wire.commands import Stop
+from asynqueue.wire.functions import plainKeywords
 from asynqueue.wire.pickling import (
     PROTOCOL,
     CallPickler,
@@ -498,7 +499,10 @@ class WireWorker(RemoteWorker):
                 f"{self.name} runs universe methods by name, not {task.f!r}"
             )
         try:
-            call = pickle.dumps((task.f, task.args, task.kwargs), PROTOCOL)
+            kwargs = task.kwargs
+            if type(kwargs) is not dict:
+                kwargs = plainKeywords(kwargs)
+            call = pickle.dumps((task.f, task.args, kwargs), PROTOCOL)
             loadsPlain(call)
         except Exception as e:
             raise UnpicklableError(f"only plain data goes to a universe: {e}") from e
