@@ -60,7 +60,8 @@ class _WorkerSlot:
     worker: IWorker
     outstanding: set[QueuedTask] = field(default_factory=set)
     reportingWorker: IReportingWorker | None = None
-    #: The worker pickles calls (L{ICallPickling}): it sends C{task.pickled}.
+    #: The worker sends C{task.pickled} and never reads a task's arguments
+    #: (an L{ICallPickling} with C{argumentsOf}; see L{_sendsPickle}).
     picklesCalls: bool = False
     ready: bool = False
     leaving: bool = False

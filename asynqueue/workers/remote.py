@@ -499,9 +499,7 @@ class WireWorker(RemoteWorker):
                 f"{self.name} runs universe methods by name, not {task.f!r}"
             )
         try:
-            kwargs = task.kwargs
-            if type(kwargs) is not dict:
-                kwargs = plainKeywords(kwargs)
+            kwargs = plainKeywords(task.kwargs)
             call = pickle.dumps((task.f, task.args, kwargs), PROTOCOL)
             loadsPlain(call)
         except Exception as e:
