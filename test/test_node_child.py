@@ -182,6 +182,34 @@ def test_atMostAWindowOfTasksRunUnreported() -> None:
     assert VIOLATIONS == []
 
 
+def test_aFullBatchOfShortCallsComesBackInOneBox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    As many short calls as a process worker hands out at most come back in
+    one box, not in two: the window counts the task still running too.
+    """
+    import inspect
+
+    from asynqueue.node import child
+    from asynqueue.workers.process import ProcessWorker
+
+    # Time stands still: no result is old enough to go early on its own.
+    monkeypatch.setattr(child, "perf_counter", lambda: 1000.0)
+    batchSize = inspect.signature(ProcessWorker).parameters["maxCapacity"].default
+    boxes: list[int] = []
+    clock = Clock()
+    runner = LocalRunner(clock, lambda batch: boxes.append(len(batch)))
+    # The first calls of a runner's life go one by one, until their
+    # average run time shows that they are short.
+    for first in (0, batchSize):
+        del boxes[:]
+        runner.add([(first + i, dumpCall(str, (i,), {})) for i in range(batchSize)])
+        while clock.getDelayedCalls():
+            clock.advance(0)
+    assert boxes == [batchSize]
+
+
 #: Set once the result of the task before L{waitForTheResultBefore} is sent.
 RESULT_BEFORE_SENT = threading.Event()
 

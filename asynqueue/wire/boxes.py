@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from asynqueue.wire.functions import Definition
 
 #: A node runs at most this many tasks between two sends of results, so if
-#: it dies, only that many of the oldest unanswered tasks can have run. As
-#: many as a process worker has out at most (its C{maxCapacity}): a burst of
-#: short calls comes back in a quarter of the boxes that 16 took.
-RESULT_WINDOW = 64
+#: it dies, only that many of the oldest unanswered tasks can have run. One
+#: more than a process worker has out at most (its C{maxCapacity}, 64): the
+#: task still running when the others are held counts too, so a full batch
+#: of short calls comes back in one box (with 64, in two: 63 and 1).
+RESULT_WINDOW = 65
 
 #: Calls and results at most this big (bytes) travel together in one box;
 #: larger ones travel alone, without being pickled twice.
