@@ -71,3 +71,14 @@ def processQueues(
             raise
         for pid in pids:
             assertGone(pid)
+
+
+def closeResultPipeAndWait() -> None:
+    """In a child: close the pipe its results go out on, then block for ever."""
+    import threading
+
+    from asynqueue.node.child import childMain
+
+    # The result pipe is childMain's writeFD.
+    os.close(childMain.__defaults__[1])  # type: ignore[index]
+    threading.Event().wait()

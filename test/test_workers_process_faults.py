@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from processes import closeResultPipeAndWait
 from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.task import Clock
@@ -36,6 +37,7 @@ from asynqueue import (
     WorkerCrashed,
 )
 from asynqueue.records import TaskRecord
+from asynqueue.workers.children import _Child
 
 # -- what the children run ----------------------------------------------------
 
@@ -236,6 +238,9 @@ async def respawnBy(kind: str, q: ProcessQueue, clock: Clock, lines: LogLines) -
     """One respawn of a child of C{q}, of the given kind; then a call that works."""
     if kind == "killed":
         assert isinstance(await failureOf(q.call(killMyself)), WorkerCrashed)
+    elif kind == "closedPipe":
+        crash = await failureOf(q.call(closeResultPipeAndWait))
+        assert isinstance(crash, WorkerCrashed) and "result pipe" in str(crash)
     elif kind == "retired":
         # With maxTasksPerWorker=1, this call is its child's last.
         await within(q.call(os.getpid))
@@ -258,11 +263,19 @@ _lines = itertools.count()
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
-@pytest.mark.parametrize("kind", ["killed", "timedOut", "cancelled", "retired"])
+@pytest.mark.parametrize(
+    "kind", ["killed", "closedPipe", "timedOut", "cancelled", "retired"]
+)
 @pytest_twisted.ensureDeferred
 async def test_respawnsGiveBackDescriptorsAndProcesses(
-    kind: str, start: str, clock: Clock, request: pytest.FixtureRequest
+    kind: str,
+    start: str,
+    clock: Clock,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A child with its result pipe closed is killed at once here.
+    monkeypatch.setattr(_Child, "pipeGrace", 0)
     # Forked (by a zygote, which ends with the queue) or spawned.
     respawns = RESPAWNS.get(request.config.getoption("reactor"), 12)
     if start == "spawn":
@@ -349,6 +362,11 @@ async def test_deathsInCallsNeverMakeAWorkerResign(
     assert await within(q.call(identity, "alive")) == "alive"
 
 
+def isRespawn(f: Callable[..., object]) -> bool:
+    """Whether a delayed call is a worker's respawn (others keep their delay)."""
+    return getattr(f, "__name__", None) == "_respawn"
+
+
 @pytest_twisted.ensureDeferred
 async def test_childrenDyingYoungAreRespawnedWithBackOff(clock: Clock) -> None:
     # Each death before a child came up doubles the wait for the next.
@@ -364,6 +382,8 @@ async def test_childrenDyingYoungAreRespawnedWithBackOff(clock: Clock) -> None:
             return getattr(reactor, name)
 
         def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+            if not isRespawn(f):
+                return reactor.callLater(delay, f, *a, **kw)
             delays.append(delay)
             return reactor.callLater(0, f, *a, **kw)
 
@@ -570,6 +590,8 @@ class FlakySpawns:
         return reactor.spawnProcess(*args, **kwargs)
 
     def callLater(self, delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+        if not isRespawn(f):
+            return reactor.callLater(delay, f, *a, **kw)
         self.delays.append(delay)
         for n, d in list(self._waiters):
             if len(self.delays) >= n:

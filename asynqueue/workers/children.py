@@ -8,10 +8,12 @@ which calls may have run.
 from __future__ import annotations
 
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -74,6 +76,10 @@ class _Child(ProcessProtocol):
 
     log = Logger()
 
+    #: Seconds a process may live on after closing its result pipe before
+    #: it is killed: time to exit on its own, and to have that seen.
+    pipeGrace: float = 1.0
+
     def __init__(self, worker: ProcessWorker) -> None:
         self.worker = worker
         self.amp = _ParentAMP(self)
@@ -87,6 +93,9 @@ class _Child(ProcessProtocol):
         self.dead = False
         self.ended: Deferred[None] = Deferred()
         self._waitingFor = {"process", "pipe"}
+        self._pipeKill: IDelayedCall | None = None
+        #: Whether it was killed for living on with its result pipe closed.
+        self.closedItsPipe = False
         self._lines: dict[int, list[bytes]] = {}
         self._lineBytes: dict[int, int] = {}
         self._idleWaiters: list[Deferred[None]] = []
@@ -309,7 +318,37 @@ class _Child(ProcessProtocol):
 
     def pipeClosed(self, reason: Failure) -> None:
         self.amp.connectionLost(reason)
+        if "process" in self._waitingFor and not self.stopping:
+            # It can report nothing more, and a process that lives on would
+            # hold its calls (and the worker) for as long as it lives. One
+            # that is ending anyway gets a moment to say how it ended.
+            self._pipeKill = self.worker.reactor.callLater(
+                self.pipeGrace, self._killForPipe
+            )
         self._gone("pipe", reason)
+
+    def _killForPipe(self) -> None:
+        self._pipeKill = None
+        self.closedItsPipe = True
+        self.kill()
+
+    def killedForPipe(self, reason: Failure) -> bool:
+        """
+        Whether its process ended (C{reason}) by the kill for living on with
+        its result pipe closed, not on its own before that kill came.
+        """
+        return (
+            self.closedItsPipe
+            and getattr(reason.value, "signal", None) == signal.SIGKILL
+        )
+
+    def endedInWords(self, reason: Failure) -> str:
+        """How its process ended (C{reason}), for the calls it leaves."""
+        if self.killedForPipe(reason):
+            return "it closed its result pipe and lived on, so it was killed"
+        if reason.check(ProcessDone):
+            return "it exited"
+        return reason.getErrorMessage()
 
     def _gone(self, what: str, reason: Failure) -> None:
         # Results may still be in the pipe when the process has ended, so
@@ -317,6 +356,9 @@ class _Child(ProcessProtocol):
         self._waitingFor.discard(what)
         if what == "process":
             self.exitReason = reason
+            pipeKill, self._pipeKill = self._pipeKill, None
+            if pipeKill is not None and pipeKill.active():
+                pipeKill.cancel()
         if not self._waitingFor:
             self.dead = True
             try:

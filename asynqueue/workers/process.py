@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -428,7 +427,7 @@ class ProcessWorker(ProcessWorkerExtras):
         child.inFlight.clear()
         if not maybeRan and not neverRan and (child.stopping or self._stopped):
             return
-        why = reason.getErrorMessage() if not reason.check(ProcessDone) else "it exited"
+        why = child.endedInWords(reason)
 
         def fail(calls: list[_Sent], error: Exception) -> None:
             for sent in calls:
@@ -454,7 +453,9 @@ class ProcessWorker(ProcessWorkerExtras):
             # Killed from outside (SIGKILL: an operator, the out-of-memory
             # killer) says nothing of whether a child can start here: wait,
             # but never give up for that.
-            killed = getattr(reason.value, "signal", None) == signal.SIGKILL
+            killed = getattr(
+                reason.value, "signal", None
+            ) == signal.SIGKILL and not child.killedForPipe(reason)
             if self._tooManyStartFailures() and not killed:
                 self._resign(
                     f"{self._startFailures} processes in a row died before they "

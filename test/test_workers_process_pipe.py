@@ -1,0 +1,104 @@
+"""
+A child whose result pipe closes while its process lives on can report
+nothing more: it is killed after a moment, and its calls are handled as
+after any crash, instead of waiting for as long as the process lives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from processes import closeResultPipeAndWait, within
+from twisted.internet.defer import Deferred
+
+from asynqueue import NoWorkers, ProcessQueue, ProcessWorker, TaskQueue, WorkerCrashed
+from asynqueue.workers.children import _Child
+
+
+async def failureOf(d: Deferred[Any]) -> BaseException:
+    """The exception C{d} fails with (an AssertionError if it succeeds)."""
+    try:
+        value = await within(d, 20)
+    except Exception as e:
+        return e
+    raise AssertionError(f"expected a failure, got {value!r}")
+
+
+def closeResultPipeAndExit() -> None:
+    """In a child: close the result pipe, then end with exit code 3."""
+    from asynqueue.node.child import childMain
+
+    os.close(childMain.__defaults__[1])  # type: ignore[index]
+    os._exit(3)
+
+
+@pytest.fixture
+def shortGrace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child living on with its result pipe closed is killed at once."""
+    monkeypatch.setattr(_Child, "pipeGrace", 0, raising=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aChildLivingOnWithoutItsPipeIsKilled(
+    makeProcessQueue: Callable[..., ProcessQueue], shortGrace: None
+) -> None:
+    q = makeProcessQueue(1, capacity=2)
+    first = await within(q.call(os.getpid))
+    hung = q.call(closeResultPipeAndWait)
+    behind = q.call(os.getpid)
+    crash = await failureOf(hung)
+    assert isinstance(crash, WorkerCrashed)
+    assert "closed its result pipe" in str(crash) and str(first) in str(crash)
+    # The call sent behind it never ran there: it runs once, on the new child.
+    second = await within(behind)
+    assert second != first
+    assert not os.path.exists(f"/proc/{first}")
+    assert await within(q.call(os.getpid)) == second
+
+
+@pytest_twisted.ensureDeferred
+async def test_aChildEndingWithoutItsPipeSaysHowItEnded(
+    makeProcessQueue: Callable[..., ProcessQueue],
+) -> None:
+    # The default grace: a process that ends on its own is not killed, and
+    # the crash says how it ended.
+    q = makeProcessQueue(1)
+    crash = await failureOf(q.call(closeResultPipeAndExit))
+    assert isinstance(crash, WorkerCrashed)
+    assert "exit code 3" in str(crash) and "result pipe" not in str(crash)
+    assert await within(q.call(int, "7")) == 7
+
+
+def closeResultPipeIfReplayed(marker: str) -> None:
+    """Mark the first run; in every later one (a kept update's replay), hang."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+    else:
+        closeResultPipeAndWait()
+
+
+def exitAtOnce() -> None:
+    os._exit(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_childrenClosingTheirPipeInSetUpMakeTheWorkerResign(
+    tmp_path: Path, shortGrace: None
+) -> None:
+    # Killed by their worker, not from outside: each such child died young
+    # (a start failure), so the worker resigns instead of respawning for ever.
+    worker = ProcessWorker(respawnDelay=0, maxStartFailures=2)
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    try:
+        await within(q.update(closeResultPipeIfReplayed, str(tmp_path / "ran")))
+        assert isinstance(await failureOf(q.call(exitAtOnce)), WorkerCrashed)
+        later = await failureOf(q.call(os.getpid))
+        assert isinstance(later, NoWorkers) and "resigned" in str(later)
+        assert "result pipe" in str(later)
+    finally:
+        await within(q.shutdown(timeout=3, cancelPending=True))
