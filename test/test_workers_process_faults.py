@@ -274,8 +274,9 @@ async def test_respawnsGiveBackDescriptorsAndProcesses(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A child with its result pipe closed is killed at once here.
-    monkeypatch.setattr(_Child, "pipeGrace", 0)
+    if kind == "closedPipe":
+        # A child living on with its result pipe closed is killed at once.
+        monkeypatch.setattr(_Child, "pipeGrace", 0, raising=False)
     # Forked (by a zygote, which ends with the queue) or spawned.
     respawns = RESPAWNS.get(request.config.getoption("reactor"), 12)
     if start == "spawn":
@@ -364,7 +365,7 @@ async def test_deathsInCallsNeverMakeAWorkerResign(
 
 def isRespawn(f: Callable[..., object]) -> bool:
     """Whether a delayed call is a worker's respawn (others keep their delay)."""
-    return getattr(f, "__name__", None) == "_respawn"
+    return getattr(f, "__func__", None) is ProcessWorker._respawn
 
 
 @pytest_twisted.ensureDeferred

@@ -102,3 +102,57 @@ async def test_childrenClosingTheirPipeInSetUpMakeTheWorkerResign(
         assert "result pipe" in str(later)
     finally:
         await within(q.shutdown(timeout=3, cancelPending=True))
+
+
+def startSleeperThenDie(pidFile: str) -> None:
+    """In a child: start a process that keeps this one's output open, then die."""
+    import subprocess
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    Path(pidFile).write_text(str(sleeper.pid))
+    os._exit(3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aChildsEndIsSeenWhileAProcessItStartedHoldsItsOutput(
+    makeProcessQueue: Callable[..., ProcessQueue], tmp_path: Path
+) -> None:
+    # Its output stays open for as long as the process it started lives:
+    # its calls must not wait for that.
+    q = makeProcessQueue(1)
+    pidFile = tmp_path / "sleeper"
+    try:
+        crash = await failureOf(q.call(startSleeperThenDie, str(pidFile)))
+        assert isinstance(crash, WorkerCrashed) and "exit code 3" in str(crash)
+        assert await within(q.call(int, "8")) == 8
+        # Nor does the queue's end wait for it.
+        await within(q.shutdown(timeout=3))
+    finally:
+        if pidFile.exists():
+            os.kill(int(pidFile.read_text()), 9)
+
+
+def closeResultPipeOnCue(fifo: str) -> None:
+    """In a child: once a byte comes down C{fifo}, close the result pipe and hang."""
+    with open(fifo, "rb") as cue:
+        cue.read(1)
+    closeResultPipeAndWait()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aRetiringChildLivingOnWithoutItsPipeIsKilled(
+    makeProcessQueue: Callable[..., ProcessQueue], tmp_path: Path, shortGrace: None
+) -> None:
+    # Its second call replaces the child (maxTasksPerWorker=1): the old one
+    # retires with its call still out, and then closes its pipe.
+    q = makeProcessQueue(1, maxTasksPerWorker=1)
+    fifo = str(tmp_path / "cue")
+    os.mkfifo(fifo)
+    hung = q.call(closeResultPipeOnCue, fifo)
+    await within(q.call(os.getpid))
+    # Blocks until the old child has the FIFO open (it soon has).
+    cue = os.open(fifo, os.O_WRONLY)
+    os.write(cue, b"!")
+    os.close(cue)
+    crash = await failureOf(hung)
+    assert isinstance(crash, WorkerCrashed) and "result pipe" in str(crash)

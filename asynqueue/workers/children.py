@@ -94,6 +94,8 @@ class _Child(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
         self._waitingFor = {"process", "pipe"}
         self._pipeKill: IDelayedCall | None = None
+        self._outputOpen = True
+        self._outputClose: IDelayedCall | None = None
         #: Whether it was killed for living on with its result pipe closed.
         self.closedItsPipe = False
         self._lines: dict[int, list[bytes]] = {}
@@ -313,15 +315,18 @@ class _Child(ProcessProtocol):
             part=part,
         )
 
-    def processEnded(self, reason: Failure) -> None:
+    def processExited(self, reason: Failure) -> None:
+        # Its end, seen at once: not once its output closes too (as
+        # processEnded is), which a process it started may hold open.
         self._gone("process", reason)
 
     def pipeClosed(self, reason: Failure) -> None:
         self.amp.connectionLost(reason)
-        if "process" in self._waitingFor and not self.stopping:
+        if "process" in self._waitingFor and (not self.stopping or self.inFlight):
             # It can report nothing more, and a process that lives on would
             # hold its calls (and the worker) for as long as it lives. One
-            # that is ending anyway gets a moment to say how it ended.
+            # that is ending anyway gets a moment to say how it ended. (A
+            # child asked to stop has no calls out: it is ending.)
             self._pipeKill = self.worker.reactor.callLater(
                 self.pipeGrace, self._killForPipe
             )
@@ -329,8 +334,15 @@ class _Child(ProcessProtocol):
 
     def _killForPipe(self) -> None:
         self._pipeKill = None
+        if self.transport is None or self.dead:
+            return
+        try:
+            self.transport.signalProcess("KILL")
+        except (ProcessLookupError, ProcessExitedAlready):
+            # It ended meanwhile, on its own or killed by another: its end
+            # says how.
+            return
         self.closedItsPipe = True
-        self.kill()
 
     def killedForPipe(self, reason: Failure) -> bool:
         """
@@ -364,11 +376,37 @@ class _Child(ProcessProtocol):
             try:
                 self.worker.childEnded(self, self.exitReason)
             finally:
-                # Every descriptor and mapping the child was given goes now.
+                # Every descriptor and mapping the child was given goes now,
+                # and its output soon: a process it started may hold that.
                 self.ring.close()
                 self.note.close()
                 self.writer.close()
-                self.ended.callback(None)
+                if self._outputOpen:
+                    self._outputClose = self.worker.reactor.callLater(
+                        self.pipeGrace, self._closeOutput
+                    )
+                self._maybeOver()
+
+    def processEnded(self, reason: Failure) -> None:
+        # Its output is closed too.
+        self._outputOpen = False
+        outputClose, self._outputClose = self._outputClose, None
+        if outputClose is not None and outputClose.active():
+            outputClose.cancel()
+        self._maybeOver()
+
+    def _closeOutput(self) -> None:
+        """Stop reading what its process started still writes to its output."""
+        self._outputClose = None
+        for childFD in (1, 2):
+            try:
+                self.transport.closeChildFD(childFD)  # type: ignore[union-attr]
+            except (KeyError, OSError):
+                pass
+
+    def _maybeOver(self) -> None:
+        if self.dead and not self._outputOpen and not self.ended.called:
+            self.ended.callback(None)
 
     # -- ending --------------------------------------------------------------
 

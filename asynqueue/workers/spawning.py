@@ -363,9 +363,10 @@ class Forked:
     """
     A forked child's transport: its pid once known, signals, its output.
 
-    Its protocol hears C{childDataReceived} for each piece of output and
-    C{processEnded} once the zygote has reported its end and its output
-    is all read, as with a spawned child.
+    Its protocol hears C{childDataReceived} for each piece of output,
+    C{processExited} once the zygote has reported its end, and
+    C{processEnded} once its output is all read too, as with a spawned
+    child.
     """
 
     def __init__(self, zygote: Zygote, protocol: Any, outFD: int, errFD: int) -> None:
@@ -440,7 +441,14 @@ class Forked:
                 waiters, self._startWaiters = self._startWaiters, []
                 for d in waiters:
                     d.errback(reason)
+            self.protocol.processExited(reason)
             self._maybeEnded()
+
+    def closeChildFD(self, childFD: int) -> None:
+        """Stop reading my output C{childFD} (1 or 2), as if it had closed."""
+        for reader in self._readers:
+            if reader.childFD == childFD:
+                reader.close()
 
     def outputClosed(self, childFD: int) -> None:
         self._open.discard(childFD)
