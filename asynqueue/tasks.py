@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields
 from inspect import isawaitable
+from numbers import Integral, Real
 from operator import attrgetter
 from types import FunctionType
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,10 @@ class TaskOptions:
     spew: bool | None = None
 
     def __post_init__(self) -> None:
+        for name, kind, words in _NUMERIC_OPTIONS:
+            value = getattr(self, name)
+            if not isinstance(value, kind) and (value is not None or name == "retries"):
+                raise TypeError(f"{name} must be {words}, not {value!r}")
         chosen = [
             n
             for n, v in (
@@ -143,6 +148,15 @@ class TaskOptions:
 
 
 OPTION_NAMES: frozenset[str] = frozenset(f.name for f in fields(TaskOptions))
+
+#: The options that are numbers: name, type, and the type in words. Each
+#: may be None (not given), but retries (0 when not given).
+_NUMERIC_OPTIONS = (
+    ("priority", Real, "a number"),
+    ("niceness", Integral, "a whole number"),
+    ("timeout", Real, "a number of seconds"),
+    ("retries", Integral, "a whole number"),
+)
 _DEFAULT_OPTIONS = TaskOptions()
 
 

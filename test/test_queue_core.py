@@ -73,6 +73,25 @@ def test_badOptionsFailAtOnce(makeQueue: Any) -> None:
     assert q.stats()["pending"] == 0
 
 
+@pytest.mark.parametrize(
+    "option, value, says",
+    [
+        ("priority", "high", "priority must be a number, not 'high'"),
+        ("niceness", 1.5, "niceness must be a whole number, not 1.5"),
+        ("timeout", "5", "timeout must be a number of seconds, not '5'"),
+        ("retries", None, "retries must be a whole number, not None"),
+        ("retries", "2", "retries must be a whole number, not '2'"),
+    ],
+)
+def test_optionsOfTheWrongTypeSaySo(
+    makeQueue: Any, option: str, value: Any, says: str
+) -> None:
+    q = makeQueue(MemoryWorker())
+    failure = failureOf(q.call(min, 1, 2, **{option: value}))
+    assert failure.check(TypeError) and str(failure.value) == says
+    assert q.stats()["pending"] == 0
+
+
 def test_priorityOrderAndFifoAmongEquals(makeQueue: Any) -> None:
     w = MemoryWorker()
     q = makeQueue(w)
