@@ -96,10 +96,15 @@ class TaskOptions:
     spew: bool | None = None
 
     def __post_init__(self) -> None:
-        for name, kind, words in _NUMERIC_OPTIONS:
+        for name, whole, words in _NUMERIC_OPTIONS:
             value = getattr(self, name)
-            if not isinstance(value, kind) and (value is not None or name == "retries"):
+            if value is None and name != "retries":
+                continue
+            if not _isNumber(value, whole):
                 raise TypeError(f"{name} must be {words}, not {value!r}")
+            if not isinstance(value, Real):
+                # A Decimal, say: a float, which the clock can add to its time.
+                object.__setattr__(self, name, float(value))
         chosen = [
             n
             for n, v in (
@@ -149,14 +154,26 @@ class TaskOptions:
 
 OPTION_NAMES: frozenset[str] = frozenset(f.name for f in fields(TaskOptions))
 
-#: The options that are numbers: name, type, and the type in words. Each
-#: may be None (not given), but retries (0 when not given).
+#: The options that are numbers: name, whether whole, and what they must
+#: be in words. Each may be None (not given), but retries (0 by default).
 _NUMERIC_OPTIONS = (
-    ("priority", Real, "a number"),
-    ("niceness", Integral, "a whole number"),
-    ("timeout", Real, "a number of seconds"),
-    ("retries", Integral, "a whole number"),
+    ("priority", False, "a number"),
+    ("niceness", True, "a whole number"),
+    ("timeout", False, "a number of seconds"),
+    ("retries", True, "a whole number"),
 )
+
+
+def _isNumber(value: object, whole: bool) -> bool:
+    """Whether C{value} is a number (an integral one, if C{whole}); no bool."""
+    if isinstance(value, (bool, str, bytes)):
+        return False
+    if whole:
+        return isinstance(value, Integral)
+    # Decimal, numpy's and others' numbers too: whatever float() takes.
+    return isinstance(value, Real) or hasattr(value, "__float__")
+
+
 _DEFAULT_OPTIONS = TaskOptions()
 
 

@@ -73,6 +73,21 @@ def test_badOptionsFailAtOnce(makeQueue: Any) -> None:
     assert q.stats()["pending"] == 0
 
 
+def test_numbersOfOtherTypesAreOptions(makeQueue: Any) -> None:
+    # Decimal and Fraction priorities order as their values do.
+    from decimal import Decimal
+    from fractions import Fraction
+
+    w = MemoryWorker()
+    q = makeQueue(w)
+    ran, f = recorder()
+    q.call(f, "blocker")
+    q.call(f, "later", priority=Decimal("1.5"), timeout=Decimal(2))
+    q.call(f, "sooner", priority=Fraction(1, 2), timeout=Fraction(3, 2))
+    w.runAll()
+    assert ran == ["blocker", "sooner", "later"]
+
+
 @pytest.mark.parametrize(
     "option, value, says",
     [
@@ -81,6 +96,7 @@ def test_badOptionsFailAtOnce(makeQueue: Any) -> None:
         ("timeout", "5", "timeout must be a number of seconds, not '5'"),
         ("retries", None, "retries must be a whole number, not None"),
         ("retries", "2", "retries must be a whole number, not '2'"),
+        ("timeout", True, "timeout must be a number of seconds, not True"),
     ],
 )
 def test_optionsOfTheWrongTypeSaySo(

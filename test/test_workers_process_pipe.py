@@ -15,6 +15,7 @@ import pytest
 import pytest_twisted
 from processes import closeResultPipeAndWait, within
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 
 from asynqueue import NoWorkers, ProcessQueue, ProcessWorker, TaskQueue, WorkerCrashed
 from asynqueue.workers.children import _Child
@@ -156,3 +157,82 @@ async def test_aRetiringChildLivingOnWithoutItsPipeIsKilled(
     os.close(cue)
     crash = await failureOf(hung)
     assert isinstance(crash, WorkerCrashed) and "result pipe" in str(crash)
+
+
+HELD_OUTPUT_MODULE = """
+import os, subprocess
+
+if os.getpid() != int(os.environ["AQ_TEST_PARENT"]):
+    # Imported by the zygote: a helper that holds the zygote's output open.
+    _helper = subprocess.Popen(["sleep", "60"])
+    with open(os.environ["AQ_TEST_HELPERS"], "a") as pids:
+        pids.write(f"{_helper.pid}\\n")
+
+
+def init():
+    return None
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_aZygoteWhoseOutputAProcessHoldsStillEnds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The initializer's module is imported by the zygote that forks the
+    # children, and starts a process holding the zygote's output open.
+    (tmp_path / "heldoutput.py").write_text(HELD_OUTPUT_MODULE)
+    helpers = tmp_path / "helpers"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("AQ_TEST_PARENT", str(os.getpid()))
+    monkeypatch.setenv("AQ_TEST_HELPERS", str(helpers))
+    import heldoutput  # type: ignore[import-not-found]
+
+    q = ProcessQueue(
+        1, initializer=heldoutput.init, start="fork", shutdownWithReactor=False
+    )
+    try:
+        assert await within(q.call(int, "9")) == 9
+        assert helpers.exists()
+        await within(q.shutdown(timeout=3), 20)
+    finally:
+        for pid in helpers.read_text().split() if helpers.exists() else []:
+            os.kill(int(pid), 9)
+
+
+def startTickerThenDie(fifo: str) -> None:
+    """In a child: start a process that prints once cued down C{fifo}, then die."""
+    import subprocess
+
+    subprocess.Popen(["sh", "-c", f"read cue < {fifo}; echo ticked"])
+    os._exit(3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aProcessAChildStartedKeepsItsOutput(
+    makeProcessQueue: Callable[..., ProcessQueue], tmp_path: Path, shortGrace: None
+) -> None:
+    # Its child is over (and no longer waited for) before the process it
+    # started writes: what it writes is still read and logged, and writing
+    # does not break it.
+    ticked: Deferred[None] = Deferred()
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("line") == "ticked" and not ticked.called:
+            ticked.callback(None)
+
+    fifo = str(tmp_path / "cue")
+    os.mkfifo(fifo)
+    q = makeProcessQueue(1)
+    globalLogPublisher.addObserver(observe)
+    try:
+        crash = await failureOf(q.call(startTickerThenDie, fifo))
+        assert isinstance(crash, WorkerCrashed)
+        assert await within(q.call(int, "10")) == 10
+        # Blocks until the process has the FIFO open (it soon has).
+        cue = os.open(fifo, os.O_WRONLY)
+        os.write(cue, b"go\n")
+        os.close(cue)
+        await within(ticked)
+    finally:
+        globalLogPublisher.removeObserver(observe)

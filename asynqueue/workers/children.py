@@ -95,7 +95,7 @@ class _Child(ProcessProtocol):
         self._waitingFor = {"process", "pipe"}
         self._pipeKill: IDelayedCall | None = None
         self._outputOpen = True
-        self._outputClose: IDelayedCall | None = None
+        self._outputWait: IDelayedCall | None = None
         #: Whether it was killed for living on with its result pipe closed.
         self.closedItsPipe = False
         self._lines: dict[int, list[bytes]] = {}
@@ -322,11 +322,12 @@ class _Child(ProcessProtocol):
 
     def pipeClosed(self, reason: Failure) -> None:
         self.amp.connectionLost(reason)
-        if "process" in self._waitingFor and (not self.stopping or self.inFlight):
+        busy = self.inFlight or self.openIterators
+        if "process" in self._waitingFor and (not self.stopping or busy):
             # It can report nothing more, and a process that lives on would
             # hold its calls (and the worker) for as long as it lives. One
             # that is ending anyway gets a moment to say how it ended. (A
-            # child asked to stop has no calls out: it is ending.)
+            # child asked to stop with nothing out is ending.)
             self._pipeKill = self.worker.reactor.callLater(
                 self.pipeGrace, self._killForPipe
             )
@@ -376,33 +377,29 @@ class _Child(ProcessProtocol):
             try:
                 self.worker.childEnded(self, self.exitReason)
             finally:
-                # Every descriptor and mapping the child was given goes now,
-                # and its output soon: a process it started may hold that.
+                # Every descriptor and mapping the child was given goes now.
+                # Its output is read to the end, but waited for a moment
+                # only: a process it started may hold it open for as long
+                # as it lives (and closing it would break that process).
                 self.ring.close()
                 self.note.close()
                 self.writer.close()
                 if self._outputOpen:
-                    self._outputClose = self.worker.reactor.callLater(
-                        self.pipeGrace, self._closeOutput
+                    self._outputWait = self.worker.reactor.callLater(
+                        self.pipeGrace, self._outputClosed
                     )
                 self._maybeOver()
 
     def processEnded(self, reason: Failure) -> None:
-        # Its output is closed too.
-        self._outputOpen = False
-        outputClose, self._outputClose = self._outputClose, None
-        if outputClose is not None and outputClose.active():
-            outputClose.cancel()
-        self._maybeOver()
+        self._outputClosed()
 
-    def _closeOutput(self) -> None:
-        """Stop reading what its process started still writes to its output."""
-        self._outputClose = None
-        for childFD in (1, 2):
-            try:
-                self.transport.closeChildFD(childFD)  # type: ignore[union-attr]
-            except (KeyError, OSError):
-                pass
+    def _outputClosed(self) -> None:
+        """Its output is closed, or has been waited for long enough."""
+        self._outputOpen = False
+        outputWait, self._outputWait = self._outputWait, None
+        if outputWait is not None and outputWait.active():
+            outputWait.cancel()
+        self._maybeOver()
 
     def _maybeOver(self) -> None:
         if self.dead and not self._outputOpen and not self.ended.called:

@@ -191,14 +191,20 @@ class Zygote:
         self.users = 0
         self.dead = False
         self.closing = False
-        #: Fires once the zygote process has ended (and its pipes are closed).
+        #: Fires once the zygote process has ended (its output is read on to
+        #: the end, but not waited for).
         self.ended: Deferred[None] = Deferred()
         self._requestIDs = itertools.count(1)
         #: Children asked for, whose pid has not come yet.
         self._asked: dict[int, Forked] = {}
         #: Children forked, by pid, whose end has not been reported yet.
         self._children: dict[int, Forked] = {}
+        #: Why it ended, once it has.
+        self.endReason: Failure | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Before the spawn: a process that exits at once is seen ending in it.
+        self.socket = ours
+        self._reader = _ZygoteSocket(self)
         try:
             ours.setblocking(False)
             self.process = reactor.spawnProcess(
@@ -214,10 +220,10 @@ class Zygote:
         finally:
             theirs.close()
         self.pid: int = self.process.pid
-        self.process.closeStdin()
-        self.socket = ours
-        self._reader = _ZygoteSocket(self)
-        reactor.addReader(self._reader)
+        if not self.dead:
+            self.process.closeStdin()
+        if not self.closing:
+            reactor.addReader(self._reader)
 
     def __repr__(self) -> str:
         return f"<Zygote pid {self.pid}>"
@@ -226,14 +232,15 @@ class Zygote:
 
     def fork(self, protocol: Any, childFDs: dict[int, int]) -> Forked:
         """Ask for a child with C{childFDs} (3 to 6); its transport."""
-        if self.dead or self.closing:
-            raise OSError(errno.EPIPE, "the zygote has ended")
+        if self.closing and not self.dead:
+            raise OSError(errno.EPIPE, "the zygote is closing")
         outRead, outWrite = os.pipe()
         errRead, errWrite = os.pipe()
         requestID = next(self._requestIDs)
         fds = [outWrite, errWrite, *(childFDs[fd] for fd in (3, 4, 5, 6))]
         try:
-            socket.send_fds(self.socket, [b"fork %d" % requestID], fds)
+            if not self.dead:
+                socket.send_fds(self.socket, [b"fork %d" % requestID], fds)
         except (BrokenPipeError, ConnectionResetError):
             # The zygote has just died: this child ends with it, and says
             # why once its end is known (see processEnded).
@@ -246,7 +253,12 @@ class Zygote:
             os.close(outWrite)
             os.close(errWrite)
         forked = Forked(self, protocol, outRead, errRead)
-        self._asked[requestID] = forked
+        if self.dead:
+            # It had ended already: so does this child, as it would have
+            # with it, once whoever asked for it has it.
+            self.reactor.callLater(0, forked.exited, self.endReason)
+        else:
+            self._asked[requestID] = forked
         protocol.makeConnection(forked)
         return forked
 
@@ -304,6 +316,7 @@ class Zygote:
         those it had die with it.
         """
         self.dead = True
+        self.endReason = reason
         self._closeSocket()
         asked, self._asked = self._asked, {}
         children, self._children = self._children, {}
@@ -355,7 +368,9 @@ class _ZygoteProtocol(ProcessProtocol):
         for line in data.decode("utf-8", "replace").splitlines():
             log.info("[zygote pid {pid}] {line}", pid=self.zygote.pid, line=line)
 
-    def processEnded(self, reason: Failure) -> None:
+    def processExited(self, reason: Failure) -> None:
+        # Its end, seen at once: a process it started (a preloaded module's
+        # helper, say) may hold its output open for as long as it lives.
         self.zygote.processEnded(reason)
 
 
@@ -434,6 +449,7 @@ class Forked:
         """The zygote says I ended (or never began) with C{reason}."""
         if self._reason is None:
             self._reason = reason
+            self.protocol.processExited(reason)
             if self.pid is None:
                 # Never forked: nothing will write to my output.
                 for reader in self._readers:
@@ -441,14 +457,7 @@ class Forked:
                 waiters, self._startWaiters = self._startWaiters, []
                 for d in waiters:
                     d.errback(reason)
-            self.protocol.processExited(reason)
             self._maybeEnded()
-
-    def closeChildFD(self, childFD: int) -> None:
-        """Stop reading my output C{childFD} (1 or 2), as if it had closed."""
-        for reader in self._readers:
-            if reader.childFD == childFD:
-                reader.close()
 
     def outputClosed(self, childFD: int) -> None:
         self._open.discard(childFD)
