@@ -7,14 +7,15 @@ after any crash, instead of waiting for as long as the process lives.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from processes import closeResultPipeAndWait, within
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import globalLogPublisher
 
 from asynqueue import NoWorkers, ProcessQueue, ProcessWorker, TaskQueue, WorkerCrashed
@@ -236,3 +237,32 @@ async def test_aProcessAChildStartedKeepsItsOutput(
         await within(ticked)
     finally:
         globalLogPublisher.removeObserver(observe)
+
+
+def countThenCloseResultPipeOnSignal() -> Iterator[int]:
+    """In a child: count; on SIGUSR1, close the result pipe and hang."""
+    import itertools
+    import signal
+
+    signal.signal(signal.SIGUSR1, lambda *_: closeResultPipeAndWait())
+    yield from itertools.count()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aRetiringChildWithAnIteratorOpenIsKilledWithoutItsPipe(
+    makeProcessQueue: Callable[..., ProcessQueue], shortGrace: None
+) -> None:
+    # No call out, but an iterator the parent reads: it must be killed too.
+    q = makeProcessQueue(1, maxTasksPerWorker=1)
+    [worker] = q.workers()
+    assert isinstance(worker, ProcessWorker)
+    items = await within(q.call(countThenCloseResultPipeOnSignal))
+    # The generator has run, so its signal handler is in place.
+    assert await within(ensureDeferred(items.__anext__())) == 0
+    await within(q.call(os.getpid))
+    [old] = worker._retiring  # type: ignore[attr-defined]
+    assert old.openIterators == 1 and not old.inFlight
+    os.kill(old.pid, signal.SIGUSR1)
+    await within(old.ended)
+    assert old.closedItsPipe
+    items.close()
