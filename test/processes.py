@@ -22,6 +22,15 @@ def within(d: Deferred[Any], seconds: float = 10) -> Deferred[Any]:
     return d.addTimeout(seconds, reactor)
 
 
+async def failureOf(d: Deferred[Any], seconds: float = 20) -> BaseException:
+    """The exception C{d} fails with (an AssertionError if it succeeds)."""
+    try:
+        result = await within(d, seconds)
+    except BaseException as e:
+        return e
+    raise AssertionError(f"expected a failure, got {result!r}")
+
+
 def workerPids(q: ProcessQueue) -> dict[str, int]:
     """The pid of each worker's child, by worker name (None until forked)."""
     return {name: w["pid"] for name, w in q.stats()["workers"].items()}

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from processes import failureOf
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
@@ -55,14 +56,6 @@ def where():
 def within(d: Deferred[Any], seconds: float = 20) -> Deferred[Any]:
     """Fail, instead of hanging the run, if C{d} has not fired in time."""
     return d.addTimeout(seconds, reactor)
-
-
-async def failureOf(d: Deferred[Any]) -> BaseException:
-    try:
-        result = await within(d)
-    except BaseException as e:
-        return e
-    raise AssertionError(f"expected a failure, got {result!r}")
 
 
 def gone(pid: int) -> bool:

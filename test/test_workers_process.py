@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from processes import assertGone, within, workerPids
+from processes import assertGone, failureOf, within, workerPids
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults
 from twisted.internet.task import Clock
@@ -212,14 +212,6 @@ async def allFired(ds: list[Deferred[Any]], seconds: float) -> list[Any]:
         raise AssertionError(
             f"{len(stranded)} of {len(ds)} tasks stranded: {stranded[:20]}"
         ) from None
-
-
-async def failureOf(d: Deferred[Any], seconds: float = 10) -> BaseException:
-    try:
-        result = await within(d, seconds)
-    except BaseException as e:
-        return e
-    raise AssertionError(f"expected a failure, got {result!r}")
 
 
 @pytest.fixture(params=["fork", "spawn"])

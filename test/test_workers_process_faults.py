@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from processes import closeResultPipeAndWait
+from processes import closeResultPipeAndWait, failureOf
 from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.task import Clock
@@ -59,14 +59,6 @@ def identity(x: Any) -> Any:
 def within(d: Deferred[Any], seconds: float = 20) -> Deferred[Any]:
     """Fail, instead of hanging the run, if C{d} has not fired in time."""
     return d.addTimeout(seconds, reactor)
-
-
-async def failureOf(d: Deferred[Any], seconds: float = 20) -> BaseException:
-    try:
-        result = await within(d, seconds)
-    except BaseException as e:
-        return e
-    raise AssertionError(f"expected a failure, got {result!r}")
 
 
 def whenStarted(q: TaskQueue, name: str) -> Deferred[TaskRecord]:

@@ -14,21 +14,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from processes import closeResultPipeAndWait, within
+from processes import closeResultPipeAndWait, failureOf, within
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import globalLogPublisher
 
 from asynqueue import NoWorkers, ProcessQueue, ProcessWorker, TaskQueue, WorkerCrashed
 from asynqueue.workers.children import _Child
-
-
-async def failureOf(d: Deferred[Any]) -> BaseException:
-    """The exception C{d} fails with (an AssertionError if it succeeds)."""
-    try:
-        value = await within(d, 20)
-    except Exception as e:
-        return e
-    raise AssertionError(f"expected a failure, got {value!r}")
 
 
 def closeResultPipeAndExit() -> None:
