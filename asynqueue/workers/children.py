@@ -47,6 +47,12 @@ def _pipe() -> tuple[int, int]:
 _LINE_BYTES = 1 << 16
 
 
+def _cancel(call: IDelayedCall | None) -> None:
+    """Cancel C{call}, if there is one still to come."""
+    if call is not None and call.active():
+        call.cancel()
+
+
 #: What the process worker calls a call in flight at its child.
 _Sent = SentCall
 
@@ -345,19 +351,18 @@ class _Child(ProcessProtocol):
             return
         self.closedItsPipe = True
 
-    def killedForPipe(self, reason: Failure) -> bool:
+    def killedFromOutside(self, reason: Failure) -> bool:
         """
-        Whether its process ended (C{reason}) by the kill for living on with
-        its result pipe closed, not on its own before that kill came.
+        Whether its process ended (C{reason}) by a SIGKILL not of ours (an
+        operator's, the out-of-memory killer's).
         """
-        return (
-            self.closedItsPipe
-            and getattr(reason.value, "signal", None) == signal.SIGKILL
-        )
+        killed = getattr(reason.value, "signal", None) == signal.SIGKILL
+        return killed and not self.closedItsPipe
 
     def endedInWords(self, reason: Failure) -> str:
         """How its process ended (C{reason}), for the calls it leaves."""
-        if self.killedForPipe(reason):
+        killed = getattr(reason.value, "signal", None) == signal.SIGKILL
+        if killed and self.closedItsPipe:
             return "it closed its result pipe and lived on, so it was killed"
         if reason.check(ProcessDone):
             return "it exited"
@@ -369,9 +374,8 @@ class _Child(ProcessProtocol):
         self._waitingFor.discard(what)
         if what == "process":
             self.exitReason = reason
-            pipeKill, self._pipeKill = self._pipeKill, None
-            if pipeKill is not None and pipeKill.active():
-                pipeKill.cancel()
+            _cancel(self._pipeKill)
+            self._pipeKill = None
         if not self._waitingFor:
             self.dead = True
             try:
@@ -396,9 +400,8 @@ class _Child(ProcessProtocol):
     def _outputClosed(self) -> None:
         """Its output is closed, or has been waited for long enough."""
         self._outputOpen = False
-        outputWait, self._outputWait = self._outputWait, None
-        if outputWait is not None and outputWait.active():
-            outputWait.cancel()
+        _cancel(self._outputWait)
+        self._outputWait = None
         self._maybeOver()
 
     def _maybeOver(self) -> None:

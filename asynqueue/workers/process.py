@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -453,9 +452,7 @@ class ProcessWorker(ProcessWorkerExtras):
             # Killed from outside (SIGKILL: an operator, the out-of-memory
             # killer) says nothing of whether a child can start here: wait,
             # but never give up for that.
-            killed = getattr(
-                reason.value, "signal", None
-            ) == signal.SIGKILL and not child.killedForPipe(reason)
+            killed = child.killedFromOutside(reason)
             if self._tooManyStartFailures() and not killed:
                 self._resign(
                     f"{self._startFailures} processes in a row died before they "
