@@ -6,7 +6,11 @@ spawn() a node serving a universe, a WireWorker calling it, done().
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +20,20 @@ from twisted.internet.defer import Deferred
 
 from asynqueue import TaskQueue, wire
 from asynqueue.wire import ServerManager, WireWorkerUniverse
+from asynqueue.wire.manager import NodeProcess
+
+#: Set (to a file's path) for a node that is to start a helper as it imports
+#: this module for its universe; the helper's pid goes to that file.
+HELPER = "ASYNQUEUE_TEST_NODE_HELPER"
+
+if os.environ.get(HELPER):
+    # A node importing its universe: start a helper that outlives the node
+    # and keeps its output open. Popped first, so the node's own child
+    # processes (which import this module too) start none.
+    _pidFile = os.environ.pop(HELPER)
+    _helper = subprocess.Popen(["sleep", "600"])
+    with open(_pidFile, "w") as _f:
+        _f.write(str(_helper.pid))
 
 
 class TestUniverse(WireWorkerUniverse):
@@ -41,6 +59,15 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def killHelper(pidFile: Path) -> None:
+    """Kill the helper whose pid is in C{pidFile}, if it was started."""
+    if pidFile.exists():
+        try:
+            os.kill(int(pidFile.read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture
@@ -115,3 +142,48 @@ def test_spawnNiceness(manager: ServerManager) -> Any:
 def test_spawnRefusesNegativeNiceness(manager: ServerManager) -> None:
     with pytest.raises(ValueError, match="niceness"):
         manager.spawn(manager.newSocket(), niceness=-1)
+
+
+@pytest_twisted.inlineCallbacks
+def test_doneWhileAHelperOfTheNodeLivesOn(
+    manager: ServerManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """
+    A node whose universe started a helper process (which keeps the node's
+    output open) has ended once it exits: done() does not wait for the helper.
+    """
+    pidFile = tmp_path / "helper.pid"
+    monkeypatch.setenv(HELPER, str(pidFile))
+    try:
+        pid = yield within(manager.spawn(manager.newSocket()))
+        helper = int(pidFile.read_text())
+        yield within(manager.done(pid), 10)
+        assert not alive(pid)
+        assert alive(helper)
+        assert manager.processInfo == {}
+    finally:
+        killHelper(pidFile)
+
+
+@pytest_twisted.inlineCallbacks
+def test_nodeEndsBeforeListeningWhileAHelperLivesOn(tmp_path: Path) -> Any:
+    """
+    A node process that exits before it listens, leaving a helper that keeps
+    its output open: C{d} fails and C{ended} fires all the same.
+    """
+    pidFile = tmp_path / "helper.pid"
+    program = (
+        "import subprocess, sys\n"
+        "helper = subprocess.Popen(['sleep', '600'])\n"
+        f"open({str(pidFile)!r}, 'w').write(str(helper.pid))\n"
+        "sys.exit('no universe here')\n"
+    )
+    node = NodeProcess()
+    reactor.spawnProcess(node, sys.executable, [sys.executable, "-c", program])
+    try:
+        with pytest.raises(RuntimeError, match="ended before it listened"):
+            yield within(node.d, 10)
+        yield within(node.ended, 10)
+        assert alive(int(pidFile.read_text()))
+    finally:
+        killHelper(pidFile)

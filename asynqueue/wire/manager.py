@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IDelayedCall, IReactorCore
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -31,14 +31,27 @@ class NodeProcess(ProcessProtocol):
     The protocol of a node process a L{ServerManager} spawned.
 
     C{d} fires once the node listens (or fails with what it said if it
-    ended first); C{ended} fires when the process has ended.
+    ended first); C{ended} fires when the process has ended: once it has
+    exited and its output is closed, or L{pipeGrace} seconds after it
+    exited, as a process it started may hold its output open for as long
+    as that process lives.
     """
 
-    def __init__(self) -> None:
+    #: Seconds the output of an exited node is waited for.
+    pipeGrace: float = 1.0
+
+    def __init__(self, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.d: Deferred[NodeProcess] = Deferred()
         self.ended: Deferred[None] = Deferred()
         self.pid: int | None = None
+        #: Whether the process has exited (its output may still be open).
+        self.exited = False
         self._said = b""
+        self._reason: Failure | None = None
+        self._outputWait: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid  # type: ignore[union-attr]
@@ -50,15 +63,34 @@ class NodeProcess(ProcessProtocol):
         if _LISTENING in self._said:
             self.d.callback(self)
 
+    def processExited(self, reason: Failure) -> None:
+        # Its end, seen at once: processEnded waits for its output to close
+        # too. That output is still read (closing it early would kill a
+        # process holding it with SIGPIPE), for a moment only: what it said
+        # last, unless something it started holds it open.
+        self.exited = True
+        self._reason = reason
+        self._outputWait = self.reactor.callLater(self.pipeGrace, self._over)
+
     def processEnded(self, reason: Failure) -> None:
+        if self._reason is None:
+            self._reason = reason
+        self._over()
+
+    def _over(self) -> None:
+        """It has exited and its output is closed, or was waited for enough."""
+        if self._outputWait is not None and self._outputWait.active():
+            self._outputWait.cancel()
+        self._outputWait = None
+        # Each fires once, whichever of the grace and processEnded comes first.
         if not self.d.called:
             said = self._said.decode("utf-8", "replace").strip()
+            why = said or (self._reason.value if self._reason else "")
             self.d.errback(
-                RuntimeError(
-                    f"the node process ended before it listened: {said or reason.value}"
-                )
+                RuntimeError(f"the node process ended before it listened: {why}")
             )
-        self.ended.callback(None)
+        if not self.ended.called:
+            self.ended.callback(None)
 
 
 class ServerManager:
@@ -136,7 +168,7 @@ class ServerManager:
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
-        node = NodeProcess()
+        node = NodeProcess(self.reactor)
 
         executable = sys.executable
         nice = shutil.which("nice") if niceness else None
@@ -157,7 +189,10 @@ class ServerManager:
         return node.d.addCallback(listening)
 
     def done(self, pid: int | None = None) -> Deferred[None]:
-        """End the node C{pid} (all of them if C{None}); fire once ended."""
+        """
+        End the node C{pid} (all of them if C{None}); fire once ended (not
+        waiting for processes they started, see L{NodeProcess}).
+        """
         if pid is None:
             pids = list(self.processInfo)
         elif pid in self.processInfo:
@@ -181,11 +216,11 @@ class ServerManager:
         try:
             transport.signalProcess("TERM")
         except ProcessExitedAlready:
-            # Ended; its pipes close (and `ended` fires) in a moment.
+            # Exited; `ended` fires within a moment (see NodeProcess).
             return ended
 
         def kill() -> None:
-            if not node.ended.called:
+            if not node.exited:
                 try:
                     transport.signalProcess("KILL")
                 except ProcessExitedAlready:
