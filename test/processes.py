@@ -91,3 +91,11 @@ def closeResultPipeAndWait() -> None:
     # The result pipe is childMain's writeFD.
     os.close(childMain.__defaults__[1])  # type: ignore[index]
     threading.Event().wait()
+
+
+def startEndlessThread() -> int:
+    """In a child: start a thread (not a daemon) that waits for ever."""
+    import threading
+
+    threading.Thread(target=threading.Event().wait, name="endless").start()
+    return os.getpid()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from processes import closeResultPipeAndWait, failureOf
+from processes import closeResultPipeAndWait, failureOf, startEndlessThread
 from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.task import Clock
@@ -237,6 +237,11 @@ async def respawnBy(kind: str, q: ProcessQueue, clock: Clock, lines: LogLines) -
         # With maxTasksPerWorker=1, this call is its child's last.
         await within(q.call(os.getpid))
         return
+    elif kind == "outstayed":
+        # Its last call too; the thread it starts keeps the child from
+        # exiting when asked to stop, so it is killed.
+        await within(q.call(startEndlessThread))
+        return
     else:
         line = f"{kind} {next(_lines)}"
         running = lines.waitFor(line)
@@ -256,7 +261,7 @@ _lines = itertools.count()
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 @pytest.mark.parametrize(
-    "kind", ["killed", "closedPipe", "timedOut", "cancelled", "retired"]
+    "kind", ["killed", "closedPipe", "timedOut", "cancelled", "retired", "outstayed"]
 )
 @pytest_twisted.ensureDeferred
 async def test_respawnsGiveBackDescriptorsAndProcesses(
@@ -269,6 +274,9 @@ async def test_respawnsGiveBackDescriptorsAndProcesses(
     if kind == "closedPipe":
         # A child living on with its result pipe closed is killed at once.
         monkeypatch.setattr(_Child, "pipeGrace", 0, raising=False)
+    if kind == "outstayed":
+        # A child that has not exited when asked to stop is killed at once.
+        monkeypatch.setattr(_Child, "stopGrace", 0, raising=False)
     # Forked (by a zygote, which ends with the queue) or spawned.
     respawns = RESPAWNS.get(request.config.getoption("reactor"), 12)
     if start == "spawn":
@@ -284,7 +292,7 @@ async def test_respawnsGiveBackDescriptorsAndProcesses(
         2,
         clock=clock,
         shutdownWithReactor=False,
-        maxTasksPerWorker=1 if kind == "retired" else None,
+        maxTasksPerWorker=1 if kind in ("retired", "outstayed") else None,
         start=start,
     )
     pids: set[int] = set()

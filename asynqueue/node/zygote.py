@@ -153,6 +153,14 @@ def _exitChild(code: int) -> NoReturn:
     try:
         import atexit
 
+        if code == 0:
+            import threading
+
+            # As a spawned child (an interpreter) does at its end, and as
+            # multiprocessing's children do: the threads a task started
+            # that are not daemons finish first. (Its parent kills a child
+            # that takes too long.) A child that failed just ends.
+            threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:

@@ -86,6 +86,12 @@ class _Child(ProcessProtocol):
     #: it is killed: time to exit on its own, and to have that seen.
     pipeGrace: float = 1.0
 
+    #: Seconds a child asked to stop may take to exit before it is killed.
+    #: An interpreter waits at exit for the threads a task started (unless
+    #: they are daemons) and runs its exit handlers: either may never end,
+    #: and a shutdown must.
+    stopGrace: float = 5.0
+
     def __init__(self, worker: ProcessWorker) -> None:
         self.worker = worker
         self.amp = _ParentAMP(self)
@@ -100,10 +106,13 @@ class _Child(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
         self._waitingFor = {"process", "pipe"}
         self._pipeKill: IDelayedCall | None = None
+        self._stopKill: IDelayedCall | None = None
         self._outputOpen = True
         self._outputWait: IDelayedCall | None = None
         #: Whether it was killed for living on with its result pipe closed.
         self.closedItsPipe = False
+        #: Whether it was killed for not exiting once asked to stop.
+        self.outstayedStop = False
         self._lines: dict[int, list[bytes]] = {}
         self._lineBytes: dict[int, int] = {}
         self._idleWaiters: list[Deferred[None]] = []
@@ -351,19 +360,42 @@ class _Child(ProcessProtocol):
             return
         self.closedItsPipe = True
 
+    def _killForStop(self) -> None:
+        self._stopKill = None
+        if self.transport is None or "process" not in self._waitingFor:
+            return
+        self.log.warn(
+            "{worker}'s child (pid {pid}) had not exited {grace} s after it was "
+            "asked to stop (a thread a task started that is not a daemon, or an "
+            "exit handler, may hold it); killing it",
+            worker=self.worker.name,
+            pid=self.pid,
+            grace=self.stopGrace,
+        )
+        try:
+            self.transport.signalProcess("KILL")
+        except (ProcessLookupError, ProcessExitedAlready):
+            return
+        self.outstayedStop = True
+
     def killedFromOutside(self, reason: Failure) -> bool:
         """
         Whether its process ended (C{reason}) by a SIGKILL not of ours (an
         operator's, the out-of-memory killer's).
         """
         killed = getattr(reason.value, "signal", None) == signal.SIGKILL
-        return killed and not self.closedItsPipe
+        return killed and not (self.closedItsPipe or self.outstayedStop)
 
     def endedInWords(self, reason: Failure) -> str:
         """How its process ended (C{reason}), for the calls it leaves."""
         killed = getattr(reason.value, "signal", None) == signal.SIGKILL
         if killed and self.closedItsPipe:
             return "it closed its result pipe and lived on, so it was killed"
+        if killed and self.outstayedStop:
+            return (
+                f"it had not exited {self.stopGrace:g} s after it was asked "
+                "to stop, so it was killed"
+            )
         if reason.check(ProcessDone):
             return "it exited"
         return reason.getErrorMessage()
@@ -375,7 +407,8 @@ class _Child(ProcessProtocol):
         if what == "process":
             self.exitReason = reason
             _cancel(self._pipeKill)
-            self._pipeKill = None
+            _cancel(self._stopKill)
+            self._pipeKill = self._stopKill = None
         if not self._waitingFor:
             self.dead = True
             try:
@@ -419,7 +452,8 @@ class _Child(ProcessProtocol):
 
     def retire(self, waitForIterators: bool = True) -> Deferred[None]:
         """
-        Let the child finish its calls, then ask it to end.
+        Let the child finish its calls, then ask it to end; kill it if it
+        has not ended L{stopGrace} seconds later.
 
         With C{waitForIterators}, iterators it holds for the parent must be
         done first too (a child replaced after C{maxTasksPerWorker}); at
@@ -435,6 +469,10 @@ class _Child(ProcessProtocol):
             self.flush()
             if not self.dead:
                 self.amp.callRemote(Stop).addErrback(lambda _: None)
+                if "process" in self._waitingFor and self._stopKill is None:
+                    self._stopKill = self.worker.reactor.callLater(
+                        self.stopGrace, self._killForStop
+                    )
             return self.ended
 
         return idle.addCallback(askToStop)
