@@ -42,6 +42,12 @@ _gate = os.environ.get("AQ_TEST_GATE")
 if _gate and os.getpid() != int(os.environ["AQ_TEST_PARENT"]):
     with open(_gate, "rb") as f:
         f.read(1)
+_parent = int(os.environ.get("AQ_TEST_PARENT", "0"))
+if os.environ.get("AQ_TEST_THREAD") and os.getpid() != _parent:
+    import threading
+
+    # Not a daemon, and never ends: a helper a user's module might start.
+    threading.Thread(target=threading.Event().wait).start()
 
 
 def setUp():
@@ -206,3 +212,18 @@ async def test_zygoteEndsWithTheLastWorkerThatUsesIt() -> None:
     assert set(await within(q.update(os.getppid))) == {zygote}
     await within(q.shutdown())
     assert gone(zygote)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aThreadThePreloadedModuleStartedDoesNotHoldTheZygote(
+    userModule: ModuleType,
+) -> None:
+    # The zygote imports the initializer's module, whose thread would keep
+    # an interpreter from ending: the zygote still ends with its queue.
+    env = dict(os.environ, AQ_TEST_THREAD="1", AQ_TEST_PARENT=str(os.getpid()))
+    worker = ProcessWorker(initializer=userModule.setUp, env=env, start="fork")
+    q = TaskQueue(worker, shutdownWithReactor=False)
+    [(importedBy, zygote, child)] = await within(q.update(userModule.where))
+    assert importedBy == zygote != os.getpid()
+    await within(q.shutdown(), 10)
+    assert gone(zygote) and gone(child)

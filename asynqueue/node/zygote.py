@@ -332,4 +332,22 @@ def zygoteMain(fd: int = ZYGOTE_FD) -> None:
     _preload(sys.argv[1:])
     gc.freeze()
     gc.enable()
-    Zygote(sock).run()
+    code = 0
+    try:
+        Zygote(sock).run()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 70
+    finally:
+        # Not an interpreter's end: that would wait for any thread a
+        # preloaded module started (which is no child's, and may never
+        # end), and hold the shutdown of the queue that waits for this
+        # zygote for as long.
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+        finally:
+            os._exit(code)
