@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyClass
 
-from asynqueue import MemoryWorker, NoWorkers
+from asynqueue import MemoryWorker, NoWorkers, WorkerCrashed
 from asynqueue.errors import UnpicklableError
 from asynqueue.interfaces import (
     ICallPickling,
@@ -274,3 +274,25 @@ def test_theQueueImportsNoWorkerKindAndNothingOfTheWire() -> None:
                 assert not name.startswith(
                     ("asynqueue.wire", "asynqueue.workers", "asynqueue.node")
                 ), f"{path.name} imports {name}"
+
+
+def test_lastWorkerResigningDuringShutdownFailsWhatWaitsAndShutdownEnds(
+    makeQueue: Any,
+) -> None:
+    """
+    The last worker resigning while the queue shuts down leaves nothing to
+    run what waits: those calls fail with L{NoWorkers}, and shutdown ends.
+    """
+    w = BareWorker()
+    q = makeQueue(w)
+    running = q.call(pow, 2, 1)
+    waiting = [q.call(pow, 2, n) for n in range(3)]
+    w.startNext()
+    done = q.shutdown()
+    w.resign()
+    assert failureOf(running).check(WorkerCrashed)
+    for d in waiting:
+        error = failureOf(d).value
+        assert isinstance(error, NoWorkers)
+        assert "it resigned" in str(error)
+    assert done.called

@@ -32,7 +32,7 @@ from asynqueue.interfaces import (
     IWorker,
     qualifications,
 )
-from asynqueue.queue.running import _RUNNING, _Running
+from asynqueue.queue.running import _RUNNING, _STOPPED, _Running
 from asynqueue.queue.taskstate import QueuedTask, cancelTimeout
 from asynqueue.tasks import TaskOptions
 
@@ -226,7 +226,9 @@ class _Workers(_Running):
 
         If it was the last, no pending task or new call can run: they fail
         with L{NoWorkers} (until a worker is attached again) rather than
-        wait on a queue that can no longer run them.
+        wait on a queue that can no longer run them. So too while the queue
+        shuts down: no worker can be attached then, and shutdown waits on
+        what is pending.
         """
         if worker not in self._slots:
             return
@@ -237,7 +239,7 @@ class _Workers(_Running):
         why = why or "it resigned"
         self.log.warn("Worker {worker} resigned: {why}", worker=worker.name, why=why)
         self.detachWorker(worker, reassign=True, crash=True)
-        if not self._slots and self._state == _RUNNING:
+        if not self._slots and self._state != _STOPPED:
             self._noWorkers = (
                 f"{self.name} has no worker left: the last, {worker.name}, "
                 f"resigned ({why})"
