@@ -45,6 +45,13 @@ class TestUniverse(WireWorkerUniverse):
     def add(self, x: int, y: int) -> int:
         return x + y
 
+    def startEndlessThread(self) -> int:
+        """In the node's child: start a thread (not a daemon) that never ends."""
+        import threading
+
+        threading.Thread(target=threading.Event().wait, name="endless").start()
+        return os.getpid()
+
 
 FQN = f"{TestUniverse.__module__}.TestUniverse"
 
@@ -59,6 +66,15 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def running(pid: int) -> bool:
+    """Whether C{pid} runs (exists, and is not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def killHelper(pidFile: Path) -> None:
@@ -163,6 +179,34 @@ def test_doneWhileAHelperOfTheNodeLivesOn(
         assert manager.processInfo == {}
     finally:
         killHelper(pidFile)
+
+
+@pytest_twisted.inlineCallbacks
+def test_doneGivesANodeTimeToEndAChildAThreadHolds(manager: ServerManager) -> Any:
+    """
+    A node whose child a task's thread (not a daemon) keeps from exiting
+    kills that child after its stop grace; done() waits for that rather
+    than kill the node first, which would leave the child running.
+    """
+    description = manager.newSocket()
+    pid = yield within(manager.spawn(description))
+    node = manager.processInfo[pid]
+    queue = TaskQueue(shutdownWithReactor=False)
+    child = None
+    try:
+        worker = wire.WireWorker(
+            TestUniverse(), description, insecurePlaintext=True, series=["wire"]
+        )
+        yield within(queue.attachWorker(worker))
+        child = yield within(queue.call("startEndlessThread", series="wire"))
+        yield queue.shutdown()
+        yield within(manager.done(pid), 30)
+        assert not running(child)
+        assert node.reason is not None
+        assert getattr(node.reason.value, "signal", None) != signal.SIGKILL
+    finally:
+        if child is not None and running(child):
+            os.kill(child, signal.SIGKILL)
 
 
 @pytest_twisted.inlineCallbacks

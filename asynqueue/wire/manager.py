@@ -50,7 +50,8 @@ class NodeProcess(ProcessProtocol):
         #: Whether the process has exited (its output may still be open).
         self.exited = False
         self._said = b""
-        self._reason: Failure | None = None
+        #: How the process ended, once it has.
+        self.reason: Failure | None = None
         self._outputWait: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -69,12 +70,12 @@ class NodeProcess(ProcessProtocol):
         # process holding it with SIGPIPE), for a moment only: what it said
         # last, unless something it started holds it open.
         self.exited = True
-        self._reason = reason
+        self.reason = reason
         self._outputWait = self.reactor.callLater(self.pipeGrace, self._over)
 
     def processEnded(self, reason: Failure) -> None:
-        if self._reason is None:
-            self._reason = reason
+        if self.reason is None:
+            self.reason = reason
         self._over()
 
     def _over(self) -> None:
@@ -85,7 +86,7 @@ class NodeProcess(ProcessProtocol):
         # Each fires once, whichever of the grace and processEnded comes first.
         if not self.d.called:
             said = self._said.decode("utf-8", "replace").strip()
-            why = said or (self._reason.value if self._reason else "")
+            why = said or (self.reason.value if self.reason else "")
             self.d.errback(
                 RuntimeError(f"the node process ended before it listened: {why}")
             )
@@ -104,8 +105,11 @@ class ServerManager:
     text (see C{doc/remote.rst}), with one child process.
     """
 
-    #: Seconds a node has to end after SIGTERM before it gets SIGKILL.
-    killTimeout = 5.0
+    #: Seconds a node has to end after SIGTERM before it gets SIGKILL: more
+    #: than its own children have (a process worker's C{stopGrace} of 5 s,
+    #: then C{pipeGrace} of 1 s), so that it kills a child that will not
+    #: exit rather than leave it running.
+    killTimeout = 10.0
 
     def __init__(self, wwuFQN: str | None = None, reactor: Any = None) -> None:
         if reactor is None:
