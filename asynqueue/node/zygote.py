@@ -160,7 +160,14 @@ def _exitChild(code: int) -> NoReturn:
             # multiprocessing's children do: the threads a task started
             # that are not daemons finish first. (Its parent kills a child
             # that takes too long.) A child that failed just ends.
-            threading._shutdown()  # type: ignore[attr-defined]
+            try:
+                threading._shutdown()  # type: ignore[attr-defined]
+            except BaseException:
+                # Its exit handlers run all the same (a signal handler a
+                # task installed may raise here).
+                import traceback
+
+                traceback.print_exc()
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:

@@ -348,10 +348,22 @@ class _Child(ProcessProtocol):
             )
         self._gone("pipe", reason)
 
+    def _stillRuns(self) -> bool:
+        """
+        Whether its process has not exited, asking afresh: a timer may come
+        due once it has exited but before the reactor has heard (a spawned
+        child's SIGCHLD, a forked one's end on the zygote's socket, unread).
+        """
+        if self.transport is None or "process" not in self._waitingFor:
+            return False
+        self.transport.reapProcess()  # type: ignore[attr-defined]
+        return "process" in self._waitingFor
+
     def _killForPipe(self) -> None:
         self._pipeKill = None
-        if self.transport is None or self.dead:
+        if not self._stillRuns():
             return
+        assert self.transport is not None
         try:
             self.transport.signalProcess("KILL")
         except (ProcessLookupError, ProcessExitedAlready):
@@ -362,14 +374,15 @@ class _Child(ProcessProtocol):
 
     def _killForStop(self) -> None:
         self._stopKill = None
-        if self.transport is None or "process" not in self._waitingFor:
+        if not self._stillRuns():
             return
+        assert self.transport is not None
         self.log.warn(
-            "{worker}'s child (pid {pid}) had not exited {grace} s after it was "
+            "{worker}'s child{pid} had not exited {grace:g} s after it was "
             "asked to stop (a thread a task started that is not a daemon, or an "
             "exit handler, may hold it); killing it",
             worker=self.worker.name,
-            pid=self.pid,
+            pid="" if self.pid is None else f" (pid {self.pid})",
             grace=self.stopGrace,
         )
         try:

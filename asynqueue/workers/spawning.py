@@ -306,6 +306,11 @@ class Zygote:
             log.error("A zygote sent {message!r}", message=message)
         self._closeIfUnused()
 
+    def readReports(self) -> None:
+        """Read what the zygote has reported and the reactor has not read yet."""
+        if not self.closing:
+            self._reader.doRead()
+
     def socketLost(self) -> None:
         """The zygote closed its end: it is gone, or going."""
         self._closeSocket()
@@ -435,6 +440,15 @@ class Forked:
             self._signalWanted = number
             return
         self._kill(number)
+
+    def reapProcess(self) -> None:
+        """
+        Hear now of my end if the zygote has reported it (as a spawned
+        process's C{reapProcess} does of its exit): the reactor may not have
+        read that report yet.
+        """
+        if self._reason is None:
+            self.zygote.readReports()
 
     def _kill(self, signalID: int) -> None:
         # Until its end is reported, this pid is this child's, or a zombie
