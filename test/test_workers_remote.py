@@ -734,16 +734,26 @@ class FakeNode(amp.AMP):
 
 
 class ClientEnd(StringTransport):
-    """The worker's end of an in-memory connection: its closing is reported."""
+    """
+    The worker's end of an in-memory connection: its closing is reported.
+    With C{frozen}, the node never answers: a gentle close never ends, only
+    an abort does.
+    """
 
     def __init__(self, clock: Clock, protocol: Any) -> None:
         super().__init__()
         self.clock = clock
         self.protocol = protocol
+        self.frozen = False
+        self._reported = False
 
     def loseConnection(self) -> None:
-        if not self.disconnecting:
-            # abortConnection sets disconnected, then calls this.
+        # abortConnection sets disconnected, then calls this.
+        if self.frozen and not self.disconnected:
+            self.disconnecting = True
+            return
+        if not self._reported:
+            self._reported = True
             reason = ConnectionAborted() if self.disconnected else ConnectionDone()
             super().loseConnection()
             self.clock.callLater(0, self.protocol.connectionLost, Failure(reason))
@@ -995,6 +1005,41 @@ def test_nodeThatNeverSaysWhatItIsIsDroppedAfterTheHeartbeats(
     assert not clock.getDelayedCalls()
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_stopAbortsTheConnectionOfAFrozenNodeAfterTheCloseGrace(
+    monkeypatch: pytest.MonkeyPatch,
+    clock: Clock,
+    remoteEvents: list[dict[str, Any]],
+    frozen: bool,
+) -> None:
+    """
+    Stopping closes the connection gently; a node that never answers (frozen,
+    no heartbeat to notice) has it aborted after C{closeGrace}, so stop()
+    ends. One that answers is not waited for, nor aborted.
+    """
+    worker, endpoint = onClock(monkeypatch, clock, FakeNode, heartbeat=None)
+    worker.closeGrace = 5.0
+    endpoint.pump()
+    assert worker.capacity == 4
+    end = endpoint.links[0][1]
+    end.frozen = frozen
+    stopped: list[Any] = []
+    worker.stop().addBoth(stopped.append)
+    endpoint.pump()
+    if frozen:
+        advance(clock, 4.9)
+        assert end.disconnecting and not end.disconnected and not stopped
+        advance(clock, 0.2)
+        assert end.disconnected
+        said = texts(remoteEvents)
+        assert any("did not close the connection within 5 s" in t for t in said)
+    else:
+        assert not end.disconnected
+    assert stopped == [None]
+    assert worker.capacity == 0 and endpoint.attempts == 1
+    assert not clock.getDelayedCalls()
+
+
 def test_heartbeatIsChecked() -> None:
     with pytest.raises(ValueError, match="heartbeat"):
         RemoteWorker("tcp:127.0.0.1:1", insecurePlaintext=True, heartbeat=-1)
@@ -1123,6 +1168,71 @@ async def test_frozenNodesCallsGoElsewhereWithinTheHeartbeat(
         await q.shutdown()
         transport.signalProcess(signal.SIGTERM)
         await frozen.ended
+    gc.collect()
+    assert loggedErrors == []
+
+
+def openDescriptors() -> set[int]:
+    """This process's open descriptors (not the one that listed them)."""
+    listed = os.listdir("/proc/self/fd")
+    return {int(fd) for fd in listed if os.path.lexists(f"/proc/self/fd/{fd}")}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopEndsOnAFrozenNodeAndGivesBackItsDescriptor(
+    certs: Path, loggedErrors: list[dict[str, Any]]
+) -> None:
+    """
+    Over mutual TLS, a node that answered and then froze (reads nothing, so
+    never answers TLS's close alert) without a heartbeat: stop() aborts the
+    connection after C{closeGrace}, ends, and closes its socket.
+    """
+    from twisted.internet import endpoints
+
+    frozen: Deferred[Any] = Deferred()
+
+    class FrozenNode(amp.AMP):
+        @NodeInfo.responder
+        def nodeInfo(self) -> dict[str, Any]:
+            # Answer, then read no more: the TCP connection under the TLS.
+            reactor.callLater(0, self.transport.transport.stopReading)
+            reactor.callLater(0, frozen.callback, self)
+            return {"pid": 1, "rss": 0, "capacity": 1, "done": 0, "processes": 1}
+
+    before = openDescriptors()
+    listen = endpoints.serverFromString(reactor, tlsListen(certs))
+    port = await listen.listen(_factory(FrozenNode))
+    worker = RemoteWorker(
+        f"tls:localhost:{port.getHost().port}",
+        certificate=str(certs / "app.pem"),
+        ca=str(certs / "ca.crt"),
+        heartbeat=None,
+    )
+    worker.closeGrace = 0.05
+    node: Any = None
+    waits: list[Deferred[Any]] = []
+    # Fails the test, rather than hang it, if stop() never ends.
+    guard = reactor.callLater(10, lambda: [d.cancel() for d in waits])
+    try:
+        waits.append(worker.whenConnected())
+        await waits[-1]
+        waits.append(frozen)
+        node = await frozen
+        waits.append(worker.stop())
+        await waits[-1]
+        # Only the frozen node's end of the connection is still open.
+        nodeEnd = node.transport.transport.fileno()
+        assert openDescriptors() - before == {port.fileno(), nodeEnd}
+    finally:
+        if guard.active():
+            guard.cancel()
+        if node is not None:
+            lost: Deferred[None] = Deferred()
+            node.connectionLost = lambda reason: lost.callback(None)
+            node.transport.abortConnection()
+            await lost
+        await port.stopListening()
+    assert openDescriptors() == before
     gc.collect()
     assert loggedErrors == []
 

@@ -107,6 +107,10 @@ class RemoteWorker(CallPickler):
     retryDelay = 0.2
     #: The longest wait between two attempts to connect, in seconds.
     maxRetryDelay = 30.0
+    #: Seconds that stopping waits for the connection to close gently (the
+    #: node reading what was sent, TLS's close alert answered) before it
+    #: aborts it: a frozen node never answers, and nothing of ours needs it.
+    closeGrace = 2.0
 
     def __init__(
         self,
@@ -156,6 +160,7 @@ class RemoteWorker(CallPickler):
         self._retryCall: IDelayedCall | None = None
         self._closing = False
         self._closedWaiters: list[Deferred[None]] = []
+        self._graceCall: IDelayedCall | None = None
         # Failed attempts since the last connection that worked, and what
         # was last said about why there is none.
         self._failures = 0
@@ -257,7 +262,9 @@ class RemoteWorker(CallPickler):
             return
         self._link = connection
         if self._closing:
-            connection.transport.loseConnection()  # type: ignore[union-attr]
+            # Nobody waits for this one to close: a gentle close could hold
+            # its descriptor for as long as a frozen peer stays frozen.
+            connection.transport.abortConnection()  # type: ignore[union-attr]
 
     def _attemptFailed(self, reason: Failure) -> None:
         self._attempt = None
@@ -358,8 +365,9 @@ class RemoteWorker(CallPickler):
 
     def _close(self, abort: bool = False) -> Deferred[None]:
         """
-        Stop reconnecting and close the connection (at once, if C{abort});
-        fire once it is closed.
+        Stop reconnecting and close the connection (at once, if C{abort};
+        else gently, but aborted after C{closeGrace} s); fire once it is
+        closed.
         """
         self._closing = True
         self._stopDeadline()
@@ -377,9 +385,29 @@ class RemoteWorker(CallPickler):
             link.transport.abortConnection()  # type: ignore[union-attr]
         else:
             link.transport.loseConnection()  # type: ignore[union-attr]
+            if self._graceCall is None:
+                self._graceCall = self.reactor.callLater(
+                    self.closeGrace, self._outstayed, link
+                )
         return d
 
+    def _outstayed(self, link: _NodeConnection) -> None:
+        """The node did not close within C{closeGrace}: abort the connection."""
+        self._graceCall = None
+        if link.dead:
+            return
+        self.log.warn(
+            "Node {node} did not close the connection within {grace:g} s "
+            "(frozen, or cut off); aborting it",
+            node=self.description,
+            grace=self.closeGrace,
+        )
+        link.transport.abortConnection()  # type: ignore[union-attr]
+
     def _closed(self) -> None:
+        if self._graceCall is not None and self._graceCall.active():
+            self._graceCall.cancel()
+        self._graceCall = None
         waiters, self._closedWaiters = self._closedWaiters, []
         for d in waiters:
             d.callback(None)
